@@ -1,0 +1,15 @@
+"""Backbones and norm swapping."""
+
+from .backbones import apply_stem, build_backbone, create_model, known_backbones
+from .cifar_resnet import CifarResNet
+from .swap import find_feeding_convs, swap_norms
+
+__all__ = [
+    "CifarResNet",
+    "apply_stem",
+    "build_backbone",
+    "create_model",
+    "find_feeding_convs",
+    "known_backbones",
+    "swap_norms",
+]

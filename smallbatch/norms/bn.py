@@ -1,0 +1,53 @@
+"""BatchNorm (Ioffe & Szegedy 2015, arXiv 1502.03167): torch's ``BatchNorm2d`` with clear errors.
+
+Training: y = γ·(x − μ_B)/sqrt(σ²_B + ε) + β over (N, H, W) of the current batch; eval uses the
+running statistics, updated as r ← (1 − m)·r + m·stat with the unbiased batch variance.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from .base import check_batch_stats
+
+
+class BatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d (torch's kernel); batch 1 at 1x1 raises a clear error instead of torch's."""
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+    ) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training:
+            check_batch_stats(x, self)
+        return super().forward(x)
+
+
+class SyncBatchNorm(nn.SyncBatchNorm):
+    """SyncBatchNorm: statistics over all devices of the process group (plain BN on one device).
+
+    torch supports the synchronised path on CUDA (and XPU/HPU) only; on CPU, or without an
+    initialised process group, it normalizes like BatchNorm2d.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+    ) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training:
+            check_batch_stats(x, self)
+        return super().forward(x)

@@ -1,0 +1,149 @@
+"""Batch Renormalization (Ioffe 2017, arXiv 1702.03275).
+
+Training:  x̂ = (x − μ_B)/σ_B · r + d,   y = γ·x̂ + β, with
+           r = clip(σ_B/σ, 1/rmax, rmax),  d = clip((μ_B − μ)/σ, −dmax, dmax)
+held constant in backprop (``stop_gradient``), σ_B = sqrt(Var_B + ε), σ = sqrt(running_var + ε).
+Running μ and variance move at rate ``momentum`` (paper: 0.01). Eval: y = γ·(x − μ)/σ + β.
+
+Because r and d are constants, y = (γ·r)·BN(x) + (γ·d + β): the layer runs torch's fused batch
+norm kernel with that per-channel weight and bias, so it costs one BN plus one statistics pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .base import check_batch_stats
+from .registry import NormConfigError
+
+UNITS = ("steps", "fraction")
+
+
+@dataclass(frozen=True)
+class RenormRamp:
+    """rmax/dmax schedule: 1/0 until ``warmup``, then linear to ``rmax`` at ``rmax_at`` and to
+    ``dmax`` at ``dmax_at``. Milestones are steps (``unit="steps"``) or fractions of the run's
+    total steps (``unit="fraction"``; the trainer supplies ``total_steps``)."""
+
+    rmax: float = 3.0
+    dmax: float = 5.0
+    warmup: float = 5000
+    rmax_at: float = 40000
+    dmax_at: float = 25000
+    unit: str = "steps"
+
+    def __post_init__(self) -> None:
+        if self.unit not in UNITS:
+            raise NormConfigError(f"BRN ramp unit {self.unit!r} is not one of {UNITS}")
+        if self.rmax < 1 or self.dmax < 0:
+            raise NormConfigError(
+                f"BRN needs rmax >= 1 and dmax >= 0, got {self.rmax}, {self.dmax}"
+            )
+        if not (0 <= self.warmup <= self.rmax_at and self.warmup <= self.dmax_at):
+            raise NormConfigError(
+                "BRN ramp milestones must satisfy 0 <= warmup <= rmax_at and warmup <= dmax_at, "
+                f"got warmup={self.warmup}, rmax_at={self.rmax_at}, dmax_at={self.dmax_at}"
+            )
+        if self.unit == "fraction" and max(self.rmax_at, self.dmax_at) > 1:
+            raise NormConfigError("BRN ramp with unit='fraction' needs milestones in [0, 1]")
+
+    def milestones(self, total_steps: int | None) -> tuple[float, float, float]:
+        """(warmup, rmax_at, dmax_at) in steps."""
+        if self.unit == "steps":
+            return self.warmup, self.rmax_at, self.dmax_at
+        if not total_steps or total_steps <= 0:
+            raise NormConfigError(
+                "BRN ramp with unit='fraction' needs the run's total steps; the LightningModule "
+                "sets it at fit start, or call set_total_steps(n) yourself"
+            )
+        return tuple(m * total_steps for m in (self.warmup, self.rmax_at, self.dmax_at))
+
+    def __call__(self, step: int, total_steps: int | None = None) -> tuple[float, float]:
+        """(rmax, dmax) at training step ``step``."""
+        warmup, rmax_at, dmax_at = self.milestones(total_steps)
+
+        def ramp(start: float, end: float, at: float) -> float:
+            if step >= at:
+                return end
+            if step <= warmup:
+                return start
+            return start + (end - start) * (step - warmup) / (at - warmup)
+
+        return ramp(1.0, self.rmax, rmax_at), ramp(0.0, self.dmax, dmax_at)
+
+
+class BatchRenorm2d(nn.Module):
+    """Batch Renormalization: batch statistics corrected toward running ones by clipped r, d."""
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float = 0.01,
+        rmax: float = 3.0,
+        dmax: float = 5.0,
+        warmup: float = 5000,
+        rmax_at: float = 40000,
+        dmax_at: float = 25000,
+        unit: str = "steps",
+        affine: bool = True,
+    ) -> None:
+        super().__init__()
+        self.num_features = num_features
+        self.eps = eps
+        self.momentum = momentum
+        self.ramp = RenormRamp(rmax, dmax, warmup, rmax_at, dmax_at, unit)
+        self.weight = nn.Parameter(torch.ones(num_features)) if affine else None
+        self.bias = nn.Parameter(torch.zeros(num_features)) if affine else None
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+        # Training forward passes so far: drives the ramp and survives checkpoints.
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self.register_buffer("total_steps", torch.zeros((), dtype=torch.long))
+        # Diagnostics of the last training step (plain floats, not state).
+        self.last_rmax, self.last_dmax = 1.0, 0.0
+        self.last_r_clipped = self.last_d_clipped = 0.0
+
+    def set_total_steps(self, total_steps: int) -> None:
+        """Total training steps of the run, for ramps given as fractions."""
+        self.total_steps.fill_(int(total_steps))
+
+    def current_limits(self) -> tuple[float, float]:
+        """(rmax, dmax) that the next training step will use."""
+        return self.ramp(int(self.step), int(self.total_steps) or None)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training:
+            return F.batch_norm(
+                x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+            )
+        check_batch_stats(x, self)
+        rmax, dmax = self.current_limits()
+        with torch.no_grad():
+            var_b, mean_b = torch.var_mean(x, dim=(0, 2, 3), correction=0)
+            sigma_b = (var_b + self.eps).sqrt()
+            sigma = (self.running_var + self.eps).sqrt()
+            r_raw = sigma_b / sigma
+            d_raw = (mean_b - self.running_mean) / sigma
+            r = r_raw.clamp(1.0 / rmax, rmax)
+            d = d_raw.clamp(-dmax, dmax)
+            self.last_rmax, self.last_dmax = rmax, dmax
+            self.last_r_clipped = float((r != r_raw).float().mean())
+            self.last_d_clipped = float((d != d_raw).float().mean())
+            self.step += 1
+        if self.weight is None:
+            weight, bias = r, d
+        else:
+            weight, bias = self.weight * r, self.bias + self.weight * d
+        # torch's kernel normalizes with batch stats and updates the running stats in place
+        # (unbiased variance, rate `momentum`), after r and d were taken from the old ones.
+        return F.batch_norm(
+            x, self.running_mean, self.running_var, weight, bias, True, self.momentum, self.eps
+        )
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, ramp={self.ramp}"
