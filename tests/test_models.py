@@ -134,4 +134,4 @@ def test_batch_one_at_one_by_one_is_clear_error(norm):
 
 def test_unknown_backbone():
     with pytest.raises(NormConfigError, match="unknown backbone 'resnet7'.*resnet20"):
-        build_backbone("resnet7")
+        build_backbone("vgg7")

@@ -1,8 +1,8 @@
 """Backbone factory: CIFAR ResNets, torchvision ResNets and any timm model, with a norm swapped in.
 
-Names: ``resnet20|32|44|56|110`` (CIFAR, He et al. 2016), ``resnet18|34|50|101|152``
-(torchvision), ``tv:<name>`` (any torchvision classification model), ``timm:<name>`` (any timm
-model, no pretrained weights).
+Names: ``resnet<6n+2>`` such as ``resnet8|20|32|56|110`` (CIFAR, He et al. 2016),
+``resnet18|34|50|101|152`` (torchvision), ``tv:<name>`` (any torchvision classification
+model), ``timm:<name>`` (any timm model, no pretrained weights).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def build_backbone(
 ) -> nn.Module:
     """Build a backbone with torch's BatchNorm2d (swap afterwards with :func:`swap_norms`)."""
     key = name.lower()
-    if key.startswith("resnet") and key[6:].isdigit() and int(key[6:]) in CIFAR_DEPTHS:
+    if key.startswith("resnet") and key[6:].isdigit() and key not in TORCHVISION_RESNETS:
         return CifarResNet(int(key[6:]), num_classes=num_classes, in_chans=in_chans)
     if key in TORCHVISION_RESNETS or key.startswith("tv:"):
         tv_name = key.removeprefix("tv:")

@@ -1,0 +1,152 @@
+"""``smallbatch`` entry point: Lightning CLI (fit/validate/test) plus the suite's own commands.
+
+Every Lightning run gets a run folder (``--run_dir``, default ``runs/<name>/<time>``) that holds
+its config, checkpoints, W&B files and ``result.json``; two runs never share one unless asked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from jsonargparse import Namespace
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar, TQDMProgressBar
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+
+from .data import SmallBatchDataModule
+from .module import SmallBatchModule, norm_display_name
+from .progress import EpochLinePrinter
+from .results import ResultWriter
+from .wandb_setup import configure_wandb_logger
+
+EXTRA_COMMANDS = ("norms", "grid", "report", "bench")
+
+
+def run_name(cfg: Namespace) -> str:
+    """``<norm>-b<per-device batch>-s<seed>``, e.g. ``brn-b4-s0``."""
+    norm = norm_display_name(cfg.model.norm)
+    batch = cfg.data.init_args.batch_size if "init_args" in cfg.data else cfg.data.batch_size
+    seed = cfg.seed_everything
+    return f"{norm}-b{batch}-s{seed}"
+
+
+def config_digest(cfg: Namespace) -> str:
+    """Stable digest of the run's config, without where it is written."""
+    data = cfg.clone().as_dict()
+    data.pop("run_dir", None)
+    data.pop("config", None)
+    trainer = data.get("trainer") or {}
+    trainer.pop("default_root_dir", None)
+    blob = json.dumps(data, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class LoggedSaveConfigCallback(SaveConfigCallback):
+    """Saves config.yaml in the run folder and also records the whole config in the loggers."""
+
+    def save_config(self, trainer, pl_module, stage: str) -> None:
+        flat = self.config.clone().as_flat()
+        hparams = {k: v for k, v in vars(flat).items() if not k.startswith("config")}
+        for logger in trainer.loggers:
+            logger.log_hyperparams({f"cfg/{k}": v for k, v in hparams.items()})
+
+
+class SmallBatchCLI(LightningCLI):
+    """LightningCLI with run folders, cell naming, W&B defaults, results and checkpoints."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument("--run_dir", type=str | None, default=None, help="run folder")
+        parser.add_argument("--group", type=str, default="adhoc", help="W&B group (a grid's name)")
+        parser.add_argument("--tags", type=list[str], default=[], help="extra W&B tags")
+        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.in_chans", "model.in_chans", apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        name = run_name(cfg)
+        run_dir = cfg.run_dir or os.environ.get("SMALLBATCH_RUN_DIR")
+        if not run_dir:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            run_dir = str(Path("runs") / name / f"{stamp}-{os.getpid()}")
+        cfg.run_dir = run_dir
+        # DDP re-launches this command per rank: every rank must use the same folder.
+        os.environ["SMALLBATCH_RUN_DIR"] = run_dir
+        cfg.trainer.default_root_dir = run_dir
+        cell = self.cell_info(cfg, name)
+        configure_wandb_logger(cfg.trainer, run_dir, name, cfg.group, cfg.tags, cell)
+        self._cell = cell
+        self._digest = config_digest(cfg)
+
+    @staticmethod
+    def cell_info(cfg: Namespace, name: str) -> dict[str, Any]:
+        data = cfg.data.init_args if "init_args" in cfg.data else cfg.data
+        devices = cfg.trainer.devices
+        return {
+            "name": name,
+            "norm": norm_display_name(cfg.model.norm),
+            "batch_size": data.batch_size,
+            "devices": devices,
+            "num_nodes": cfg.trainer.num_nodes,
+            "seed": cfg.seed_everything,
+            "backbone": cfg.model.backbone,
+            "group": cfg.group,
+        }
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]):
+        run_dir = Path(config["default_root_dir"])
+        given = list(config.get("callbacks") or []) + list(callbacks)
+        if not any(isinstance(c, ModelCheckpoint) for c in given):
+            callbacks.append(
+                ModelCheckpoint(
+                    dirpath=run_dir / "checkpoints",
+                    filename="best-{epoch}-{step}",
+                    monitor="val/acc",
+                    mode="max",
+                    save_last=True,
+                )
+            )
+        if not any(isinstance(c, RichProgressBar | TQDMProgressBar) for c in given):
+            interactive = sys.stdout.isatty() and not os.environ.get("CI")
+            if interactive:
+                callbacks.append(RichProgressBar())
+            else:  # CI logs: no bar, one plain line per epoch
+                callbacks += [TQDMProgressBar(refresh_rate=0), EpochLinePrinter()]
+        callbacks.append(ResultWriter(self._digest, self._cell))
+        return super()._instantiate_trainer(config, callbacks)
+
+
+def lightning_main(args: list[str] | None = None, run: bool = True) -> SmallBatchCLI:
+    """Run the Lightning CLI (``fit``/``validate``/``test``) with the suite's defaults."""
+    try:
+        return SmallBatchCLI(
+            SmallBatchModule,
+            SmallBatchDataModule,
+            subclass_mode_data=True,
+            save_config_callback=LoggedSaveConfigCallback,
+            save_config_kwargs={"overwrite": True},
+            args=args,
+            run=run,
+            auto_configure_optimizers=False,
+        )
+    finally:
+        if run and "wandb" in sys.modules and sys.modules["wandb"].run is not None:
+            sys.modules["wandb"].finish()  # one W&B run per CLI run, also when called in-process
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in EXTRA_COMMANDS:
+        from . import commands
+
+        return int(getattr(commands, f"{argv[0]}_command")(argv[1:]) or 0)
+    lightning_main(argv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Shared LightningDataModule behaviour: per-device batch, subsets, drop_last, offline search."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset is not on disk; the message lists where we looked and how to get it."""
+
+
+def data_search_dirs(data_dir: str | os.PathLike) -> list[Path]:
+    """Folders searched for datasets, in order: ``data_dir``, ``$SMALLBATCH_DATA_DIRS``
+    (colon-separated), and ``shared/data`` beside the working directory or the checkout."""
+    dirs = [Path(data_dir)]
+    dirs += [Path(p) for p in os.environ.get("SMALLBATCH_DATA_DIRS", "").split(":") if p]
+    checkout = Path(__file__).resolve().parents[2]
+    for base in (Path.cwd(), checkout):
+        dirs += [base / "shared" / "data", base.parent / "shared" / "data"]
+    seen, unique = set(), []
+    for d in dirs:
+        key = d.resolve() if d.exists() else d
+        if key not in seen:
+            seen.add(key)
+            unique.append(d)
+    return unique
+
+
+def fixed_subset(dataset: Dataset, size: int | None, seed: int = 0) -> Dataset:
+    """The first ``size`` items of a fixed (seeded) permutation: the same subset in every run."""
+    if not size or size >= len(dataset):
+        return dataset
+    perm = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
+    return Subset(dataset, perm[:size].tolist())
+
+
+class SmallBatchDataModule(pl.LightningDataModule):
+    """Base for the suite's data modules.
+
+    Args:
+        batch_size: per-device batch: the normalization batch of batch-dependent norms.
+        data_dir: where datasets are found or written.
+        num_workers: DataLoader workers per device.
+        train_subset / val_subset: use only this many (fixed) samples, for quick runs.
+        download: allow downloading when the dataset is not found on disk.
+    """
+
+    num_classes: int = 10
+    in_chans: int = 3
+
+    def __init__(
+        self,
+        batch_size: int = 32,
+        data_dir: str = "data",
+        num_workers: int = 2,
+        train_subset: int | None = None,
+        val_subset: int | None = None,
+        download: bool = False,
+        val_batch_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1 (per device), got {batch_size}")
+        self.batch_size = batch_size
+        self.val_batch_size = val_batch_size or max(batch_size, 64)
+        self.data_dir = data_dir
+        self.num_workers = num_workers
+        self.train_subset = train_subset
+        self.val_subset = val_subset
+        self.download = download
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
+
+    def build_datasets(self) -> tuple[Dataset, Dataset]:
+        """(train, validation) datasets with transforms; subclasses implement."""
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is None:
+            train, val = self.build_datasets()
+            self.train_set = fixed_subset(train, self.train_subset)
+            self.val_set = fixed_subset(val, self.val_subset)
+            self.test_set = self.val_set
+        if len(self.train_set) < self.batch_size:
+            raise ValueError(
+                f"train set has {len(self.train_set)} samples, fewer than batch_size "
+                f"{self.batch_size}: no full batch can be formed"
+            )
+
+    def _loader(self, dataset: Dataset, batch_size: int, train: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=train,
+            drop_last=train,  # a norm never sees a smaller batch than the grid says
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.batch_size, True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, self.val_batch_size, False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, self.val_batch_size, False)
+
+
+def not_found(name: str, looked: Sequence[Path], how: str) -> DatasetNotFoundError:
+    places = "\n  ".join(str(p) for p in looked)
+    return DatasetNotFoundError(f"{name} not found. Looked in:\n  {places}\n{how}")

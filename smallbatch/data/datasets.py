@@ -1,0 +1,214 @@
+"""Fashion-MNIST, CIFAR-10/100 and ImageFolder data modules (offline first)."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import tarfile
+from pathlib import Path
+
+from torchvision import datasets
+from torchvision import transforms as T
+
+from .base import SmallBatchDataModule, data_search_dirs, not_found
+
+FASHION_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+def _has_files(folder: Path, names: tuple[str, ...]) -> bool:
+    return all((folder / n).exists() or (folder / f"{n}.gz").exists() for n in names)
+
+
+class FashionMNIST(SmallBatchDataModule):
+    """Fashion-MNIST (28×28 grey, 10 classes), found offline in ``data_dir``, shared/data or
+    Debian's ``dataset-fashion-mnist`` package; unpacked into ``data_dir/FashionMNIST/raw``."""
+
+    num_classes = 10
+    in_chans = 1
+    mean, std = (0.2860,), (0.3530,)
+
+    def candidate_dirs(self) -> list[Path]:
+        dirs = []
+        for base in data_search_dirs(self.data_dir):
+            dirs += [base / "FashionMNIST" / "raw", base]
+        return [*dirs, DEBIAN_FASHION_DIR]
+
+    def prepare_data(self) -> None:
+        raw = Path(self.data_dir) / "FashionMNIST" / "raw"
+        if all((raw / n).exists() for n in FASHION_FILES):
+            return
+        source = next((d for d in self.candidate_dirs() if _has_files(d, FASHION_FILES)), None)
+        if source is None:
+            if self.download:
+                datasets.FashionMNIST(self.data_dir, train=True, download=True)
+                return
+            raise not_found(
+                "Fashion-MNIST",
+                self.candidate_dirs(),
+                "Get it with `apt-get install dataset-fashion-mnist` (Debian), put the four "
+                "idx files (.gz or unpacked) in one of these folders, or pass "
+                "--data.download true to download it.",
+            )
+        raw.mkdir(parents=True, exist_ok=True)
+        for name in FASHION_FILES:
+            target = raw / name
+            if target.exists():
+                continue
+            tmp = target.with_suffix(".tmp")
+            if (source / name).exists():
+                shutil.copyfile(source / name, tmp)
+            else:
+                with gzip.open(source / f"{name}.gz", "rb") as src, open(tmp, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+            tmp.replace(target)
+
+    def build_datasets(self):
+        self.prepare_data()
+        norm = T.Normalize(self.mean, self.std)
+        train_tf = T.Compose(
+            [T.RandomCrop(28, padding=2), T.RandomHorizontalFlip(), T.ToTensor(), norm]
+        )
+        val_tf = T.Compose([T.ToTensor(), norm])
+        return (
+            datasets.FashionMNIST(self.data_dir, train=True, transform=train_tf),
+            datasets.FashionMNIST(self.data_dir, train=False, transform=val_tf),
+        )
+
+
+class CIFAR10(SmallBatchDataModule):
+    """CIFAR-10 through torchvision (python batches in ``data_dir``), standard augmentation."""
+
+    num_classes = 10
+    dataset_cls = datasets.CIFAR10
+    folder = "cifar-10-batches-py"
+    mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+
+    def prepare_data(self) -> None:
+        if (Path(self.data_dir) / self.folder).exists():
+            return
+        if not self.download:
+            raise not_found(
+                self.dataset_cls.__name__,
+                [Path(self.data_dir) / self.folder],
+                "Pass --data.download true to download it, or use the ImageFolder data module "
+                "for an image-folder copy (e.g. CIFAR-10 as JPEG).",
+            )
+        self.dataset_cls(self.data_dir, train=True, download=True)
+        self.dataset_cls(self.data_dir, train=False, download=True)
+
+    def build_datasets(self):
+        self.prepare_data()
+        norm = T.Normalize(self.mean, self.std)
+        train_tf = T.Compose(
+            [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), norm]
+        )
+        val_tf = T.Compose([T.ToTensor(), norm])
+        return (
+            self.dataset_cls(self.data_dir, train=True, transform=train_tf),
+            self.dataset_cls(self.data_dir, train=False, transform=val_tf),
+        )
+
+
+class CIFAR100(CIFAR10):
+    """CIFAR-100 through torchvision, standard augmentation."""
+
+    num_classes = 100
+    dataset_cls = datasets.CIFAR100
+    folder = "cifar-100-python"
+    mean, std = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+
+
+class ImageFolder(SmallBatchDataModule):
+    """Any ``root/{train,val|test}/<class>/*.jpg`` dataset (CIFAR-10 JPEG, Imagenette, ImageNet).
+
+    ``root`` may also be a ``.tar.gz`` of that layout: it is unpacked once into ``data_dir``.
+    Images ≤ 64 px use crop-with-padding + flip; larger ones RandomResizedCrop + flip for
+    training and resize + centre crop for validation.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        image_size: int = 32,
+        num_classes: int | None = None,
+        mean: tuple[float, ...] = (0.485, 0.456, 0.406),
+        std: tuple[float, ...] = (0.229, 0.224, 0.225),
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.root = root
+        self.image_size = image_size
+        self.mean, self.std = tuple(mean), tuple(std)
+        self._num_classes = num_classes
+
+    @property
+    def num_classes(self) -> int:
+        if self._num_classes is None:
+            self._num_classes = len(
+                [p for p in (self.resolved_root() / "train").iterdir() if p.is_dir()]
+            )
+        return self._num_classes
+
+    def candidates(self) -> list[Path]:
+        root = Path(self.root)
+        if root.is_absolute():
+            return [root]
+        return [root, *(d / root for d in data_search_dirs(self.data_dir))]
+
+    def resolved_root(self) -> Path:
+        for cand in self.candidates():
+            if cand.is_dir() and (cand / "train").is_dir():
+                return cand
+            if cand.is_file() and cand.name.endswith((".tar.gz", ".tgz", ".tar")):
+                return self._unpack(cand)
+        raise not_found(
+            f"image folder {self.root!r}",
+            self.candidates(),
+            "Expected a folder with train/ and val/ (or test/) sub-folders of class folders, "
+            "or a .tar.gz of that layout.",
+        )
+
+    def _unpack(self, archive: Path) -> Path:
+        stem = archive.name.removesuffix(".gz").removesuffix(".tgz").removesuffix(".tar")
+        target = Path(self.data_dir) / stem
+        if not (target / ".unpacked").exists():
+            tmp = Path(self.data_dir) / f".{stem}.partial"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            with tarfile.open(archive) as tar:
+                tar.extractall(tmp, filter="data")
+            inner = [p for p in tmp.iterdir() if p.is_dir()]
+            src = inner[0] if len(inner) == 1 and not (tmp / "train").exists() else tmp
+            shutil.rmtree(target, ignore_errors=True)
+            src.rename(target)
+            shutil.rmtree(tmp, ignore_errors=True)
+            (target / ".unpacked").touch()
+        return target
+
+    def prepare_data(self) -> None:
+        self.resolved_root()
+
+    def build_datasets(self):
+        root = self.resolved_root()
+        val_dir = next((root / n for n in ("val", "test") if (root / n).is_dir()), None)
+        if val_dir is None:
+            raise not_found(f"validation split of {root}", [root / "val", root / "test"], "")
+        size, norm = self.image_size, T.Normalize(self.mean, self.std)
+        if size <= 64:
+            train_tf = [T.Resize(size), T.RandomCrop(size, padding=size // 8)]
+            val_tf = [T.Resize(size), T.CenterCrop(size)]
+        else:
+            train_tf = [T.RandomResizedCrop(size)]
+            val_tf = [T.Resize(int(size / 0.875)), T.CenterCrop(size)]
+        train_tf += [T.RandomHorizontalFlip(), T.ToTensor(), norm]
+        val_tf += [T.ToTensor(), norm]
+        return (
+            datasets.ImageFolder(root / "train", transform=T.Compose(train_tf)),
+            datasets.ImageFolder(val_dir, transform=T.Compose(val_tf)),
+        )

@@ -1,0 +1,214 @@
+"""The LightningModule: a backbone with a registered norm, SGD with the linear LR scaling rule."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from timm.optim import param_groups_weight_decay
+from torch import Tensor
+from torchmetrics.classification import MulticlassAccuracy
+
+from .diagnostics import BatchStatGap, layer_diagnostics
+from .models import create_model
+from .norms import local_buffer_names, resolve_norm
+
+SCHEDULES = ("cosine", "step", "constant")
+
+
+def norm_display_name(norm: str | dict[str, Any]) -> str:
+    """Short name for run names and tables: ``brn``, or a class path's last component."""
+    _, _, display = resolve_norm(norm)
+    return display.rsplit(".", 1)[-1] if "." in display else display
+
+
+class SmallBatchModule(pl.LightningModule):
+    """Image classifier for the small-batch benchmark.
+
+    Args:
+        backbone: see :func:`smallbatch.models.build_backbone` (``resnet20``, ``resnet18``,
+            ``timm:<name>``, ...).
+        norm: registered name, dotted class path, or ``{class_path, init_args}``.
+        norm_args: extra keyword arguments for the norm (e.g. ``{window: 4}`` for CBN).
+        num_classes / in_chans: linked from the data module by the CLI.
+        cifar_stem: 3×3 stride-1 stem without max-pool for 28–32 px inputs.
+        lr: base learning rate at ``reference_batch``; the optimizer uses
+            lr × total_batch / reference_batch, total_batch = per-device batch × devices ×
+            nodes × gradient accumulation (linear scaling rule, Goyal et al. 2017).
+        weight_decay / norm_weight_decay: decay for weights; whether 1-D parameters (norm
+            affine, biases) decay too.
+        warmup_epochs: linear warm-up length; then ``schedule``: cosine to 0, step (×gamma at
+            each fraction in ``milestones`` of the run), or constant.
+        label_smoothing: cross-entropy label smoothing.
+        diagnostics: log norm diagnostics every ``trainer.log_every_n_steps`` steps.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnet20",
+        norm: str | dict[str, Any] = "bn",
+        norm_args: dict[str, Any] | None = None,
+        num_classes: int = 10,
+        in_chans: int = 3,
+        cifar_stem: bool = False,
+        lr: float = 0.1,
+        reference_batch: int = 32,
+        momentum: float = 0.9,
+        nesterov: bool = True,
+        weight_decay: float = 5e-4,
+        norm_weight_decay: bool = False,
+        warmup_epochs: float = 0.0,
+        schedule: str = "cosine",
+        milestones: list[float] | None = None,
+        gamma: float = 0.1,
+        label_smoothing: float = 0.0,
+        diagnostics: bool = True,
+    ) -> None:
+        super().__init__()
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule {schedule!r} is not one of {SCHEDULES}")
+        self.save_hyperparameters()
+        self.norm_name = norm_display_name(norm)
+        self.model = create_model(
+            backbone, norm, num_classes, in_chans, cifar_stem, **(norm_args or {})
+        )
+        # Per-device state (CBN windows) must not be overwritten by DDP's broadcast from rank 0.
+        self._ddp_params_and_buffers_to_ignore = local_buffer_names(self)
+        top5 = num_classes > 5
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc5 = MulticlassAccuracy(num_classes, top_k=5, average="micro") if top5 else None
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_history: list[float] = []
+        self.diverged = False
+        self._gap: BatchStatGap | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+    # ----------------------------------------------------------------- scaling rule
+    def per_device_batch(self) -> int:
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is None or not hasattr(dm, "batch_size"):
+            raise RuntimeError("the linear LR scaling rule needs a data module with batch_size")
+        return int(dm.batch_size)
+
+    def total_batch(self) -> int:
+        t = self.trainer
+        return self.per_device_batch() * t.num_devices * t.num_nodes * t.accumulate_grad_batches
+
+    def scaled_lr(self) -> float:
+        return self.hparams.lr * self.total_batch() / self.hparams.reference_batch
+
+    # ----------------------------------------------------------------- optimization
+    def configure_optimizers(self):
+        hp = self.hparams
+        if hp.norm_weight_decay:
+            groups = [{"params": list(self.parameters()), "weight_decay": hp.weight_decay}]
+        else:
+            groups = param_groups_weight_decay(self, hp.weight_decay)
+        opt = torch.optim.SGD(
+            groups, lr=self.scaled_lr(), momentum=hp.momentum, nesterov=hp.nesterov
+        )
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        epochs = self.trainer.max_epochs if self.trainer.max_epochs not in (None, -1) else 0
+        warmup = int(hp.warmup_epochs * total / epochs) if epochs else 0
+        milestones = sorted(hp.milestones or [0.5, 0.75])
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+            if hp.schedule == "cosine":
+                return 0.5 * (1 + math.cos(math.pi * progress))
+            if hp.schedule == "step":
+                return hp.gamma ** sum(step >= m * total for m in milestones)
+            return 1.0
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_fit_start(self) -> None:
+        total = int(self.trainer.estimated_stepping_batches)
+        for m in self.model.modules():
+            if hasattr(m, "set_total_steps"):
+                m.set_total_steps(total)
+        if self.hparams.diagnostics and self._gap is None:
+            self._gap = BatchStatGap(self.model)
+        if self.logger is not None:
+            self.logger.log_hyperparams(
+                {
+                    "norm_name": self.norm_name,
+                    "batch_size": self.per_device_batch(),
+                    "devices": self.trainer.num_devices,
+                    "num_nodes": self.trainer.num_nodes,
+                    "total_batch": self.total_batch(),
+                    "scaled_lr": self.scaled_lr(),
+                }
+            )
+
+    def on_fit_end(self) -> None:
+        if self._gap is not None:
+            self._gap.remove()
+            self._gap = None
+
+    # ----------------------------------------------------------------- steps
+    def _log_due(self) -> bool:
+        every = max(int(self.trainer.log_every_n_steps or 1), 1)
+        return self.hparams.diagnostics and (self.global_step + 1) % every == 0  # as Lightning
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor | None:
+        x, y = batch
+        due = self._log_due()
+        if due and self._gap is not None:
+            self._gap.armed = True
+        logits = self(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
+        if not torch.isfinite(loss):
+            self.diverged = True
+            self.trainer.should_stop = True
+            self.print(f"loss became {loss.item()} at step {self.global_step}: run diverged")
+            return None
+        self.train_acc(logits, y)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True)
+        if due:
+            diag = layer_diagnostics(self.model)
+            if self._gap is not None:
+                diag.update(self._gap.collect())
+            if diag:
+                self.log_dict(diag, on_step=True, on_epoch=False)
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x, y = batch
+        logits = self(x)
+        self.val_acc(logits, y)
+        self.log("val/loss", F.cross_entropy(logits, y), prog_bar=False, sync_dist=True)
+        self.log("val/acc", self.val_acc, prog_bar=True)
+        if self.val_acc5 is not None:
+            self.val_acc5(logits, y)
+            self.log("val/acc5", self.val_acc5)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        if self.val_acc.update_count:  # epoch accuracy (synced across devices by torchmetrics)
+            self.val_history.append(float(self.val_acc.compute()))
+            self.log("val/acc_best", max(self.val_history))
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x, y = batch
+        self.test_acc(self(x), y)
+        self.log("test/acc", self.test_acc)
+
+    # ----------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["smallbatch"] = {"val_history": list(self.val_history)}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.val_history = list(checkpoint.get("smallbatch", {}).get("val_history", []))

@@ -1,0 +1,131 @@
+"""W&B defaults for a run: name, group, tags, config, save folder, and offline without a key."""
+
+from __future__ import annotations
+
+import netrc
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from jsonargparse import Namespace
+from lightning.pytorch.utilities import rank_zero_info
+
+WANDB_LOGGER = "WandbLogger"
+_ANNOUNCED = False
+
+
+def wandb_has_credentials() -> bool:
+    """True when an API key is configured (env var or the netrc entry ``wandb login`` writes)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def _wandb_loggers(trainer_cfg: Namespace) -> list[Namespace]:
+    logger = trainer_cfg.get("logger")
+    items = logger if isinstance(logger, list) else [logger]
+    return [
+        item
+        for item in items
+        if isinstance(item, Namespace) and str(item.get("class_path", "")).endswith(WANDB_LOGGER)
+    ]
+
+
+def configure_wandb_logger(
+    trainer_cfg: Namespace,
+    run_dir: str,
+    name: str,
+    group: str,
+    tags: list[str],
+    cell: dict[str, Any],
+) -> None:
+    """Fill unset WandbLogger arguments: name = the cell, group, tags, save_dir = run folder,
+    and offline mode when no credentials exist (``wandb sync`` uploads later)."""
+    global _ANNOUNCED
+    for logger in _wandb_loggers(trainer_cfg):
+        args = logger.get("init_args") or Namespace()
+        args.name = args.get("name") or name
+        args.group = args.get("group") or group
+        args.save_dir = args.get("save_dir") if args.get("save_dir") not in (None, ".") else run_dir
+        cell_tags = [f"norm:{cell['norm']}", f"b{cell['batch_size']}", f"seed:{cell['seed']}"]
+        args.tags = list(dict.fromkeys([*(args.get("tags") or []), *cell_tags, *tags]))
+        args.config = {**(args.get("config") or {}), **cell}
+        Path(args.save_dir).mkdir(parents=True, exist_ok=True)
+        if os.environ.get("WANDB_MODE") is None and not wandb_has_credentials():
+            args.offline = True
+            os.environ["WANDB_MODE"] = "offline"
+            if not _ANNOUNCED:
+                _ANNOUNCED = True
+                rank_zero_info(
+                    f"W&B: no API key found, logging offline under {args.save_dir}/wandb "
+                    "(upload later with `wandb sync <that folder>/offline-run-*`)"
+                )
+        elif os.environ.get("WANDB_MODE") == "offline":
+            args.offline = True
+        logger.init_args = args
+
+
+_BLOCK, _HEADER = 32768, 7
+
+
+def _offline_records(path: Path):
+    """Records of a ``run-*.wandb`` file (W&B's LevelDB-style log of protobuf records)."""
+    data = path.read_bytes()
+    if data[:4] != b":W&B":
+        raise ValueError(f"{path} is not a W&B run file")
+    pos, pending = _HEADER, b""
+    while pos + _HEADER <= len(data):
+        left_in_block = _BLOCK - pos % _BLOCK
+        if left_in_block < _HEADER:  # block trailer padding
+            pos += left_in_block
+            continue
+        length = int.from_bytes(data[pos + 4 : pos + 6], "little")
+        kind = data[pos + 6]
+        if kind == 0 and length == 0:
+            pos += left_in_block
+            continue
+        chunk = data[pos + _HEADER : pos + _HEADER + length]
+        pos += _HEADER + length
+        pending = chunk if kind in (1, 2) else pending + chunk
+        if kind in (1, 4):  # FULL or LAST: a whole record
+            yield pending
+            pending = b""
+
+
+def read_offline_run(run_folder: str | Path) -> dict[str, Any]:
+    """Read an offline W&B run folder back: name, group, tags, config, summary and the keys
+    logged in history. For tests and for checking a run before ``wandb sync``."""
+    import json
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    files = sorted(Path(run_folder).glob("run-*.wandb"))
+    if not files:
+        raise FileNotFoundError(f"no run-*.wandb file in {run_folder}")
+    out: dict[str, Any] = {"config": {}, "summary": {}, "history_keys": set(), "history": []}
+    for raw in _offline_records(files[0]):
+        rec = pb.Record()
+        rec.ParseFromString(raw)
+        kind = rec.WhichOneof("record_type")
+        if kind == "run":
+            out.update(name=rec.run.display_name, group=rec.run.run_group, tags=list(rec.run.tags))
+            for item in rec.run.config.update:
+                out["config"][item.key] = json.loads(item.value_json)
+        elif kind == "config":
+            for item in rec.config.update:
+                out["config"][item.key] = json.loads(item.value_json)
+        elif kind == "summary":
+            for item in rec.summary.update:
+                out["summary"][item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
+        elif kind == "history":
+            row = {
+                i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in rec.history.item
+            }
+            out["history"].append(row)
+            out["history_keys"].update(row)
+    return out

@@ -1,0 +1,41 @@
+"""Importable helpers for tests that run `smallbatch` in subprocesses (on PYTHONPATH there)."""
+
+import os
+import signal
+
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch import nn
+
+
+class KillAtStep(Callback):
+    """SIGKILL this process when training reaches ``step`` (a hard crash, no clean-up)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step >= self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class SaveNormStateAtStart(Callback):
+    """Save the norm layers' buffers when training starts (after any checkpoint restore)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_start(self, trainer, pl_module):
+        state = {k: v.clone() for k, v in pl_module.state_dict().items() if ".bn" in k}
+        torch.save(state, self.path)
+
+
+class ScaledGroupNorm(nn.GroupNorm):
+    """A user's own norm from outside the package: GroupNorm with a fixed output scale."""
+
+    def __init__(self, num_features: int, groups: int = 4, scale: float = 1.0) -> None:
+        super().__init__(groups, num_features)
+        self.scale = scale
+
+    def forward(self, x):
+        return super().forward(x) * self.scale

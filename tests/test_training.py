@@ -1,0 +1,166 @@
+"""`smallbatch fit` end to end: configs, real data, W&B offline, results, divergence, resume."""
+
+import io
+import json
+import os
+import subprocess
+import sys
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import HELPERS, ROOT, tiny_fit_args
+
+from smallbatch.cli import lightning_main
+from smallbatch.data import DatasetNotFoundError, FashionMNIST, ImageFolder
+from smallbatch.results import read_result
+from smallbatch.wandb_setup import read_offline_run
+
+CONFIGS = sorted(p for p in (ROOT / "configs").glob("*.yaml"))
+
+
+def _print_config(args: list[str]) -> str:
+    buf = io.StringIO()
+    with redirect_stdout(buf), pytest.raises(SystemExit) as exc:
+        lightning_main(args)
+    assert exc.value.code in (0, None)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_parses(config):
+    text = _print_config(["fit", "--config", str(config), "--print_config"])
+    assert "model:" in text and "data:" in text
+
+
+def test_print_config_round_trips(tmp_path):
+    args = ["--config", str(ROOT / "configs/quickstart.yaml"), "--model.norm", "brn"]
+    first = _print_config(["fit", *args, "--print_config"])
+    saved = tmp_path / "printed.yaml"
+    saved.write_text(first)
+    second = _print_config(["fit", "--config", str(saved), "--print_config"])
+    assert yaml.safe_load(first) == yaml.safe_load(second)
+    assert yaml.safe_load(second)["model"]["norm"] == "brn"
+
+
+def test_fit_on_real_fashion_mnist_learns(fashion_dir, tmp_path):
+    run = tmp_path / "run"
+    args = tiny_fit_args(fashion_dir, run, "--data.train_subset", "2048", "--model.norm", "gn")
+    args += ["--trainer.max_epochs", "2"]
+    lightning_main(args)
+    result = read_result(run)
+    assert result["status"] == "finished"
+    assert result["final_val_acc"] > 0.3  # chance is 0.1
+    assert result["norm"] == "gn" and result["batch_size"] == 16
+    assert (run / "config.yaml").exists() and (run / "checkpoints" / "last.ckpt").exists()
+
+
+def test_norm_from_class_path_outside_package(fashion_dir, tmp_path):
+    norm = json.dumps({"class_path": "sb_test_helpers.ScaledGroupNorm", "init_args": {"scale": 2}})
+    run = tmp_path / "run"
+    lightning_main(tiny_fit_args(fashion_dir, run, "--model.norm", norm))
+    result = read_result(run)
+    assert result["status"] == "finished" and result["norm"] == "ScaledGroupNorm"
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["hyper_parameters"]["norm"]["class_path"] == "sb_test_helpers.ScaledGroupNorm"
+
+
+def test_wandb_offline_run_records_accuracy_config_and_group(fashion_dir, tmp_path):
+    run = tmp_path / "run"
+    args = tiny_fit_args(fashion_dir, run, "--model.norm", "brn", "--group", "mygrid")
+    args += ["--trainer.log_every_n_steps", "4"]
+    args[args.index("--trainer.logger") + 1] = json.dumps(
+        {"class_path": "lightning.pytorch.loggers.WandbLogger", "init_args": {"project": "t"}}
+    )
+    lightning_main(args)
+    folders = list((run / "wandb").glob("offline-run-*"))
+    assert len(folders) == 1
+    logged = read_offline_run(folders[0])
+    assert logged["group"] == "mygrid"
+    assert logged["name"] == "brn-b16-s0"
+    assert 0 <= logged["summary"]["val/acc"] <= 1
+    assert logged["summary"]["val/acc_best"] == pytest.approx(read_result(run)["best_val_acc"])
+    assert logged["config"]["norm"] == "brn" and logged["config"]["batch_size"] == 16
+    assert logged["config"]["seed"] == 0 and logged["config"]["backbone"] == "resnet8"
+    assert "norm/brn_rmax" in logged["history_keys"]
+
+
+def test_nan_loss_gives_diverged_result_without_traceback(fashion_dir, tmp_path):
+    run = tmp_path / "run"
+    lightning_main(tiny_fit_args(fashion_dir, run, "--model.lr", "1e30"))
+    result = read_result(run)
+    assert result["status"] == "diverged"
+    assert result["error"] is None
+
+
+def test_missing_dataset_gives_clear_error(tmp_path, monkeypatch):
+    import smallbatch.data.datasets as ds
+
+    missing = tmp_path / "nowhere"
+    monkeypatch.setattr(ds, "data_search_dirs", lambda d: [Path(d)])
+    monkeypatch.setattr(ds, "DEBIAN_FASHION_DIR", tmp_path / "no-debian")
+    with pytest.raises(
+        DatasetNotFoundError, match=r"(?s)Fashion-MNIST not found.*nowhere.*apt-get"
+    ):
+        FashionMNIST(data_dir=str(missing)).prepare_data()
+    with pytest.raises(DatasetNotFoundError, match=r"(?s)image folder.*Looked in.*train/ and val/"):
+        ImageFolder(root=str(missing / "imgs"), data_dir=str(missing)).setup()
+
+
+def _smallbatch(args, env_extra=None, timeout=600):
+    env = {**os.environ, "PYTHONPATH": str(HELPERS), "CI": "1", **(env_extra or {})}
+    env.pop("SMALLBATCH_RUN_DIR", None)
+    cmd = [sys.executable, "-m", "smallbatch.cli", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+@pytest.mark.parametrize("norm", ["bn", "brn", "cbn"])
+def test_two_process_cpu_ddp(norm, fashion_dir, tmp_path):
+    run = tmp_path / "run"
+    args = tiny_fit_args(fashion_dir, run, "--model.norm", norm)
+    args += ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
+    args += ["--data.train_subset", "128", "--data.val_subset", "64"]
+    proc = _smallbatch(args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = read_result(run)
+    assert result["status"] == "finished" and result["devices"] == 2
+    assert len(list(run.glob("result.json"))) == 1
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    steps = [v for k, v in ckpt["state_dict"].items() if k.endswith(".step")]
+    if norm != "bn":
+        assert steps and int(steps[0]) == ckpt["global_step"]
+
+
+@pytest.mark.parametrize("norm", ["brn", "cbn"])
+def test_kill_and_resume_continues_brn_step_and_cbn_window(norm, fashion_dir, tmp_path):
+    run = tmp_path / "run"
+    base = tiny_fit_args(fashion_dir, run, "--model.norm", norm)
+    base += ["--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1"]
+    base += ["--trainer.max_epochs", "10", "--trainer.max_steps", "8"]
+    if norm == "cbn":
+        base += ["--model.norm_args", '{"window": 3, "burnin": 1}']
+    kill = '{"class_path": "sb_test_helpers.KillAtStep", "init_args": {"step": 5}}'
+    proc = _smallbatch([*base, "--trainer.callbacks+", kill])
+    assert proc.returncode == -9  # SIGKILL: no clean-up ran
+    assert read_result(run) is None
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 4
+    saved = {k: v for k, v in ckpt["state_dict"].items() if ".bn" in k}
+    at_start = tmp_path / "at_start.pt"
+    probe = json.dumps(
+        {"class_path": "sb_test_helpers.SaveNormStateAtStart", "init_args": {"path": str(at_start)}}
+    )
+    proc = _smallbatch([*base, "--ckpt_path", "last", "--trainer.callbacks+", probe])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    resumed = torch.load(at_start)
+    for key, value in saved.items():
+        assert torch.equal(resumed[key], value), key
+    step_keys = [k for k in saved if k.endswith(".step")]
+    assert step_keys and all(int(saved[k]) == 4 for k in step_keys)
+    if norm == "cbn":
+        assert any(k.endswith("win_valid") and bool(saved[k].any()) for k in saved)
+    final = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert all(int(final["state_dict"][k]) == 8 for k in step_keys)
+    assert read_result(run)["status"] == "finished"
