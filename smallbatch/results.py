@@ -69,7 +69,9 @@ class ResultWriter(Callback):
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
-        interrupted = isinstance(exception, KeyboardInterrupt | SystemExit)
+        interrupted = isinstance(exception, KeyboardInterrupt | SystemExit) or (
+            type(exception).__name__ == "SIGTERMException"  # Lightning's SIGTERM handling
+        )
         self.write(trainer, pl_module, "interrupted" if interrupted else "failed", exception)
 
     def write(

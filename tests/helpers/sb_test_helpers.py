@@ -39,3 +39,12 @@ class ScaledGroupNorm(nn.GroupNorm):
 
     def forward(self, x):
         return super().forward(x) * self.scale
+
+
+class FailingNorm(nn.BatchNorm2d):
+    """A norm that crashes in training: a cell that always fails."""
+
+    def forward(self, x):
+        if self.training:
+            raise RuntimeError("FailingNorm: deliberate failure for the grid retry test")
+        return super().forward(x)

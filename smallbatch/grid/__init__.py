@@ -1,0 +1,17 @@
+"""Grids of Lightning CLI runs: spec, results store, local and SLURM executors."""
+
+from .runner import emit_cells, run_grid
+from .spec import Cell, GridSpec, GridSpecError, load_grid
+from .store import CellState, GridBusyError, ResultsStore
+
+__all__ = [
+    "Cell",
+    "CellState",
+    "GridBusyError",
+    "GridSpec",
+    "GridSpecError",
+    "ResultsStore",
+    "emit_cells",
+    "load_grid",
+    "run_grid",
+]

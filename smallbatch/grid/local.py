@@ -1,0 +1,159 @@
+"""Local executor: cells as ``smallbatch fit`` subprocesses over the visible GPUs, or on CPU.
+
+GPUs: each cell gets ``trainer.devices`` GPUs through ``CUDA_VISIBLE_DEVICES``; up to
+``jobs_per_gpu`` cells share a GPU (batch-1 cells leave a GPU mostly idle). CPU: up to
+``max_parallel`` cells at once. SIGTERM/SIGINT stop the grid: running cells get SIGTERM (Lightning
+saves nothing half-written; ``result.json`` says "interrupted") and resume on the next run. A cell
+also gets SIGTERM if the grid process dies (Linux parent-death signal), so no orphan keeps
+running into a later grid run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .spec import GridSpec
+from .store import CellState, ResultsStore
+
+PR_SET_PDEATHSIG = 1
+
+
+def visible_gpus() -> list[str]:
+    """GPU ids this process may use (``CUDA_VISIBLE_DEVICES`` or every CUDA device)."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g for g in env.split(",") if g.strip() and g.strip() != "-1"]
+    try:
+        import torch
+
+        return [str(i) for i in range(torch.cuda.device_count())]
+    except Exception:  # noqa: BLE001 - no usable CUDA means CPU
+        return []
+
+
+def _child_setup() -> None:  # runs in the child between fork and exec
+    os.setsid()
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass
+class Running:
+    state: CellState
+    proc: subprocess.Popen
+    gpus: list[str]
+    started: float = field(default_factory=time.time)
+
+
+def resume_args(state: CellState) -> list[str]:
+    """``--ckpt_path`` to the cell's last checkpoint when it has one."""
+    return ["--ckpt_path", str(state.last_checkpoint)] if state.last_checkpoint else []
+
+
+class LocalExecutor:
+    def __init__(self, spec: GridSpec, store: ResultsStore) -> None:
+        self.spec = spec
+        self.store = store
+        cfg = spec.executor
+        self.gpus = visible_gpus()
+        self.jobs_per_gpu = int(cfg.get("jobs_per_gpu", 2))
+        self.max_parallel = int(cfg.get("max_parallel", 1))
+        self.load = {g: 0 for g in self.gpus}
+        self.cpu_busy = 0
+        self.stopping = False
+
+    def _allocate(self, devices: int) -> list[str] | None:
+        if not self.gpus:
+            if self.cpu_busy + devices > max(self.max_parallel, devices):
+                return None
+            self.cpu_busy += devices
+            return []
+        free = sorted((n, g) for g, n in self.load.items() if n < self.jobs_per_gpu)
+        if len(free) < devices:
+            return None
+        chosen = [g for _, g in free[:devices]]
+        for g in chosen:
+            self.load[g] += 1
+        return chosen
+
+    def _release(self, run: Running) -> None:
+        if self.gpus:
+            for g in run.gpus:
+                self.load[g] -= 1
+        else:
+            self.cpu_busy -= run.state.cell.devices
+
+    def _start(self, state: CellState, gpus: list[str]) -> Running:
+        state.folder.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        env.pop("SMALLBATCH_RUN_DIR", None)
+        if self.gpus:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+        cmd = self.spec.command(state.cell) + resume_args(state)
+        with (
+            open(state.folder / "stdout.log", "ab") as out,
+            open(state.folder / "stderr.log", "ab") as err,
+        ):
+            out.write(f"\n$ {' '.join(cmd)}\n".encode())
+            out.flush()
+            proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, preexec_fn=_child_setup)
+        return Running(state, proc, gpus)
+
+    def _stop_all(self, running: list[Running]) -> None:
+        for run in running:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(run.proc.pid, signal.SIGTERM)
+        deadline = time.time() + 60
+        for run in running:
+            try:
+                run.proc.wait(timeout=max(deadline - time.time(), 1))
+            except subprocess.TimeoutExpired:
+                os.killpg(run.proc.pid, signal.SIGKILL)
+
+    def run(self, todo: list[CellState], on_event: Callable[[str, CellState], None]) -> None:
+        """Run ``todo`` to completion (or until SIGTERM/SIGINT); report start/finish events."""
+        queue = list(todo)
+        running: list[Running] = []
+
+        def stop(signum, frame):
+            self.stopping = True
+
+        old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            while (queue or running) and not self.stopping:
+                while queue and not self.stopping:
+                    gpus = self._allocate(queue[0].cell.devices)
+                    if gpus is None:
+                        break
+                    state = queue.pop(0)
+                    running.append(self._start(state, gpus))
+                    on_event("start", state)
+                for run in list(running):
+                    code = run.proc.poll()
+                    if code is None:
+                        continue
+                    running.remove(run)
+                    self._release(run)
+                    if self.stopping:
+                        break
+                    if code != 0:
+                        self.store.record_attempt(run.state.cell)
+                    state = self.store.state(run.state.cell)
+                    on_event("finish", state)
+                    if state.status == "failed":  # retry (bounded by `retries`) after the rest
+                        queue.append(state)
+                time.sleep(0.2)
+        finally:
+            if running:
+                self._stop_all(running)
+            for s, handler in old.items():
+                signal.signal(s, handler)
+        if self.stopping:
+            raise KeyboardInterrupt("grid stopped by signal; re-run it to continue")

@@ -1,0 +1,152 @@
+"""``smallbatch grid``: expand, skip finished cells, run the rest, show progress."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from .local import LocalExecutor, resume_args
+from .spec import GridSpec
+from .store import CellState, ResultsStore
+
+RUNNABLE = ("new", "failed", "resumable")
+
+
+def emit_cells(spec: GridSpec, store: ResultsStore, python: str | None = None) -> Path:
+    """Write ``cells.txt``: one shell command per runnable cell, for ``jobs/array.sbatch``."""
+    lines = [
+        shlex.join(spec.command(s.cell, python) + resume_args(s))
+        for s in store.states()
+        if s.status in RUNNABLE
+    ]
+    path = store.root / "cells.txt"
+    store.root.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(f"{line}\n" for line in lines))
+    tmp.replace(path)
+    return path
+
+
+class GridProgress:
+    """Cells done/running/failed/left with an ETA: a rich bar on a terminal, lines otherwise."""
+
+    def __init__(self, states: list[CellState], console: Console) -> None:
+        self.console = console
+        self.status = {s.cell.digest: s.status for s in states}
+        self.interactive = console.is_terminal
+        self.progress = Progress(
+            TextColumn("[bold]grid"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.description}"),
+            TimeRemainingColumn(),
+            console=console,
+            disable=not self.interactive,
+        )
+        self.task = self.progress.add_task(self._describe(), total=len(states))
+        self.progress.update(self.task, completed=self._counts()["done"])
+
+    def _counts(self) -> Counter:
+        return Counter(self.status.values())
+
+    def _describe(self) -> str:
+        c = self._counts()
+        left = c["new"] + c["failed"] + c["resumable"]
+        return f"running {c['running']} · failed {c['exhausted']} · left {left}"
+
+    def event(self, kind: str, state: CellState) -> None:
+        self.status[state.cell.digest] = "running" if kind == "start" else state.status
+        self.progress.update(
+            self.task, completed=self._counts()["done"], description=self._describe()
+        )
+        if not self.interactive:
+            result = state.result or {}
+            detail = ""
+            if kind == "finish":
+                acc = result.get("best_val_acc")
+                acc_text = f" best_val_acc={acc:.4f}" if isinstance(acc, float) else ""
+                detail = f" -> {result.get('status', state.status)}{acc_text}"
+            c = self._counts()
+            print(
+                f"[grid] {kind} {state.cell.folder}{detail} "
+                f"(done {c['done']}/{len(self.status)}, {self._describe()})",
+                flush=True,
+            )
+
+
+def run_grid(spec: GridSpec, dry_run: bool = False, emit: bool = False, wait: bool = True) -> int:
+    """Run the grid; returns 0 when every cell has a result (finished or diverged)."""
+    console = Console(stderr=False)
+    store = ResultsStore(spec)
+    states = store.states()
+    counts = Counter(s.status for s in states)
+    print(
+        f"grid {spec.name}: {len(states)} cells in {store.root} "
+        f"({counts['done']} done, {sum(counts[k] for k in RUNNABLE)} to run, "
+        f"{counts['exhausted']} failed beyond retries)"
+    )
+    if dry_run:
+        for s in states:
+            cmd = shlex.join(spec.command(s.cell) + resume_args(s))
+            print(f"[{s.status}] {s.cell.folder}\n  {cmd}")
+        return 0
+    store.write_manifest()
+    if emit:
+        path = emit_cells(spec, store)
+        n = sum(1 for _ in path.open())
+        print(f"wrote {n} cell commands to {path}")
+        if n:
+            print(f"submit: sbatch --array=0-{n - 1} jobs/array.sbatch {path}")
+        return 0
+    todo = [s for s in states if s.status in RUNNABLE]
+    start = time.time()
+    store.lock()
+    try:
+        if spec.executor.get("kind") == "slurm":
+            _run_slurm(spec, store, todo, wait)
+        else:
+            progress = GridProgress(states, console)
+            with progress.progress:
+                LocalExecutor(spec, store).run(todo, progress.event)
+    except KeyboardInterrupt as exc:
+        print(f"\n{exc or 'interrupted'}", file=sys.stderr)
+        return 130
+    finally:
+        store.unlock()
+    final = Counter(s.status for s in store.states())
+    print(
+        f"grid {spec.name}: {final['done']}/{len(states)} cells have results, "
+        f"{final['exhausted']} failed beyond retries, {time.time() - start:.0f}s"
+    )
+    for s in store.states():
+        if s.status == "exhausted":
+            err = (s.result or {}).get("error") or f"see {s.folder / 'stderr.log'}"
+            print(f"  failed: {s.cell.folder}: {err}")
+    return 0 if final["done"] == len(states) else 1
+
+
+def _run_slurm(spec: GridSpec, store: ResultsStore, todo: list[CellState], wait: bool) -> None:
+    from .slurm import submit_cells
+
+    if not todo:
+        return
+    while todo:
+        jobs = submit_cells(spec, [s.cell for s in todo])
+        print(f"submitted {len(jobs)} cells as job array {jobs[0].job_id.split('_')[0]}")
+        if not wait and spec.executor.get("cluster") not in ("debug", "local"):
+            print("not waiting; re-run `smallbatch grid` later to see results or retry failures")
+            return
+        for state, job in zip(todo, jobs, strict=True):
+            try:
+                job.result()
+            except Exception as exc:  # noqa: BLE001 - one failed cell must not stop the grid
+                store.record_attempt(state.cell)
+                print(f"  cell {state.cell.folder} failed: {type(exc).__name__}: {exc}")
+        todo = [store.state(s.cell) for s in todo]
+        todo = [s for s in todo if s.status == "failed"]  # bounded retries

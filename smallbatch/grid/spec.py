@@ -1,0 +1,230 @@
+"""Grid files: a base Lightning CLI config, axes of dotted CLI keys, overrides, an executor.
+
+```yaml
+name: quickstart
+base_config: ../quickstart.yaml          # relative to this file
+axes:                                    # the cross product of these lists = the cells
+  model.norm: [bn, brn, cbn, gn, ln]
+  data.batch_size: [2, 8, 32]
+  seed_everything: [0, 1]
+args: {trainer.max_epochs: 2}            # the same for every cell
+overrides:                               # per-cell: applied where every `when` key matches
+  - when: {model.norm: brn}
+    set: {model.norm_args: {unit: fraction, warmup: 0.1, rmax_at: 0.8, dmax_at: 0.5}}
+executor: {kind: local, max_parallel: 2, jobs_per_gpu: 2, retries: 1}
+run_root: runs/grid                      # results in <run_root>/<name>/
+```
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+TOP_KEYS = {"name", "base_config", "axes", "args", "overrides", "executor", "run_root"}
+EXECUTOR_KEYS = {
+    "kind",
+    "max_parallel",
+    "jobs_per_gpu",
+    "retries",
+    "cluster",
+    "slurm_partition",
+    "gpus_per_node",
+    "nodes",
+    "timeout_min",
+    "cpus_per_task",
+    "mem_gb",
+    "array_parallelism",
+    "slurm_additional_parameters",
+}
+EXECUTOR_KINDS = ("local", "slurm")
+RESERVED_KEYS = {"run_dir", "group", "config"}
+
+
+class GridSpecError(ValueError):
+    """A grid file is invalid; the message names the file and the key."""
+
+
+def cli_value(value: Any) -> str:
+    """A value as the Lightning CLI reads it: strings as-is, everything else as JSON."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of the grid: its overrides (dotted key → value) and where it is stored."""
+
+    overrides: dict[str, Any]
+
+    @property
+    def digest(self) -> str:
+        blob = json.dumps(self.overrides, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+    @property
+    def label(self) -> str:
+        norm = self.overrides.get("model.norm", "norm")
+        if isinstance(norm, dict):
+            norm = str(norm.get("class_path", "custom")).rsplit(".", 1)[-1]
+        batch = self.overrides.get("data.batch_size", "x")
+        seed = self.overrides.get("seed_everything", "x")
+        return f"{norm}-b{batch}-s{seed}"
+
+    @property
+    def folder(self) -> str:
+        return f"{self.label}-{self.digest}"
+
+    @property
+    def devices(self) -> int:
+        value = self.overrides.get("trainer.devices", 1)
+        return int(value) if str(value).isdigit() else 1
+
+
+@dataclass
+class GridSpec:
+    """A validated grid file."""
+
+    name: str
+    base_config: Path
+    axes: dict[str, list[Any]]
+    args: dict[str, Any] = field(default_factory=dict)
+    overrides: list[dict[str, dict[str, Any]]] = field(default_factory=list)
+    executor: dict[str, Any] = field(default_factory=dict)
+    run_root: Path = Path("runs/grid")
+    source: Path | None = None
+
+    @property
+    def run_dir(self) -> Path:
+        return self.run_root / self.name
+
+    def cells(self) -> list[Cell]:
+        """The cross product of the axes (in file order), with per-cell overrides applied."""
+        keys = list(self.axes)
+        cells = []
+        for values in itertools.product(*(self.axes[k] for k in keys)):
+            cell = {**self.args, **dict(zip(keys, values, strict=True))}
+            for rule in self.overrides:
+                if all(cell.get(k) == v for k, v in rule.get("when", {}).items()):
+                    cell.update(rule.get("set", {}))
+            cells.append(Cell(cell))
+        return cells
+
+    def command(self, cell: Cell, python: str | None = None) -> list[str]:
+        """The exact ``smallbatch fit`` command of a cell (without resume flags)."""
+        cmd = [python or sys.executable, "-m", "smallbatch.cli", "fit"]
+        cmd += ["--config", str(self.base_config)]
+        for key, value in cell.overrides.items():
+            cmd += [f"--{key}", cli_value(value)]
+        cmd += ["--run_dir", str(self.run_dir / "cells" / cell.folder), "--group", self.name]
+        return cmd
+
+    def command_line(self, cell: Cell, python: str | None = None) -> str:
+        return shlex.join(self.command(cell, python))
+
+
+def _fail(path: Path, key: str, message: str) -> GridSpecError:
+    return GridSpecError(f"{path}: {key}: {message}")
+
+
+def load_grid(path: str | Path, validate_cli: bool = True) -> GridSpec:
+    """Read and validate a grid file; nothing runs when it is invalid."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise GridSpecError(f"{path}: grid file not found") from None
+    except yaml.YAMLError as exc:
+        raise GridSpecError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise GridSpecError(f"{path}: a grid file is a mapping with keys {sorted(TOP_KEYS)}")
+    unknown = set(raw) - TOP_KEYS
+    if unknown:
+        raise _fail(path, ", ".join(sorted(unknown)), f"unknown key; accepted: {sorted(TOP_KEYS)}")
+    for key in ("name", "base_config", "axes"):
+        if key not in raw:
+            raise _fail(path, key, "missing (required: name, base_config, axes)")
+    name = str(raw["name"])
+    if not name or "/" in name or name.startswith("."):
+        raise _fail(path, "name", f"{name!r} must be a plain folder name")
+    base = (path.parent / raw["base_config"]).resolve()
+    if not base.exists():
+        raise _fail(path, "base_config", f"{raw['base_config']!r} not found (looked at {base})")
+    axes = raw["axes"]
+    if not isinstance(axes, dict) or not axes:
+        raise _fail(path, "axes", "must be a non-empty mapping of dotted CLI keys to value lists")
+    for key, values in axes.items():
+        if key in RESERVED_KEYS:
+            raise _fail(path, f"axes.{key}", "is set by the grid itself")
+        if not isinstance(values, list) or not values:
+            raise _fail(path, f"axes.{key}", "must be a non-empty list of values")
+    args = raw.get("args") or {}
+    if not isinstance(args, dict):
+        raise _fail(path, "args", "must be a mapping of dotted CLI keys to values")
+    overrides = raw.get("overrides") or []
+    for i, rule in enumerate(overrides):
+        if not isinstance(rule, dict) or set(rule) - {"when", "set"} or "set" not in rule:
+            raise _fail(path, f"overrides[{i}]", "must be {when: {key: value}, set: {key: value}}")
+    executor = {"kind": "local", **(raw.get("executor") or {})}
+    bad = set(executor) - EXECUTOR_KEYS
+    if bad:
+        raise _fail(
+            path, f"executor.{sorted(bad)[0]}", f"unknown; accepted: {sorted(EXECUTOR_KEYS)}"
+        )
+    if executor["kind"] not in EXECUTOR_KINDS:
+        raise _fail(path, "executor.kind", f"{executor['kind']!r} is not one of {EXECUTOR_KINDS}")
+    run_root = Path(raw.get("run_root", "runs/grid"))
+    spec = GridSpec(name, base, axes, args, overrides, executor, run_root, path)
+    if validate_cli:
+        validate_cells(spec)
+    return spec
+
+
+def validate_cells(spec: GridSpec) -> None:
+    """Parse every cell with the Lightning CLI's own parser (no instantiation) and check norm
+    names against the registry; raise :class:`GridSpecError` naming the file and key."""
+    import contextlib
+    import io
+
+    from ..cli import lightning_main
+    from ..norms import NormConfigError, resolve_norm
+
+    cells = spec.cells()
+    for cell in cells:
+        norm = cell.overrides.get("model.norm")
+        if norm is not None:
+            try:
+                resolve_norm(norm)
+            except NormConfigError as exc:
+                raise _fail(spec.source, "model.norm", str(exc)) from exc
+        batch = cell.overrides.get("data.batch_size", 1)
+        if not isinstance(batch, int) or batch < 1:
+            raise _fail(spec.source, "data.batch_size", f"{batch!r} must be an integer >= 1")
+    # Parse one probe cell per axis value (the first cell holding it): every value is checked
+    # by the CLI without parsing the whole cross product.
+    probes: dict[str, Cell] = {}
+    for key, values in spec.axes.items():
+        for value in values:
+            cell = next(c for c in cells if c.overrides.get(key) == value)
+            probes.setdefault(cell.digest, cell)
+    for cell in probes.values():
+        args = spec.command(cell)[3:] + ["--print_config"]
+        out, err = io.StringIO(), io.StringIO()
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                lightning_main(args)
+        except SystemExit as exc:
+            if exc.code not in (0, None):
+                message = err.getvalue().strip().splitlines()
+                detail = message[-1] if message else f"exit code {exc.code}"
+                raise GridSpecError(
+                    f"{spec.source}: cell {cell.label} ({cell.overrides}) is rejected by the "
+                    f"CLI: {detail}"
+                ) from None

@@ -1,0 +1,192 @@
+"""`smallbatch grid`: expansion, validation, local and submitit executors, kill/resume, emit."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import HELPERS, ROOT
+
+from smallbatch.grid import GridSpecError, load_grid, run_grid
+
+TINY_ARGS = {
+    "model.backbone": "resnet8",
+    "trainer.max_epochs": 1,
+    "trainer.logger": False,
+    "trainer.enable_model_summary": False,
+    "data.train_subset": 64,
+    "data.val_subset": 32,
+}
+
+
+def write_grid(tmp_path, fashion_dir, name="g", axes=None, args=None, executor=None, **extra):
+    spec = {
+        "name": name,
+        "base_config": str(ROOT / "configs" / "quickstart.yaml"),
+        "axes": axes or {"model.norm": ["bn", "gn"], "data.batch_size": [4, 8]},
+        "args": {**TINY_ARGS, "data.data_dir": fashion_dir, **(args or {})},
+        "executor": executor or {"kind": "local", "max_parallel": 1, "retries": 1},
+        "run_root": str(tmp_path / "runs"),
+        **extra,
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def grid_proc(path, *flags):
+    env = {**os.environ, "PYTHONPATH": str(HELPERS), "CI": "1"}
+    cmd = [sys.executable, "-m", "smallbatch.cli", "grid", "--config", str(path), *flags]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def cell_results(run_dir: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in run_dir.glob("cells/*/result.json")}
+
+
+def test_expansion_overrides_and_stable_folders(tmp_path, fashion_dir):
+    path = write_grid(
+        tmp_path,
+        fashion_dir,
+        axes={"model.norm": ["bn", "brn"], "data.batch_size": [2, 4], "seed_everything": [0, 1]},
+        overrides=[{"when": {"model.norm": "brn"}, "set": {"model.norm_args": {"rmax": 2.0}}}],
+    )
+    spec = load_grid(path)
+    cells = spec.cells()
+    assert len(cells) == 8
+    assert {c.label for c in cells} >= {"bn-b2-s0", "brn-b4-s1"}
+    brn = [c for c in cells if c.overrides["model.norm"] == "brn"]
+    assert all(c.overrides["model.norm_args"] == {"rmax": 2.0} for c in brn)
+    assert len({c.folder for c in cells}) == 8
+    assert [c.folder for c in load_grid(path).cells()] == [c.folder for c in cells]  # stable
+    cmd = spec.command(cells[0])
+    assert cmd[3] == "fit" and "--group" in cmd and "--run_dir" in cmd
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"colour": "red"}, r"g\.yaml: colour: unknown key"),
+        ({"axes": {"model.norm": []}}, r"g\.yaml: axes\.model\.norm: must be a non-empty list"),
+        ({"axes": {"model.norm": ["bn", "nosuchnorm"]}}, r"g\.yaml: model\.norm: unknown norm"),
+        ({"axes": {"trainer.max_epochs": ["many"]}}, r"g\.yaml: cell .* rejected by the CLI"),
+        ({"axes": {"data.batch_size": [0]}}, r"g\.yaml: data\.batch_size: 0 must be"),
+        ({"executor": {"kind": "cloud"}}, r"g\.yaml: executor\.kind: 'cloud' is not one of"),
+        ({"base_config": "missing.yaml"}, r"g\.yaml: base_config: 'missing\.yaml' not found"),
+    ],
+)
+def test_invalid_grid_files_are_reported_and_nothing_runs(tmp_path, fashion_dir, change, message):
+    path = write_grid(tmp_path, fashion_dir)
+    spec = {**yaml.safe_load(path.read_text()), **change}
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(GridSpecError, match=message):
+        load_grid(path)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_two_by_two_grid_runs_to_completion_then_skips(tmp_path, fashion_dir, capsys):
+    path = write_grid(tmp_path, fashion_dir)
+    spec = load_grid(path)
+    assert run_grid(spec) == 0
+    results = cell_results(spec.run_dir)
+    assert len(results) == 4 and all(r["status"] == "finished" for r in results.values())
+    assert {(r["norm"], r["batch_size"]) for r in results.values()} == {
+        ("bn", 4),
+        ("bn", 8),
+        ("gn", 4),
+        ("gn", 8),
+    }
+    assert all(r["group"] == "g" for r in results.values())
+    mtimes = {p: p.stat().st_mtime_ns for p in spec.run_dir.glob("cells/*/result.json")}
+    assert run_grid(load_grid(path)) == 0  # idempotent: nothing re-runs
+    assert mtimes == {p: p.stat().st_mtime_ns for p in spec.run_dir.glob("cells/*/result.json")}
+    assert "4 done, 0 to run" in capsys.readouterr().out
+    manifest = json.loads((spec.run_dir / "cells.json").read_text())
+    assert len(manifest) == 4 and all("smallbatch.cli fit" in c["command"] for c in manifest)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_killed_grid_resumes_without_duplicates_or_losses(tmp_path, fashion_dir, sig):
+    path = write_grid(
+        tmp_path,
+        fashion_dir,
+        axes={"model.norm": ["bn", "gn"], "data.batch_size": [2, 4]},
+        args={"data.train_subset": 256},
+    )
+    spec = load_grid(path)
+    proc = grid_proc(path)
+    deadline = time.time() + 240
+    while time.time() < deadline and not cell_results(spec.run_dir):
+        time.sleep(0.3)
+    time.sleep(1.5)  # the next cell is running now
+    proc.send_signal(sig)
+    proc.communicate(timeout=120)
+    time.sleep(2)  # a cell orphaned by SIGKILL gets SIGTERM and exits
+    before = {k: v for k, v in cell_results(spec.run_dir).items() if v["status"] == "finished"}
+    assert 1 <= len(before) < 4
+    mtimes = {k: (spec.run_dir / "cells" / k / "result.json").stat().st_mtime_ns for k in before}
+    rerun = grid_proc(path)
+    out, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, err[-2000:]
+    after = cell_results(spec.run_dir)
+    assert len(after) == 4 and all(r["status"] == "finished" for r in after.values())
+    for k, ns in mtimes.items():  # finished cells were not run again
+        assert (spec.run_dir / "cells" / k / "result.json").stat().st_mtime_ns == ns
+    assert out.count("[grid] start") == 4 - len(before)
+    assert not list(spec.run_dir.rglob("*.tmp"))
+
+
+def test_failing_cell_is_retried_and_reported_without_stopping_others(tmp_path, fashion_dir):
+    failing = {"class_path": "sb_test_helpers.FailingNorm"}
+    path = write_grid(
+        tmp_path, fashion_dir, axes={"model.norm": ["bn", failing], "data.batch_size": [4]}
+    )
+    proc = grid_proc(path)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1
+    spec = load_grid(path)
+    results = cell_results(spec.run_dir)
+    ok = [r for r in results.values() if r["norm"] == "bn"]
+    bad = [r for r in results.values() if r["norm"] == "FailingNorm"]
+    assert ok[0]["status"] == "finished"
+    assert bad[0]["status"] == "failed" and "deliberate failure" in bad[0]["error"]
+    assert out.count("start FailingNorm") == 2  # first try + 1 retry (retries: 1)
+    assert "failed: FailingNorm" in out and "deliberate failure" in out
+
+
+def test_slurm_path_through_submitit_debug_executor(tmp_path, fashion_dir):
+    path = write_grid(
+        tmp_path,
+        fashion_dir,
+        axes={"model.norm": ["bn"], "data.batch_size": [4, 8]},
+        executor={"kind": "slurm", "cluster": "debug", "timeout_min": 10, "gpus_per_node": 0},
+    )
+    spec = load_grid(path)
+    assert run_grid(spec) == 0
+    results = cell_results(spec.run_dir)
+    assert sorted(r["batch_size"] for r in results.values()) == [4, 8]
+    assert all(r["status"] == "finished" for r in results.values())
+
+
+def test_emit_and_array_script_select_the_right_cell(tmp_path, fashion_dir):
+    path = write_grid(tmp_path, fashion_dir)
+    spec = load_grid(path)
+    assert run_grid(spec, emit=True) == 0
+    lines = (spec.run_dir / "cells.txt").read_text().splitlines()
+    assert len(lines) == 4 and all("smallbatch.cli fit" in line for line in lines)
+    script = ROOT / "jobs" / "array.sbatch"
+    env = {**os.environ, "SMALLBATCH_LAUNCH": "echo", "SLURM_ARRAY_TASK_ID": "2"}
+    cells = str(spec.run_dir / "cells.txt")
+    done = subprocess.run(["bash", str(script), cells], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    printed = done.stdout.strip().splitlines()[-1]
+    assert printed.split()[-1] == lines[2].split()[-1]  # the --group value ends each line
+    assert lines[2].split("--run_dir ")[1].split()[0] in printed
+    env["SLURM_ARRAY_TASK_ID"] = "9"
+    done = subprocess.run(["bash", str(script), cells], env=env, capture_output=True, text=True)
+    assert done.returncode == 1 and "no cell 9" in done.stderr
