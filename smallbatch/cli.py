@@ -22,9 +22,10 @@ from .data import SmallBatchDataModule
 from .module import SmallBatchModule, norm_display_name
 from .progress import EpochLinePrinter
 from .results import ResultWriter
-from .wandb_setup import configure_wandb_logger
+from .wandb_setup import configure_wandb_logger, finish_wandb_runs
 
 EXTRA_COMMANDS = ("norms", "grid", "report", "bench")
+_TRAINERS: list = []  # trainers of the current CLI call, to close their W&B runs
 
 
 def run_name(cfg: Namespace) -> str:
@@ -117,11 +118,14 @@ class SmallBatchCLI(LightningCLI):
             else:  # CI logs: no bar, one plain line per epoch
                 callbacks += [TQDMProgressBar(refresh_rate=0), EpochLinePrinter()]
         callbacks.append(ResultWriter(self._digest, self._cell))
-        return super()._instantiate_trainer(config, callbacks)
+        trainer = super()._instantiate_trainer(config, callbacks)
+        _TRAINERS.append(trainer)
+        return trainer
 
 
 def lightning_main(args: list[str] | None = None, run: bool = True) -> SmallBatchCLI:
     """Run the Lightning CLI (``fit``/``validate``/``test``) with the suite's defaults."""
+    _TRAINERS.clear()
     try:
         return SmallBatchCLI(
             SmallBatchModule,
@@ -134,8 +138,8 @@ def lightning_main(args: list[str] | None = None, run: bool = True) -> SmallBatc
             auto_configure_optimizers=False,
         )
     finally:
-        if run and "wandb" in sys.modules and sys.modules["wandb"].run is not None:
-            sys.modules["wandb"].finish()  # one W&B run per CLI run, also when called in-process
+        if run:
+            finish_wandb_runs(_TRAINERS)
 
 
 def main(argv: list[str] | None = None) -> int:

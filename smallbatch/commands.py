@@ -63,3 +63,10 @@ def report_command(argv: list[str]) -> int:
     from .report import main as report_main
 
     return report_main(argv)
+
+
+def bench_command(argv: list[str]) -> int:
+    """``smallbatch bench``: step time, images/s and memory per norm, ratios to BN."""
+    from .bench import main as bench_main
+
+    return bench_main(argv)

@@ -14,7 +14,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from .diagnostics import BatchStatGap, layer_diagnostics
 from .models import create_model
-from .norms import local_buffer_names, resolve_norm
+from .norms import local_buffer_names, resolve_norm, set_norm_batch
 
 SCHEDULES = ("cosine", "step", "constant")
 
@@ -43,6 +43,9 @@ class SmallBatchModule(pl.LightningModule):
         warmup_epochs: linear warm-up length; then ``schedule``: cosine to 0, step (×gamma at
             each fraction in ``milestones`` of the run), or constant.
         label_smoothing: cross-entropy label smoothing.
+        norm_batch: ghost batches: batch-statistics norms (BN, BRN) normalize over independent
+            groups of this many samples inside the per-device batch, as that many-sample
+            devices would under DDP (``None``: the whole per-device batch).
         diagnostics: log norm diagnostics every ``trainer.log_every_n_steps`` steps.
     """
 
@@ -65,6 +68,7 @@ class SmallBatchModule(pl.LightningModule):
         milestones: list[float] | None = None,
         gamma: float = 0.1,
         label_smoothing: float = 0.0,
+        norm_batch: int | None = None,
         diagnostics: bool = True,
     ) -> None:
         super().__init__()
@@ -75,6 +79,7 @@ class SmallBatchModule(pl.LightningModule):
         self.model = create_model(
             backbone, norm, num_classes, in_chans, cifar_stem, **(norm_args or {})
         )
+        set_norm_batch(self.model, norm_batch)
         # Per-device state (CBN windows) must not be overwritten by DDP's broadcast from rank 0.
         self._ddp_params_and_buffers_to_ignore = local_buffer_names(self)
         top5 = num_classes > 5

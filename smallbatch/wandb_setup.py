@@ -129,3 +129,15 @@ def read_offline_run(run_folder: str | Path) -> dict[str, Any]:
             out["history"].append(row)
             out["history_keys"].update(row)
     return out
+
+
+def finish_wandb_runs(trainers: list) -> None:
+    """Finish the W&B runs of these trainers' WandbLoggers (one W&B run per CLI run, also when
+    the CLI is called in-process, and the offline files complete when the call returns)."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    for trainer in trainers:
+        for logger in getattr(trainer, "loggers", []):
+            run = getattr(logger, "_experiment", None) if isinstance(logger, WandbLogger) else None
+            if run is not None:
+                run.finish()

@@ -187,3 +187,30 @@ def test_cbn_input_must_be_conv_output():
     model = nn.Sequential(conv, nn.ReLU(), cbn)
     with pytest.raises(NormConfigError, match="directly follow a Conv2d"):
         model(torch.randn(2, 3, 4, 4))
+
+
+def test_autograd_reference_cbn_gives_the_same_training_run():
+    from smallbatch.norms.cbn import AutogradCrossIterationBatchNorm2d
+
+    def run(cls):
+        torch.manual_seed(0)
+        conv = nn.Conv2d(3, 6, 3, padding=1, bias=False)
+        cbn = cls(6, window=3)
+        cbn.attach_conv(conv)
+        model = nn.Sequential(conv, cbn)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        outs = []
+        for i in range(5):
+            x = torch.randn(2, 3, 5, 5, generator=torch.Generator().manual_seed(i))
+            opt.zero_grad()
+            out = model(x)
+            out.square().mean().backward()
+            opt.step()
+            outs.append(out.detach())
+        return outs, cbn
+
+    analytic, a = run(CrossIterationBatchNorm2d)
+    reference, r = run(AutogradCrossIterationBatchNorm2d)
+    for o1, o2 in zip(analytic, reference, strict=True):
+        torch.testing.assert_close(o1, o2, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(a.win_dsqmean, r.win_dsqmean, rtol=1e-4, atol=1e-6)

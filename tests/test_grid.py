@@ -116,14 +116,22 @@ def test_killed_grid_resumes_without_duplicates_or_losses(tmp_path, fashion_dir,
         tmp_path,
         fashion_dir,
         axes={"model.norm": ["bn", "gn"], "data.batch_size": [2, 4]},
-        args={"data.train_subset": 256},
+        args={"data.train_subset": 512},
     )
     spec = load_grid(path)
     proc = grid_proc(path)
+
+    def running_cell_started():  # a cell has a result and a later one is training
+        done = cell_results(spec.run_dir)
+        logs = list(spec.run_dir.glob("cells/*/stderr.log"))
+        return done and any(
+            "epoch" not in p.read_text() and p.parent.name not in done for p in logs
+        )
+
     deadline = time.time() + 240
-    while time.time() < deadline and not cell_results(spec.run_dir):
-        time.sleep(0.3)
-    time.sleep(1.5)  # the next cell is running now
+    while time.time() < deadline and not running_cell_started():
+        time.sleep(0.2)
+    time.sleep(1.0)
     proc.send_signal(sig)
     proc.communicate(timeout=120)
     time.sleep(2)  # a cell orphaned by SIGKILL gets SIGTERM and exits

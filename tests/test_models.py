@@ -133,5 +133,5 @@ def test_batch_one_at_one_by_one_is_clear_error(norm):
 
 
 def test_unknown_backbone():
-    with pytest.raises(NormConfigError, match="unknown backbone 'resnet7'.*resnet20"):
+    with pytest.raises(NormConfigError, match="unknown backbone 'vgg7'.*resnet20"):
         build_backbone("vgg7")

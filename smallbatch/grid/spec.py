@@ -74,9 +74,9 @@ class Cell:
         norm = self.overrides.get("model.norm", "norm")
         if isinstance(norm, dict):
             norm = str(norm.get("class_path", "custom")).rsplit(".", 1)[-1]
-        batch = self.overrides.get("data.batch_size", "x")
-        seed = self.overrides.get("seed_everything", "x")
-        return f"{norm}-b{batch}-s{seed}"
+        label = f"{norm}-b{self.overrides.get('data.batch_size', 'x')}"
+        seed = self.overrides.get("seed_everything")
+        return label if seed is None else f"{label}-s{seed}"
 
     @property
     def folder(self) -> str:

@@ -1,6 +1,6 @@
 """Norm layers and their registry. ``create_norm("brn", 64)`` builds one layer by name."""
 
-from .base import BatchStatsError, check_batch_stats, local_buffer_names
+from .base import BatchStatsError, check_batch_stats, local_buffer_names, set_norm_batch
 from .bn import BatchNorm2d, SyncBatchNorm
 from .brn import BatchRenorm2d, RenormRamp
 from .cbn import CrossIterationBatchNorm2d
@@ -56,5 +56,6 @@ __all__ = [
     "local_buffer_names",
     "register_norm",
     "resolve_norm",
+    "set_norm_batch",
     "unregister_norm",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from .registry import NormConfigError
@@ -18,14 +19,15 @@ def layer_label(module: nn.Module) -> str:
     return getattr(module, "layer_name", None) or type(module).__name__
 
 
-def check_batch_stats(x: Tensor, module: nn.Module) -> None:
-    """Raise :class:`BatchStatsError` when ``x`` has one value per channel (N·H·W == 1)."""
+def check_batch_stats(x: Tensor, module: nn.Module, batch: int | None = None) -> None:
+    """Raise :class:`BatchStatsError` when a normalization group has one value per channel
+    (batch·H·W == 1; ``batch`` defaults to N, a ghost batch passes its group size)."""
     if x.dim() != 4:
         raise NormConfigError(
             f"{layer_label(module)}: expected a 4-D (N, C, H, W) input, got shape {tuple(x.shape)}"
         )
     n, _, h, w = x.shape
-    if n * h * w == 1:
+    if min(batch or n, n) * h * w == 1:
         raise BatchStatsError(
             f"{layer_label(module)} ({type(module).__name__}) got batch 1 at a 1x1 feature map in "
             "training: batch statistics need more than one value per channel. Use a per-device "
@@ -46,4 +48,63 @@ def local_buffer_names(model: nn.Module) -> list[str]:
         for buf in getattr(module, "ddp_local_buffers", ()):
             if getattr(module, buf, None) is not None:
                 names.append(f"{prefix}.{buf}" if prefix else buf)
+    return names
+
+
+def ghost_groups(x: Tensor, norm_batch: int | None, module: nn.Module) -> int:
+    """Number of independent normalization groups for a ghost-batch layer (1 = whole batch).
+
+    With ``norm_batch = b`` a training batch of N = G·b samples is normalized as G groups of b
+    consecutive samples: the statistics G devices with b samples each would see under DDP.
+    """
+    n = x.shape[0]
+    if not norm_batch or n <= norm_batch:
+        return 1
+    if n % norm_batch:
+        raise NormConfigError(
+            f"{layer_label(module)}: batch {n} is not a multiple of norm_batch {norm_batch}; "
+            "ghost batches need per-device batch = (number of groups) x norm_batch"
+        )
+    return n // norm_batch
+
+
+def grouped_moments(x: Tensor, groups: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(x viewed as (G, N/G, C, H, W), per-group mean, per-group biased variance), stats shaped
+    (G, 1, C, 1, 1) so they broadcast against the view."""
+    xg = x.view(groups, x.shape[0] // groups, *x.shape[1:])
+    var, mean = torch.var_mean(xg, dim=(1, 3, 4), correction=0, keepdim=True)
+    return xg, mean, var
+
+
+def update_running_from_groups(
+    module: nn.Module, mean: Tensor, var: Tensor, count: int, momentum: float
+) -> None:
+    """Move running stats toward the average over groups of (mean, unbiased variance)."""
+    with torch.no_grad():
+        g_mean = mean.detach().flatten(2).mean(dim=(0, 1)).flatten()
+        g_var = var.detach().flatten(2).mean(dim=(0, 1)).flatten() * (count / max(count - 1, 1))
+        module.running_mean.lerp_(g_mean.to(module.running_mean.dtype), momentum)
+        module.running_var.lerp_(g_var.to(module.running_var.dtype), momentum)
+
+
+def set_norm_batch(model: nn.Module, norm_batch: int | None) -> list[str]:
+    """Set ghost-batch size ``norm_batch`` on every layer that supports it; returns their names.
+
+    Raises when a batch-statistics layer (one with running statistics) cannot do ghost batches,
+    naming it, since its statistics would silently cover the whole per-device batch.
+    """
+    if norm_batch is not None and norm_batch < 1:
+        raise NormConfigError(f"norm_batch must be >= 1, got {norm_batch}")
+    names, unsupported = [], []
+    for name, module in model.named_modules():
+        if getattr(module, "supports_ghost_batch", False):
+            module.norm_batch = norm_batch
+            names.append(name)
+        elif norm_batch and isinstance(getattr(module, "running_mean", None), Tensor):
+            unsupported.append(f"{name} ({type(module).__name__})")
+    if unsupported:
+        raise NormConfigError(
+            f"norm_batch={norm_batch}: these batch-statistics layers do not support ghost "
+            f"batches: {', '.join(unsupported[:5])}{' ...' if len(unsupported) > 5 else ''}"
+        )
     return names

@@ -6,13 +6,21 @@ running statistics, updated as r ← (1 − m)·r + m·stat with the unbiased ba
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
-from .base import check_batch_stats
+from .base import check_batch_stats, ghost_groups, grouped_moments, update_running_from_groups
 
 
 class BatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm2d (torch's kernel); batch 1 at 1x1 raises a clear error instead of torch's."""
+    """BatchNorm2d (torch's kernel); batch 1 at 1x1 raises a clear error instead of torch's.
+
+    Ghost batches: with ``norm_batch = b`` a training batch is normalized as independent groups
+    of b samples; running statistics move toward the groups' average statistics.
+    """
+
+    supports_ghost_batch = True
+    norm_batch: int | None = None
 
     def __init__(
         self,
@@ -25,9 +33,20 @@ class BatchNorm2d(nn.BatchNorm2d):
         super().__init__(num_features, eps, momentum, affine, track_running_stats)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.training:
-            check_batch_stats(x, self)
-        return super().forward(x)
+        if not self.training:
+            return super().forward(x)
+        check_batch_stats(x, self, self.norm_batch)
+        groups = ghost_groups(x, self.norm_batch, self)
+        if groups == 1 or not self.track_running_stats:
+            return super().forward(x)
+        xg, mean, var = grouped_moments(x, groups)
+        count = xg.shape[1] * x.shape[2] * x.shape[3]
+        update_running_from_groups(self, mean, var, count, self.momentum)
+        self.num_batches_tracked.add_(1)
+        y = (xg - mean) * torch.rsqrt(var + self.eps)
+        if self.affine:
+            y = y * self.weight.view(1, 1, -1, 1, 1) + self.bias.view(1, 1, -1, 1, 1)
+        return y.view_as(x)
 
 
 class SyncBatchNorm(nn.SyncBatchNorm):

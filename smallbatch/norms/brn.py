@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import check_batch_stats
+from .base import check_batch_stats, ghost_groups, grouped_moments, update_running_from_groups
 from .registry import NormConfigError
 
 UNITS = ("steps", "fraction")
@@ -77,7 +77,14 @@ class RenormRamp:
 
 
 class BatchRenorm2d(nn.Module):
-    """Batch Renormalization: batch statistics corrected toward running ones by clipped r, d."""
+    """Batch Renormalization: batch statistics corrected toward running ones by clipped r, d.
+
+    Ghost batches (``norm_batch = b``): r, d and the statistics per group of b samples; running
+    statistics move toward the groups' average.
+    """
+
+    supports_ghost_batch = True
+    norm_batch: int | None = None
 
     def __init__(
         self,
@@ -121,8 +128,11 @@ class BatchRenorm2d(nn.Module):
             return F.batch_norm(
                 x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
             )
-        check_batch_stats(x, self)
+        check_batch_stats(x, self, self.norm_batch)
         rmax, dmax = self.current_limits()
+        groups = ghost_groups(x, self.norm_batch, self)
+        if groups > 1:
+            return self._ghost_forward(x, groups, rmax, dmax)
         with torch.no_grad():
             var_b, mean_b = torch.var_mean(x, dim=(0, 2, 3), correction=0)
             sigma_b = (var_b + self.eps).sqrt()
@@ -144,6 +154,27 @@ class BatchRenorm2d(nn.Module):
         return F.batch_norm(
             x, self.running_mean, self.running_var, weight, bias, True, self.momentum, self.eps
         )
+
+    def _ghost_forward(self, x: Tensor, groups: int, rmax: float, dmax: float) -> Tensor:
+        xg, mean_b, var_b = grouped_moments(x, groups)  # (G, 1, C, 1, 1), with gradient
+        sigma_b = (var_b + self.eps).sqrt()
+        with torch.no_grad():
+            sigma = (self.running_var + self.eps).sqrt().view(1, 1, -1, 1, 1)
+            mu = self.running_mean.view(1, 1, -1, 1, 1)
+            r_raw = sigma_b / sigma
+            d_raw = (mean_b - mu) / sigma
+            r = r_raw.clamp(1.0 / rmax, rmax)
+            d = d_raw.clamp(-dmax, dmax)
+            self.last_rmax, self.last_dmax = rmax, dmax
+            self.last_r_clipped = float((r != r_raw).float().mean())
+            self.last_d_clipped = float((d != d_raw).float().mean())
+            self.step += 1
+        count = xg.shape[1] * x.shape[2] * x.shape[3]
+        update_running_from_groups(self, mean_b, var_b, count, self.momentum)
+        y = (xg - mean_b) / sigma_b * r + d
+        if self.weight is not None:
+            y = y * self.weight.view(1, 1, -1, 1, 1) + self.bias.view(1, 1, -1, 1, 1)
+        return y.view_as(x)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, ramp={self.ramp}"

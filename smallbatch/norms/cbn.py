@@ -208,16 +208,12 @@ class CrossIterationBatchNorm2d(nn.Module):
         y = torch.addcmul(shift.view(1, -1, 1, 1), x, scale.view(1, -1, 1, 1))
         return y, mean_t, sqmean_t
 
-    @torch.no_grad()
-    def _record(self, x: Tensor, conv_in: Tensor, mean_t: Tensor | None, sq_t: Tensor | None):
-        """Push the current batch's statistics, their weight-gradients and W_t into the window."""
+    def _stat_weight_gradients(self, x: Tensor, conv_in: Tensor) -> tuple[Tensor, Tensor]:
+        """(∂μ/∂W per conv group, ∂ν/∂W per channel), analytically via conv weight-gradients."""
         conv = self._conv
         x = x.detach()
         m = x.shape[0] * x.shape[2] * x.shape[3]
-        if mean_t is None:
-            var_b, mean_t = torch.var_mean(x, dim=(0, 2, 3), correction=0)
-            sq_t = var_b + mean_t * mean_t
-        w = conv.weight.detach()
+        w = conv.weight
         groups = conv.groups
         geometry = {
             "stride": conv.stride,
@@ -230,6 +226,16 @@ class CrossIterationBatchNorm2d(nn.Module):
             conv_in.detach().sum(0, keepdim=True), (groups, *w.shape[1:]), ones, **geometry
         )
         dsq = conv2d_weight(conv_in.detach(), w.shape, x * (2.0 / m), **geometry)
+        return dmean, dsq
+
+    @torch.no_grad()
+    def _record(self, x: Tensor, conv_in: Tensor, mean_t: Tensor | None, sq_t: Tensor | None):
+        """Push the current batch's statistics, their weight-gradients and W_t into the window."""
+        if mean_t is None:
+            var_b, mean_t = torch.var_mean(x.detach(), dim=(0, 2, 3), correction=0)
+            sq_t = var_b + mean_t * mean_t
+        dmean, dsq = self._stat_weight_gradients(x, conv_in)
+        w = self._conv.weight.detach()
         pos = int(self.win_pos)
         self.win_mean[pos] = mean_t.detach()
         self.win_sqmean[pos] = sq_t.detach()
@@ -244,3 +250,17 @@ class CrossIterationBatchNorm2d(nn.Module):
             f"{self.num_features}, window={self.window}, burnin={self.burnin}, rho={self.rho}, "
             f"eps={self.eps}, momentum={self.momentum}"
         )
+
+
+class AutogradCrossIterationBatchNorm2d(CrossIterationBatchNorm2d):
+    """Reference CBN: the statistics' weight-gradients by two extra autograd passes per layer, as
+    the public reference implementation does. Same results; for benchmarks and tests only."""
+
+    def _stat_weight_gradients(self, x: Tensor, conv_in: Tensor) -> tuple[Tensor, Tensor]:
+        w = self._conv.weight
+        with torch.enable_grad():
+            mean = x.mean(dim=(0, 2, 3))
+            sqmean = (x * x).mean(dim=(0, 2, 3))
+            dmean = torch.autograd.grad(mean.sum(), w, retain_graph=True)[0]
+            dsq = torch.autograd.grad(sqmean.sum(), w, retain_graph=True)[0]
+        return dmean[:: self.num_features // self._conv.groups], dsq

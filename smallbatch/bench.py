@@ -1,0 +1,281 @@
+"""``smallbatch bench``: training-step and inference time, images/s and memory per norm, with the
+ratio to BN measured in the same run, interleaved (each round times every norm once, in a
+rotating order, so drift on a shared machine hits all norms alike)."""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .models import create_model
+from .norms import CrossIterationBatchNorm2d
+from .results import write_json_atomic
+
+DEFAULT_NORMS = ["bn", "brn", "cbn", "gn", "ln", "in", "evonorm_s0", "frn"]
+REFERENCE_CBN = "cbn_autograd"
+BACKBONES = {"resnet20": {}, "resnet18": {"cifar_stem": True}}
+TARGETS = [  # (norm, reference, max ratio of training-step times), checked at batch 8 and 32
+    ("brn", "bn", 1.15),
+    ("cbn", "bn", 1.5),
+    ("cbn", REFERENCE_CBN, 0.7),
+]
+
+
+@dataclass
+class Measurement:
+    backbone: str
+    batch_size: int
+    norm: str
+    train_step_ms: float
+    infer_ms: float
+    train_images_per_s: float
+    train_ratio_to_bn: float | None = None
+    infer_ratio_to_bn: float | None = None
+    peak_memory_mb: float | None = None
+    norm_state_mb: float = 0.0
+
+
+def _norm_spec(norm: str, window: int) -> Any:
+    if norm == REFERENCE_CBN:
+        return {"class_path": "smallbatch.norms.cbn.AutogradCrossIterationBatchNorm2d"}
+    return norm
+
+
+def build(backbone: str, norm: str, window: int, device: torch.device, channels_last: bool):
+    torch.manual_seed(0)
+    extra = {"window": window} if norm in ("cbn", REFERENCE_CBN) else {}
+    model = create_model(
+        backbone, _norm_spec(norm, window), num_classes=10, **BACKBONES.get(backbone, {}), **extra
+    )
+    model = model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def norm_state_bytes(model: nn.Module) -> int:
+    """Extra memory held by stateful norms (CBN windows)."""
+    return sum(
+        m.window_memory_bytes() for m in model.modules() if isinstance(m, CrossIterationBatchNorm2d)
+    )
+
+
+class Runner:
+    """One model's training step and inference pass on a fixed batch."""
+
+    def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, bf16: bool) -> None:
+        self.model, self.x, self.y = model, x, y
+        self.opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+        self.autocast = torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16)
+
+    def train_step(self) -> None:
+        self.model.train()
+        self.opt.zero_grad(set_to_none=True)
+        with self.autocast:
+            loss = F.cross_entropy(self.model(self.x), self.y)
+        loss.backward()
+        self.opt.step()
+
+    def infer(self) -> None:
+        self.model.eval()
+        with torch.no_grad(), self.autocast:
+            self.model(self.x)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time(fn, steps: int, device: torch.device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - start) / steps
+
+
+def bench_config(
+    backbone: str,
+    batch: int,
+    norms: list[str],
+    device: torch.device,
+    steps: int,
+    warmup: int,
+    rounds: int,
+    window: int,
+    channels_last: bool = False,
+    bf16: bool = False,
+    image_size: int = 32,
+) -> list[Measurement]:
+    """Interleaved timing of every norm for one (backbone, batch)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 3, image_size, image_size, generator=gen).to(device)
+    y = torch.randint(0, 10, (batch,), generator=gen).to(device)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    runners = {
+        n: Runner(build(backbone, n, window, device, channels_last), x, y, bf16) for n in norms
+    }
+    peak: dict[str, float | None] = {}
+    for name, r in runners.items():
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        for _ in range(max(warmup, window)):  # also fills CBN windows
+            r.train_step()
+        peak[name] = (
+            torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+        )
+        r.infer()
+    train = {n: [] for n in norms}
+    infer = {n: [] for n in norms}
+    order = list(norms)
+    for i in range(rounds):
+        rotated = order[i % len(order) :] + order[: i % len(order)]
+        for name in rotated:
+            train[name].append(_time(runners[name].train_step, steps, device))
+            infer[name].append(_time(runners[name].infer, steps, device))
+    out = []
+    for name in norms:
+        t, inf = statistics.median(train[name]), statistics.median(infer[name])
+        out.append(
+            Measurement(
+                backbone,
+                batch,
+                name,
+                1000 * t,
+                1000 * inf,
+                batch / t,
+                peak_memory_mb=peak[name],
+                norm_state_mb=norm_state_bytes(runners[name].model) / 2**20,
+            )
+        )
+    bn = next((m for m in out if m.norm == "bn"), None)
+    if bn is not None:
+        for m in out:
+            m.train_ratio_to_bn = m.train_step_ms / bn.train_step_ms
+            m.infer_ratio_to_bn = m.infer_ms / bn.infer_ms
+    return out
+
+
+def check_targets(results: list[Measurement]) -> list[dict[str, Any]]:
+    """The speed targets at batch 8 and 32, from ratios measured in this run."""
+    by = {(m.backbone, m.batch_size, m.norm): m for m in results}
+    checks = []
+    for norm, ref, limit in TARGETS:
+        for (backbone, batch, name), m in by.items():
+            r = by.get((backbone, batch, ref))
+            if name != norm or r is None or batch not in (8, 32):
+                continue
+            ratio = m.train_step_ms / r.train_step_ms
+            checks.append(
+                {
+                    "backbone": backbone,
+                    "batch_size": batch,
+                    "check": f"{norm} / {ref} train step",
+                    "ratio": ratio,
+                    "limit": limit,
+                    "ok": ratio <= limit,
+                }
+            )
+    return checks
+
+
+def print_table(results: list[Measurement], checks: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="smallbatch bench (medians; ratios to BN from the same interleaved run)")
+    cols = ["backbone", "batch", "norm", "train ms", "×BN", "infer ms", "×BN", "img/s", "peak MB"]
+    for col in [*cols, "norm state MB"]:
+        table.add_column(col, justify="right" if col not in ("backbone", "norm") else "left")
+    for m in results:
+        table.add_row(
+            m.backbone,
+            str(m.batch_size),
+            m.norm,
+            f"{m.train_step_ms:.2f}",
+            f"{m.train_ratio_to_bn:.2f}" if m.train_ratio_to_bn else "-",
+            f"{m.infer_ms:.2f}",
+            f"{m.infer_ratio_to_bn:.2f}" if m.infer_ratio_to_bn else "-",
+            f"{m.train_images_per_s:.0f}",
+            f"{m.peak_memory_mb:.0f}" if m.peak_memory_mb is not None else "-",
+            f"{m.norm_state_mb:.2f}",
+        )
+    console = Console(width=150)
+    console.print(table)
+    for c in checks:
+        mark = "PASS" if c["ok"] else "FAIL"
+        console.print(
+            f"{mark}  {c['backbone']} b={c['batch_size']}: {c['check']} = {c['ratio']:.3f} "
+            f"(target <= {c['limit']})"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="smallbatch bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--norms", nargs="+", default=DEFAULT_NORMS)
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 2, 8, 32])
+    parser.add_argument("--backbones", nargs="+", default=list(BACKBONES))
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per round")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--window", type=int, default=4, help="CBN window")
+    parser.add_argument(
+        "--reference-cbn", action="store_true", help="also time CBN with autograd weight-gradients"
+    )
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--json", default="bench.json", help="where to write the results")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    norms = list(dict.fromkeys(["bn", *args.norms]))
+    if args.reference_cbn:
+        norms.append(REFERENCE_CBN)
+    results: list[Measurement] = []
+    for backbone in args.backbones:
+        for batch in args.batch_sizes:
+            results += bench_config(
+                backbone,
+                batch,
+                norms,
+                device,
+                args.steps,
+                args.warmup,
+                args.rounds,
+                args.window,
+                args.channels_last,
+                args.bf16,
+            )
+    checks = check_targets(results)
+    print_table(results, checks)
+    meta = {
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "argv": argv,
+        **{k: v for k, v in vars(args).items() if k != "json"},
+    }
+    write_json_atomic(
+        Path(args.json), {"meta": meta, "results": [asdict(m) for m in results], "targets": checks}
+    )
+    print(f"wrote {args.json}")
+    return 0 if all(c["ok"] for c in checks) else 1
