@@ -53,6 +53,8 @@ def _norm_spec(norm: str, window: int) -> Any:
 def build(backbone: str, norm: str, window: int, device: torch.device, channels_last: bool):
     torch.manual_seed(0)
     extra = {"window": window} if norm in ("cbn", REFERENCE_CBN) else {}
+    if norm == "brn":  # time BRN with live r, d (past the ramp), not its BN-like warm-up
+        extra = {"warmup": 0, "rmax_at": 0, "dmax_at": 0}
     model = create_model(
         backbone, _norm_spec(norm, window), num_classes=10, **BACKBONES.get(backbone, {}), **extra
     )

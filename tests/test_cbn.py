@@ -214,3 +214,23 @@ def test_autograd_reference_cbn_gives_the_same_training_run():
     for o1, o2 in zip(analytic, reference, strict=True):
         torch.testing.assert_close(o1, o2, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(a.win_dsqmean, r.win_dsqmean, rtol=1e-4, atol=1e-6)
+
+
+def test_window_norm_backward_passes_gradcheck():
+    from smallbatch.norms.cbn import _WindowNorm
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, 3, 3, dtype=torch.double, requires_grad=True)
+    w = torch.randn(4, dtype=torch.double, requires_grad=True)
+    b = torch.randn(4, dtype=torch.double, requires_grad=True)
+    past_mean = torch.randn(4, dtype=torch.double)
+    past_sq = past_mean**2 + torch.rand(4, dtype=torch.double) + 0.5
+    count = torch.tensor([2.0, 2.0, 1.0, 2.0], dtype=torch.double)
+    past_mean[2], past_sq[2] = 0.0, 0.0  # channel 2: its past entry was dropped
+
+    def fn(x, w, b):
+        mean_t = x.mean(dim=(0, 2, 3)).detach()
+        sq_t = (x * x).mean(dim=(0, 2, 3)).detach()
+        return _WindowNorm.apply(x, w, b, mean_t, sq_t, past_mean, past_sq, count, 1e-5)
+
+    assert torch.autograd.gradcheck(fn, (x, w, b))

@@ -14,6 +14,29 @@ class BatchStatsError(NormConfigError):
     """A batch-statistics norm received too few values per channel to compute statistics."""
 
 
+class StepCounter:
+    """Mixin for norms with a ``step`` buffer (training forward passes): a host-side copy avoids
+    a device sync per layer and step; it is re-read after ``load_state_dict``."""
+
+    _host_step: int | None = None
+
+    def host_step(self) -> int:
+        if self._host_step is None:
+            self._host_step = int(self.step)
+        return self._host_step
+
+    def advance_step(self) -> None:
+        self._host_step = self.host_step() + 1
+        self.step.add_(1)
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        # host-side caches of buffers are re-read on next use
+        for cache in ("_host_step", "_host_total", "_host_valid"):
+            if hasattr(self, cache):
+                setattr(self, cache, None)
+
+
 def layer_label(module: nn.Module) -> str:
     """The dotted name ``swap_norms`` gave the layer, or its class name."""
     return getattr(module, "layer_name", None) or type(module).__name__

@@ -17,7 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import check_batch_stats, ghost_groups, grouped_moments, update_running_from_groups
+from .base import (
+    StepCounter,
+    check_batch_stats,
+    ghost_groups,
+    grouped_moments,
+    update_running_from_groups,
+)
 from .registry import NormConfigError
 
 UNITS = ("steps", "fraction")
@@ -76,7 +82,7 @@ class RenormRamp:
         return ramp(1.0, self.rmax, rmax_at), ramp(0.0, self.dmax, dmax_at)
 
 
-class BatchRenorm2d(nn.Module):
+class BatchRenorm2d(StepCounter, nn.Module):
     """Batch Renormalization: batch statistics corrected toward running ones by clipped r, d.
 
     Ghost batches (``norm_batch = b``): r, d and the statistics per group of b samples; running
@@ -111,17 +117,51 @@ class BatchRenorm2d(nn.Module):
         # Training forward passes so far: drives the ramp and survives checkpoints.
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.register_buffer("total_steps", torch.zeros((), dtype=torch.long))
-        # Diagnostics of the last training step (plain floats, not state).
+        self._host_total: int | None = None
+        # Diagnostics of the last training step: (rmax, dmax) and the raw and clipped r, d.
         self.last_rmax, self.last_dmax = 1.0, 0.0
-        self.last_r_clipped = self.last_d_clipped = 0.0
+        self._last_rd: tuple[Tensor, ...] | None = None
 
     def set_total_steps(self, total_steps: int) -> None:
         """Total training steps of the run, for ramps given as fractions."""
         self.total_steps.fill_(int(total_steps))
+        self._host_total = int(total_steps)
 
     def current_limits(self) -> tuple[float, float]:
         """(rmax, dmax) that the next training step will use."""
-        return self.ramp(int(self.step), int(self.total_steps) or None)
+        if self._host_total is None:
+            self._host_total = int(self.total_steps)
+        return self.ramp(self.host_step(), self._host_total or None)
+
+    @property
+    def last_r_clipped(self) -> float:
+        """Fraction of channels (× groups) whose r was clipped in the last training step."""
+        return (
+            0.0
+            if self._last_rd is None
+            else float((self._last_rd[0] != self._last_rd[2]).float().mean())
+        )
+
+    @property
+    def last_d_clipped(self) -> float:
+        """Fraction of channels (× groups) whose d was clipped in the last training step."""
+        return (
+            0.0
+            if self._last_rd is None
+            else float((self._last_rd[1] != self._last_rd[3]).float().mean())
+        )
+
+    def _limits_and_rd(self, mean_b: Tensor, sigma_b: Tensor, shape) -> tuple[Tensor, Tensor]:
+        """Clipped r, d (no gradient) from batch and running statistics; advances the step."""
+        rmax, dmax = self.current_limits()
+        inv_sigma = torch.rsqrt(self.running_var + self.eps).view(shape)
+        r_raw = sigma_b * inv_sigma
+        d_raw = (mean_b - self.running_mean.view(shape)) * inv_sigma
+        r, d = r_raw.clamp(1.0 / rmax, rmax), d_raw.clamp(-dmax, dmax)
+        self.last_rmax, self.last_dmax = rmax, dmax
+        self._last_rd = (r_raw, d_raw, r, d)
+        self.advance_step()
+        return r, d
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training:
@@ -129,22 +169,14 @@ class BatchRenorm2d(nn.Module):
                 x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
             )
         check_batch_stats(x, self, self.norm_batch)
-        rmax, dmax = self.current_limits()
         groups = ghost_groups(x, self.norm_batch, self)
         if groups > 1:
-            return self._ghost_forward(x, groups, rmax, dmax)
+            return self._ghost_forward(x, groups)
         with torch.no_grad():
-            var_b, mean_b = torch.var_mean(x, dim=(0, 2, 3), correction=0)
-            sigma_b = (var_b + self.eps).sqrt()
-            sigma = (self.running_var + self.eps).sqrt()
-            r_raw = sigma_b / sigma
-            d_raw = (mean_b - self.running_mean) / sigma
-            r = r_raw.clamp(1.0 / rmax, rmax)
-            d = d_raw.clamp(-dmax, dmax)
-            self.last_rmax, self.last_dmax = rmax, dmax
-            self.last_r_clipped = float((r != r_raw).float().mean())
-            self.last_d_clipped = float((d != d_raw).float().mean())
-            self.step += 1
+            # two-pass moments: plain reductions are much faster than var_mean on CPU
+            mean_b = x.mean(dim=(0, 2, 3))
+            var_b = (x - mean_b.view(1, -1, 1, 1)).square().mean(dim=(0, 2, 3))
+            r, d = self._limits_and_rd(mean_b, (var_b + self.eps).sqrt(), (-1,))
         if self.weight is None:
             weight, bias = r, d
         else:
@@ -155,20 +187,11 @@ class BatchRenorm2d(nn.Module):
             x, self.running_mean, self.running_var, weight, bias, True, self.momentum, self.eps
         )
 
-    def _ghost_forward(self, x: Tensor, groups: int, rmax: float, dmax: float) -> Tensor:
+    def _ghost_forward(self, x: Tensor, groups: int) -> Tensor:
         xg, mean_b, var_b = grouped_moments(x, groups)  # (G, 1, C, 1, 1), with gradient
         sigma_b = (var_b + self.eps).sqrt()
         with torch.no_grad():
-            sigma = (self.running_var + self.eps).sqrt().view(1, 1, -1, 1, 1)
-            mu = self.running_mean.view(1, 1, -1, 1, 1)
-            r_raw = sigma_b / sigma
-            d_raw = (mean_b - mu) / sigma
-            r = r_raw.clamp(1.0 / rmax, rmax)
-            d = d_raw.clamp(-dmax, dmax)
-            self.last_rmax, self.last_dmax = rmax, dmax
-            self.last_r_clipped = float((r != r_raw).float().mean())
-            self.last_d_clipped = float((d != d_raw).float().mean())
-            self.step += 1
+            r, d = self._limits_and_rd(mean_b, sigma_b, (1, 1, -1, 1, 1))
         count = xg.shape[1] * x.shape[2] * x.shape[3]
         update_running_from_groups(self, mean_b, var_b, count, self.momentum)
         y = (xg - mean_b) / sigma_b * r + d

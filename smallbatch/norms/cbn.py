@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.grad import conv2d_weight
 
-from .base import check_batch_stats, layer_label
+from .base import StepCounter, check_batch_stats, layer_label
 from .registry import NormConfigError
 
 WINDOW_BUFFERS = (
@@ -40,7 +40,39 @@ WINDOW_BUFFERS = (
 )
 
 
-class CrossIterationBatchNorm2d(nn.Module):
+class _WindowNorm(torch.autograd.Function):
+    """y = γ·(x − μ̄)/√(σ̄² + ε) + β with μ̄ = (μ_t + Σμ)/n, σ̄² = (ν_t + Σν)/n − μ̄², where only
+    the current batch's μ_t = mean(x), ν_t = mean(x²) depend on x. Closed-form backward: the
+    same result as autograd through those formulas, with a handful of full-size ops."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, mean_t, sqmean_t, sum_mean, sum_sq, count, eps):
+        mean = (mean_t + sum_mean) / count
+        var = ((sqmean_t + sum_sq) / count - mean * mean).clamp_min(0)
+        inv_std = torch.rsqrt(var + eps)
+        scale = inv_std * weight
+        y = torch.addcmul((bias - mean * scale).view(1, -1, 1, 1), x, scale.view(1, -1, 1, 1))
+        ctx.save_for_backward(x, weight, mean, inv_std, count)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, mean, inv_std, count = ctx.saved_tensors
+        m = x.shape[0] * x.shape[2] * x.shape[3]
+        sum_g = grad.sum(dim=(0, 2, 3))
+        sum_gx = (grad * x).sum(dim=(0, 2, 3))
+        centred = sum_gx - mean * sum_g  # Σ g·(x − μ̄)
+        scale = inv_std * weight
+        d_var = -0.5 * weight * inv_std.pow(3) * centred  # ∂L/∂σ̄² (= ∂L/∂ν̄)
+        d_mean = -scale * sum_g - 2 * mean * d_var  # ∂L/∂μ̄ through x − μ̄ and σ̄²
+        c_x = 2 * d_var / (count * m)  # via ν_t = mean(x²)
+        c_0 = d_mean / (count * m)  # via μ_t = mean(x)
+        grad_x = torch.addcmul(c_0.view(1, -1, 1, 1), x, c_x.view(1, -1, 1, 1))
+        grad_x.addcmul_(grad, scale.view(1, -1, 1, 1))
+        return grad_x, centred * inv_std, sum_g, None, None, None, None, None, None
+
+
+class CrossIterationBatchNorm2d(StepCounter, nn.Module):
     """Cross-Iteration BN: statistics over k iterations, Taylor-compensated to current weights."""
 
     ddp_local_buffers = WINDOW_BUFFERS
@@ -74,10 +106,9 @@ class CrossIterationBatchNorm2d(nn.Module):
         self._conv: nn.Conv2d | None = None
         self._conv_io: tuple[Tensor, Tensor] | None = None
         self._hook = None
-        # Diagnostics of the last training step.
-        self.last_window_active = False
-        self.last_entries_used = 1.0
-        self.last_compensation = 0.0
+        self._host_valid: int | None = None  # host copies of win_valid.sum() and win_pos
+        self._host_pos = 0
+        self._diag: tuple[Tensor, Tensor, Tensor] | None = None  # last step's diagnostics
 
     @property
     def needs_conv(self) -> bool:
@@ -118,6 +149,7 @@ class CrossIterationBatchNorm2d(nn.Module):
         self.register_buffer("win_weight", torch.zeros(k1, *w.shape, **like))
         self.register_buffer("win_valid", torch.zeros(k1, dtype=torch.bool, device=w.device))
         self.register_buffer("win_pos", torch.zeros((), dtype=torch.long, device=w.device))
+        self._host_valid, self._host_pos = 0, 0
 
     def _capture_conv_io(self, conv: nn.Module, inputs: tuple[Tensor, ...], out: Tensor) -> None:
         self._conv_io = (inputs[0], out) if self.training and torch.is_grad_enabled() else None
@@ -136,17 +168,17 @@ class CrossIterationBatchNorm2d(nn.Module):
                 x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
             )
         check_batch_stats(x, self)
-        self.step += 1
-        step = int(self.step)
+        self.advance_step()
+        step = self.host_step()
         # Recording starts k-1 steps before the burn-in ends, so the window is full at once.
         record = self.window > 1 and step > self.burnin - (self.window - 1)
         conv_in = self._take_conv_input(x) if record else None
-        active = self.window > 1 and step > self.burnin and bool(self.win_valid.any())
+        active = self.window > 1 and step > self.burnin and self.valid_entries() > 0
 
         if active:
             y, mean_t, sqmean_t = self._window_forward(x)
         else:
-            self.last_window_active, self.last_entries_used, self.last_compensation = False, 1, 0
+            self._diag = None
             y = F.batch_norm(
                 x, self.running_mean, self.running_var, self.weight, self.bias,
                 True, self.momentum, self.eps,
@@ -172,40 +204,67 @@ class CrossIterationBatchNorm2d(nn.Module):
             )
         return io[0]
 
+    def valid_entries(self) -> int:
+        """Past iterations held in the window (filled in ring order 0, 1, …, k−2)."""
+        if self._host_valid is None:
+            self._host_valid = int(self.win_valid.sum())
+            self._host_pos = int(self.win_pos)
+        return self._host_valid
+
+    @property
+    def last_window_active(self) -> bool:
+        """Whether the last training step normalized with the window (not plain BN)."""
+        return self._diag is not None
+
+    @property
+    def last_entries_used(self) -> float:
+        """Mean over channels of the iterations averaged in the last step (current included)."""
+        return 1.0 if self._diag is None else float(self._diag[2].mean())
+
+    @property
+    def last_compensation(self) -> float:
+        """Mean |Δμ| of the Taylor compensation over kept window entries in the last step."""
+        if self._diag is None:
+            return 0.0
+        comp_mean, keep, _ = self._diag
+        return float(comp_mean.abs()[keep].mean()) if bool(keep.any()) else 0.0
+
+    def _compensated_window(self, n: int) -> tuple[Tensor, Tensor]:
+        """Past (μ, ν) of the first ``n`` window entries moved to the current conv weights."""
+        k1, c = n, self.num_features
+        groups = self.win_dmean.shape[1]
+        w = self._conv.weight.detach().reshape(1, c, -1)
+        delta = w - self.win_weight[:n].reshape(k1, c, -1)  # (n, C, P)
+        # <∂μ/∂W[c], ΔW[c]>: one mean patch per conv group, batched as a matmul
+        dmean = self.win_dmean[:n].reshape(k1, groups, -1, 1)  # (n, G, P, 1)
+        comp_mean = torch.matmul(delta.view(k1, groups, c // groups, -1), dmean).view(k1, c)
+        comp_sq = torch.einsum("kcp,kcp->kc", self.win_dsqmean[:n].reshape(k1, c, -1), delta)
+        if self.rho != 1.0:
+            comp_mean, comp_sq = comp_mean * self.rho, comp_sq * self.rho
+        return comp_mean, comp_sq
+
     def _window_forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         m = x.shape[0] * x.shape[2] * x.shape[3]
-        mean_t = x.mean(dim=(0, 2, 3))
-        sqmean_t = (x * x).mean(dim=(0, 2, 3))
         with torch.no_grad():
-            conv_w = self._conv.weight.detach()
-            delta = conv_w.unsqueeze(0) - self.win_weight  # (k-1, C, Cin/g, kh, kw)
-            groups = self.win_dmean.shape[1]
-            dmean = self.win_dmean.repeat_interleave(self.num_features // groups, dim=1)
-            comp_mean = self.rho * (dmean * delta).sum(dim=(2, 3, 4))
-            comp_sq = self.rho * (self.win_dsqmean * delta).sum(dim=(2, 3, 4))
-            past_mean = self.win_mean + comp_mean
-            past_sq = self.win_sqmean + comp_sq
-            keep = (past_sq - past_mean * past_mean >= 0) & self.win_valid.unsqueeze(1)
+            xd = x.detach()
+            mean_t = xd.mean(dim=(0, 2, 3))
+            sqmean_t = (xd * xd).mean(dim=(0, 2, 3))
+            n = self.valid_entries()
+            comp_mean, comp_sq = self._compensated_window(n)
+            past_mean = self.win_mean[:n] + comp_mean
+            past_sq = self.win_sqmean[:n] + comp_sq
+            keep = past_sq - past_mean * past_mean >= 0  # drop negative compensated variances
             keep_f = keep.to(x.dtype)
             count = 1 + keep_f.sum(0)
             sum_mean = (past_mean * keep_f).sum(0)
             sum_sq = (past_sq * keep_f).sum(0)
-            self.last_window_active = True
-            self.last_entries_used = float(count.mean())
-            self.last_compensation = float(comp_mean.abs()[keep].mean()) if keep.any() else 0.0
-        mean = (mean_t + sum_mean) / count
-        var = ((sqmean_t + sum_sq) / count - mean * mean).clamp_min(0)
-        scale = torch.rsqrt(var + self.eps)
-        if self.weight is not None:
-            scale = scale * self.weight
-        shift = -mean * scale
-        if self.bias is not None:
-            shift = shift + self.bias
-        with torch.no_grad():
+            self._diag = (comp_mean, keep, count)
             var_t = (sqmean_t - mean_t * mean_t).clamp_min(0) * (m / max(m - 1, 1))
             self.running_mean.lerp_(mean_t, self.momentum)
             self.running_var.lerp_(var_t, self.momentum)
-        y = torch.addcmul(shift.view(1, -1, 1, 1), x, scale.view(1, -1, 1, 1))
+        weight = self.weight if self.weight is not None else x.new_ones(self.num_features)
+        bias = self.bias if self.bias is not None else x.new_zeros(self.num_features)
+        y = _WindowNorm.apply(x, weight, bias, mean_t, sqmean_t, sum_mean, sum_sq, count, self.eps)
         return y, mean_t, sqmean_t
 
     def _stat_weight_gradients(self, x: Tensor, conv_in: Tensor) -> tuple[Tensor, Tensor]:
@@ -221,29 +280,33 @@ class CrossIterationBatchNorm2d(nn.Module):
             "dilation": conv.dilation,
             "groups": groups,
         }
+        conv_in = conv_in.detach()
+        # mean patch: the weight-gradient of the batch-summed input for grad_output 1/M
         ones = x.new_full((1, groups, x.shape[2], x.shape[3]), 1.0 / m)
         dmean = conv2d_weight(
-            conv_in.detach().sum(0, keepdim=True), (groups, *w.shape[1:]), ones, **geometry
+            conv_in.sum(0, keepdim=True), (groups, *w.shape[1:]), ones, **geometry
         )
-        dsq = conv2d_weight(conv_in.detach(), w.shape, x * (2.0 / m), **geometry)
+        dsq = conv2d_weight(conv_in, w.shape, x, **geometry).mul_(2.0 / m)
         return dmean, dsq
 
     @torch.no_grad()
     def _record(self, x: Tensor, conv_in: Tensor, mean_t: Tensor | None, sq_t: Tensor | None):
         """Push the current batch's statistics, their weight-gradients and W_t into the window."""
         if mean_t is None:
-            var_b, mean_t = torch.var_mean(x.detach(), dim=(0, 2, 3), correction=0)
-            sq_t = var_b + mean_t * mean_t
+            xd = x.detach()
+            mean_t, sq_t = xd.mean(dim=(0, 2, 3)), (xd * xd).mean(dim=(0, 2, 3))
         dmean, dsq = self._stat_weight_gradients(x, conv_in)
-        w = self._conv.weight.detach()
-        pos = int(self.win_pos)
+        self.valid_entries()  # make sure the host-side ring position is known
+        pos = self._host_pos
         self.win_mean[pos] = mean_t.detach()
         self.win_sqmean[pos] = sq_t.detach()
         self.win_dmean[pos] = dmean
         self.win_dsqmean[pos] = dsq
-        self.win_weight[pos] = w
+        self.win_weight[pos] = self._conv.weight.detach()
         self.win_valid[pos] = True
-        self.win_pos.fill_((pos + 1) % (self.window - 1))
+        self._host_pos = (pos + 1) % (self.window - 1)
+        self._host_valid = min(self._host_valid + 1, self.window - 1)
+        self.win_pos.fill_(self._host_pos)
 
     def extra_repr(self) -> str:
         return (
@@ -253,8 +316,31 @@ class CrossIterationBatchNorm2d(nn.Module):
 
 
 class AutogradCrossIterationBatchNorm2d(CrossIterationBatchNorm2d):
-    """Reference CBN: the statistics' weight-gradients by two extra autograd passes per layer, as
-    the public reference implementation does. Same results; for benchmarks and tests only."""
+    """Reference CBN written the way the public reference computes: batch statistics and the
+    normalization as autograd ops, and the statistics' weight-gradients by two extra
+    ``torch.autograd.grad`` passes per layer. Same results; for benchmarks and tests only."""
+
+    def _window_forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        m = x.shape[0] * x.shape[2] * x.shape[3]
+        mean_t = x.mean(dim=(0, 2, 3))
+        sqmean_t = (x * x).mean(dim=(0, 2, 3))
+        with torch.no_grad():
+            n = self.valid_entries()
+            comp_mean, comp_sq = self._compensated_window(n)
+            past_mean = self.win_mean[:n] + comp_mean
+            past_sq = self.win_sqmean[:n] + comp_sq
+            keep = (past_sq - past_mean * past_mean >= 0).to(x.dtype)
+            count = 1 + keep.sum(0)
+            self._diag = (comp_mean, keep.bool(), count)
+            var_t = (sqmean_t - mean_t * mean_t).clamp_min(0) * (m / max(m - 1, 1))
+            self.running_mean.lerp_(mean_t, self.momentum)
+            self.running_var.lerp_(var_t, self.momentum)
+        mean = (mean_t + (past_mean * keep).sum(0)) / count
+        var = (sqmean_t + (past_sq * keep).sum(0)) / count - mean * mean
+        y = (x - mean.view(1, -1, 1, 1)) / (var.view(1, -1, 1, 1) + self.eps).sqrt()
+        if self.weight is not None:
+            y = y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        return y, mean_t.detach(), sqmean_t.detach()
 
     def _stat_weight_gradients(self, x: Tensor, conv_in: Tensor) -> tuple[Tensor, Tensor]:
         w = self._conv.weight
