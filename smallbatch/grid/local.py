@@ -96,6 +96,9 @@ class LocalExecutor:
         env.pop("SMALLBATCH_RUN_DIR", None)
         if self.gpus:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+        threads = self.spec.executor.get("threads_per_job")
+        if threads:  # e.g. 2 single-threaded cells on 2 cores beat 1 cell on 2 threads
+            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(int(threads))
         cmd = self.spec.command(state.cell) + resume_args(state)
         with (
             open(state.folder / "stdout.log", "ab") as out,

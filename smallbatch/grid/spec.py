@@ -34,6 +34,7 @@ EXECUTOR_KEYS = {
     "kind",
     "max_parallel",
     "jobs_per_gpu",
+    "threads_per_job",
     "retries",
     "cluster",
     "slurm_partition",

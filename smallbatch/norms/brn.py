@@ -173,9 +173,10 @@ class BatchRenorm2d(StepCounter, nn.Module):
         if groups > 1:
             return self._ghost_forward(x, groups)
         with torch.no_grad():
-            # two-pass moments: plain reductions are much faster than var_mean on CPU
+            # E[x²] − E[x]²: two plain reductions are much faster than var_mean on CPU, and r, d
+            # are clipped constants, so the one-pass variance's rounding does not matter here
             mean_b = x.mean(dim=(0, 2, 3))
-            var_b = (x - mean_b.view(1, -1, 1, 1)).square().mean(dim=(0, 2, 3))
+            var_b = ((x * x).mean(dim=(0, 2, 3)) - mean_b * mean_b).clamp_min_(0)
             r, d = self._limits_and_rd(mean_b, (var_b + self.eps).sqrt(), (-1,))
         if self.weight is None:
             weight, bias = r, d
