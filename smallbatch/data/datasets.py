@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
 import tarfile
 from pathlib import Path
@@ -60,7 +61,8 @@ class FashionMNIST(SmallBatchDataModule):
             target = raw / name
             if target.exists():
                 continue
-            tmp = target.with_suffix(".tmp")
+            # a private temporary name: parallel grid cells may unpack at the same time
+            tmp = target.with_name(f".{name}.{os.getpid()}.tmp")
             if (source / name).exists():
                 shutil.copyfile(source / name, tmp)
             else:
