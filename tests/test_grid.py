@@ -198,3 +198,17 @@ def test_emit_and_array_script_select_the_right_cell(tmp_path, fashion_dir):
     env["SLURM_ARRAY_TASK_ID"] = "9"
     done = subprocess.run(["bash", str(script), cells], env=env, capture_output=True, text=True)
     assert done.returncode == 1 and "no cell 9" in done.stderr
+
+
+def test_grid_cell_with_the_example_plugin(tmp_path, fashion_dir):
+    from smallbatch.norms import available_norms
+
+    if "bcn" not in available_norms():
+        pytest.skip(
+            "example plugin not installed (scripts/test.sh installs examples/smallbatch-bcn)"
+        )
+    path = write_grid(tmp_path, fashion_dir, axes={"model.norm": ["bcn"], "data.batch_size": [2]})
+    spec = load_grid(path)
+    assert run_grid(spec) == 0
+    (result,) = cell_results(spec.run_dir).values()
+    assert result["status"] == "finished" and result["norm"] == "bcn"

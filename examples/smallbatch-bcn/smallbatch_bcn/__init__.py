@@ -1,0 +1,98 @@
+"""Batch-Channel Normalization (Qiao et al. 2019, arXiv 1903.10520, section 4).
+
+BCN first normalizes each channel with batch-level statistics, then applies GroupNorm:
+
+    x̂ = γ_b · (x − μ̂_c)/√(σ̂²_c + ε) + β_b          (batch-channel step)
+    y = GN(x̂) with per-channel γ_g, β_g              (channel step, ``num_groups`` groups)
+
+With ``estimated=True`` (the paper's micro-batch variant) μ̂, σ̂² are *estimates* kept as
+buffers and moved toward each training batch's statistics at rate ``momentum`` without carrying
+gradient, so the layer also works at batch 1. With ``estimated=False`` the batch step uses the
+current batch's statistics in training (BN) and the estimates in eval.
+
+Plugin contract used here: constructor ``(num_features, **kwargs)``; state in registered
+buffers (checkpointed); ghost batches: ``supports_ghost_batch`` + ``norm_batch``; clear errors
+through ``smallbatch.norms.check_batch_stats``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from smallbatch.norms import NormConfigError, check_batch_stats
+from smallbatch.norms.base import ghost_groups, grouped_moments, update_running_from_groups
+
+__all__ = ["BatchChannelNorm2d"]
+
+
+class BatchChannelNorm2d(nn.Module):
+    """Batch-Channel Normalization: estimated batch statistics per channel, then GroupNorm."""
+
+    supports_ghost_batch = True
+    norm_batch: int | None = None
+
+    def __init__(
+        self,
+        num_features: int,
+        num_groups: int = 32,
+        momentum: float = 0.01,
+        estimated: bool = True,
+        eps: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        groups = min(num_groups, num_features)
+        if num_features % groups:
+            raise NormConfigError(f"BCN: {num_groups} groups do not divide {num_features} channels")
+        self.num_features, self.momentum, self.estimated, self.eps = (
+            num_features,
+            momentum,
+            estimated,
+            eps,
+        )
+        self.batch_weight = nn.Parameter(torch.ones(num_features))
+        self.batch_bias = nn.Parameter(torch.zeros(num_features))
+        self.group_norm = nn.GroupNorm(groups, num_features, eps=eps)
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def _batch_step(self, x: Tensor) -> Tensor:
+        if not self.training:
+            return F.batch_norm(
+                x, self.running_mean, self.running_var, self.batch_weight, self.batch_bias,
+                False, 0.0, self.eps,
+            )  # fmt: skip
+        if self.estimated:
+            # statistics of this batch (per ghost group) only update the estimates
+            groups = ghost_groups(x, self.norm_batch, self)
+            _, mean, var = grouped_moments(x.detach(), groups)
+            count = x.shape[0] // groups * x.shape[2] * x.shape[3]
+            update_running_from_groups(self, mean, var, count, self.momentum)
+            return F.batch_norm(
+                x, self.running_mean, self.running_var, self.batch_weight, self.batch_bias,
+                False, 0.0, self.eps,
+            )  # fmt: skip
+        check_batch_stats(x, self, self.norm_batch)
+        groups = ghost_groups(x, self.norm_batch, self)
+        if groups > 1:
+            xg, mean, var = grouped_moments(x, groups)
+            count = xg.shape[1] * x.shape[2] * x.shape[3]
+            update_running_from_groups(self, mean, var, count, self.momentum)
+            shape = (1, 1, -1, 1, 1)
+            y = (xg - mean) * torch.rsqrt(var + self.eps)
+            y = y * self.batch_weight.view(shape) + self.batch_bias.view(shape)
+            return y.view_as(x)
+        return F.batch_norm(
+            x, self.running_mean, self.running_var, self.batch_weight, self.batch_bias,
+            True, self.momentum, self.eps,
+        )  # fmt: skip
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.group_norm(self._batch_step(x))
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_features}, groups={self.group_norm.num_groups}, "
+            f"momentum={self.momentum}, estimated={self.estimated}"
+        )
