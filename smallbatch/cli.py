@@ -91,6 +91,8 @@ class SmallBatchCLI(LightningCLI):
             "name": name,
             "norm": norm_display_name(cfg.model.norm),
             "batch_size": data.batch_size,
+            # the normalization batch: per-device batch, or the ghost batch when one is set
+            "norm_batch": cfg.model.norm_batch or data.batch_size,
             "devices": devices,
             "num_nodes": cfg.trainer.num_nodes,
             "seed": cfg.seed_everything,

@@ -148,6 +148,7 @@ class SmallBatchModule(pl.LightningModule):
                 {
                     "norm_name": self.norm_name,
                     "batch_size": self.per_device_batch(),
+                    "norm_batch": self.hparams.norm_batch or self.per_device_batch(),
                     "devices": self.trainer.num_devices,
                     "num_nodes": self.trainer.num_nodes,
                     "total_batch": self.total_batch(),

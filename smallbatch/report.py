@@ -58,9 +58,10 @@ def aggregate(results: list[dict[str, Any]], metric: str = "best") -> list[CellS
     key = METRICS[metric]
     groups: dict[tuple[str, int], CellStats] = {}
     for r in results:
-        if r.get("norm") is None or r.get("batch_size") is None:
+        batch = r.get("norm_batch") or r.get("batch_size")
+        if r.get("norm") is None or batch is None:
             continue
-        k = (str(r["norm"]), int(r["batch_size"]))
+        k = (str(r["norm"]), int(batch))
         stats = groups.setdefault(k, CellStats(k[0], k[1], [], 0, 0))
         status = r.get("status")
         if status == "diverged":
@@ -99,7 +100,7 @@ def markdown_table(stats: list[CellStats], metric: str) -> str:
     head = "| norm | " + " | ".join(f"b={b}" for b in batches) + " |"
     lines = [
         f"Top-1 validation accuracy (%), {metric} ({METRICS[metric]}), mean ± std over up to "
-        f"{seeds} seed(s); columns are the per-device batch.",
+        f"{seeds} seed(s); columns are the normalization (per-device or ghost) batch.",
         "",
         head,
         "|" + "---|" * (len(batches) + 1),
@@ -144,7 +145,7 @@ def plot(stats: list[CellStats], path: Path, title: str, metric: str) -> None:
     ax.set_xscale("log", base=2)
     ax.set_xticks(batches, [str(b) for b in batches])
     ax.invert_xaxis()
-    ax.set_xlabel("per-device batch size (images per worker)")
+    ax.set_xlabel("normalization batch (images per worker)")
     ax.set_ylabel(f"top-1 validation error (%), {metric}")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)

@@ -71,9 +71,9 @@ def test_analytic_weight_gradients_equal_autograd(conv_kw):
     dmean_ref = torch.autograd.grad(mean.sum(), conv.weight, retain_graph=True)[0]
     dsq_ref = torch.autograd.grad(sqmean.sum(), conv.weight)[0]
     groups = conv.groups
-    dmean = cbn.win_dmean[0].repeat_interleave(conv.out_channels // groups, dim=0)
+    dmean = cbn.win_dmean[0, 0].repeat_interleave(conv.out_channels // groups, dim=0)
     torch.testing.assert_close(dmean, dmean_ref, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(cbn.win_dsqmean[0], dsq_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(cbn.win_dsqmean[0, 0], dsq_ref, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(cbn.win_weight[0], conv.weight.detach())
 
 
@@ -121,7 +121,7 @@ def test_entries_with_negative_compensated_variance_are_dropped():
     cbn(conv(x1))
     y1 = conv(x1).detach()
     with torch.no_grad():  # make channel 0's past entry invalid: E[y²] < E[y]²
-        cbn.win_sqmean[0, 0] = cbn.win_mean[0, 0] ** 2 - 1.0
+        cbn.win_sqmean[0, 0, 0] = cbn.win_mean[0, 0, 0] ** 2 - 1.0
     y2 = conv(x2)
     out = cbn(y2)
     both = torch.cat([y1, y2.detach()])
@@ -228,9 +228,11 @@ def test_window_norm_backward_passes_gradcheck():
     count = torch.tensor([2.0, 2.0, 1.0, 2.0], dtype=torch.double)
     past_mean[2], past_sq[2] = 0.0, 0.0  # channel 2: its past entry was dropped
 
-    def fn(x, w, b):
-        mean_t = x.mean(dim=(0, 2, 3)).detach()
-        sq_t = (x * x).mean(dim=(0, 2, 3)).detach()
-        return _WindowNorm.apply(x, w, b, mean_t, sq_t, past_mean, past_sq, count, 1e-5)
+    def fn(x, w, b):  # one normalization group: x viewed as (1, N, C, H, W)
+        xg = x.unsqueeze(0)
+        mean_t = xg.mean(dim=(1, 3, 4)).detach()
+        sq_t = (xg * xg).mean(dim=(1, 3, 4)).detach()
+        args = (past_mean[None], past_sq[None], count[None], 1e-5)
+        return _WindowNorm.apply(xg, w, b, mean_t, sq_t, *args)
 
     assert torch.autograd.gradcheck(fn, (x, w, b))

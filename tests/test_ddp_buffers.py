@@ -42,5 +42,5 @@ def test_cbn_window_stays_per_rank_under_ddp(tmp_path):
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     # Every slot differs: DDP's per-forward buffer broadcast would have copied rank 0's older
     # entries into rank 1's window, leaving only its newest entry its own.
-    for slot in range(r0["win_mean"].shape[0]):
-        assert not torch.allclose(r0["win_mean"][slot], r1["win_mean"][slot]), slot
+    for slot in range(r0["win_mean"].shape[1]):
+        assert not torch.allclose(r0["win_mean"][:, slot], r1["win_mean"][:, slot]), slot

@@ -12,9 +12,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from smallbatch.models import create_model
-from smallbatch.norms import BatchNorm2d, NormConfigError, set_norm_batch
+from smallbatch.norms import BatchNorm2d, NormConfigError, local_buffer_names, set_norm_batch
 
-B, STEPS = 4, 3
+B, STEPS = 4, 4
 
 
 def _data():
@@ -50,6 +50,7 @@ def _worker(rank, port, norm, norm_args, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     model = _model(norm, **norm_args)
+    model._ddp_params_and_buffers_to_ignore = local_buffer_names(model)  # CBN windows per rank
     ddp = DDP(model)
     xs, ys = _data()
     losses, grads = _train(ddp, xs, ys, rank)
@@ -75,8 +76,10 @@ def _port():
         ("brn", {"warmup": 100}, STEPS),
         # BRN with live r, d: equal on step 1; later DDP takes running stats from rank 0 only
         ("brn", {"warmup": 0, "rmax_at": 0, "dmax_at": 0, "rmax": 2.0, "dmax": 1.0}, 1),
+        # CBN: each rank keeps its own window, as each ghost group does; weights are shared
+        ("cbn", {"window": 3}, STEPS),
     ],
-    ids=["bn", "brn-warmup", "brn-live"],
+    ids=["bn", "brn-warmup", "brn-live", "cbn"],
 )
 def test_ghost_batch_equals_two_process_ddp(norm, norm_args, steps_equal, tmp_path):
     out = tmp_path / "ddp.pt"

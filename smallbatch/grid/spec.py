@@ -13,6 +13,7 @@ overrides:                               # per-cell: applied where every `when` 
     set: {model.norm_args: {unit: fraction, warmup: 0.1, rmax_at: 0.8, dmax_at: 0.5}}
 executor: {kind: local, max_parallel: 2, jobs_per_gpu: 2, retries: 1}
 run_root: runs/grid                      # results in <run_root>/<name>/
+ghost_devices: 8                         # optional: emulate 8 devices x b on one device
 ```
 """
 
@@ -29,7 +30,16 @@ from typing import Any
 
 import yaml
 
-TOP_KEYS = {"name", "base_config", "axes", "args", "overrides", "executor", "run_root"}
+TOP_KEYS = {
+    "name",
+    "base_config",
+    "axes",
+    "args",
+    "overrides",
+    "executor",
+    "run_root",
+    "ghost_devices",
+}
 EXECUTOR_KEYS = {
     "kind",
     "max_parallel",
@@ -75,7 +85,8 @@ class Cell:
         norm = self.overrides.get("model.norm", "norm")
         if isinstance(norm, dict):
             norm = str(norm.get("class_path", "custom")).rsplit(".", 1)[-1]
-        label = f"{norm}-b{self.overrides.get('data.batch_size', 'x')}"
+        batch = self.overrides.get("model.norm_batch") or self.overrides.get("data.batch_size", "x")
+        label = f"{norm}-b{batch}"
         seed = self.overrides.get("seed_everything")
         return label if seed is None else f"{label}-s{seed}"
 
@@ -101,6 +112,7 @@ class GridSpec:
     executor: dict[str, Any] = field(default_factory=dict)
     run_root: Path = Path("runs/grid")
     source: Path | None = None
+    ghost_devices: int | None = None
 
     @property
     def run_dir(self) -> Path:
@@ -115,6 +127,11 @@ class GridSpec:
             for rule in self.overrides:
                 if all(cell.get(k) == v for k, v in rule.get("when", {}).items()):
                     cell.update(rule.get("set", {}))
+            if self.ghost_devices and "data.batch_size" in cell:
+                # emulate `ghost_devices` devices x b on one: batch G·b, statistics per b
+                b = cell["data.batch_size"]
+                cell["data.batch_size"] = self.ghost_devices * b
+                cell["model.norm_batch"] = b
             cells.append(Cell(cell))
         return cells
 
@@ -182,7 +199,10 @@ def load_grid(path: str | Path, validate_cli: bool = True) -> GridSpec:
     if executor["kind"] not in EXECUTOR_KINDS:
         raise _fail(path, "executor.kind", f"{executor['kind']!r} is not one of {EXECUTOR_KINDS}")
     run_root = Path(raw.get("run_root", "runs/grid"))
-    spec = GridSpec(name, base, axes, args, overrides, executor, run_root, path)
+    ghost = raw.get("ghost_devices")
+    if ghost is not None and (not isinstance(ghost, int) or ghost < 1):
+        raise _fail(path, "ghost_devices", f"{ghost!r} must be an integer >= 1")
+    spec = GridSpec(name, base, axes, args, overrides, executor, run_root, path, ghost)
     if validate_cli:
         validate_cells(spec)
     return spec
@@ -205,7 +225,7 @@ def validate_cells(spec: GridSpec) -> None:
                 resolve_norm(norm)
             except NormConfigError as exc:
                 raise _fail(spec.source, "model.norm", str(exc)) from exc
-        batch = cell.overrides.get("data.batch_size", 1)
+        batch = cell.overrides.get("model.norm_batch") or cell.overrides.get("data.batch_size", 1)
         if not isinstance(batch, int) or batch < 1:
             raise _fail(spec.source, "data.batch_size", f"{batch!r} must be an integer >= 1")
     # Parse one probe cell per axis value (the first cell holding it): every value is checked

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.grad import conv2d_weight
 
-from .base import StepCounter, check_batch_stats, layer_label
+from .base import StepCounter, check_batch_stats, ghost_groups, layer_label
 from .registry import NormConfigError
 
 WINDOW_BUFFERS = (
@@ -43,39 +43,49 @@ WINDOW_BUFFERS = (
 class _WindowNorm(torch.autograd.Function):
     """y = γ·(x − μ̄)/√(σ̄² + ε) + β with μ̄ = (μ_t + Σμ)/n, σ̄² = (ν_t + Σν)/n − μ̄², where only
     the current batch's μ_t = mean(x), ν_t = mean(x²) depend on x. Closed-form backward: the
-    same result as autograd through those formulas, with a handful of full-size ops."""
+    same result as autograd through those formulas, with a handful of full-size ops.
+
+    x is viewed as (G, b, C, H, W): G independent normalization groups (ghost batches; G = 1
+    normally), statistics per (group, channel) shaped (G, C)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, mean_t, sqmean_t, sum_mean, sum_sq, count, eps):
+    def forward(ctx, xg, weight, bias, mean_t, sqmean_t, sum_mean, sum_sq, count, eps):
         mean = (mean_t + sum_mean) / count
         var = ((sqmean_t + sum_sq) / count - mean * mean).clamp_min(0)
         inv_std = torch.rsqrt(var + eps)
-        scale = inv_std * weight
-        y = torch.addcmul((bias - mean * scale).view(1, -1, 1, 1), x, scale.view(1, -1, 1, 1))
-        ctx.save_for_backward(x, weight, mean, inv_std, count)
+        scale = inv_std * weight  # (G, C)
+        shift = bias - mean * scale
+        g, c = scale.shape
+        y = torch.addcmul(shift.view(g, 1, c, 1, 1), xg, scale.view(g, 1, c, 1, 1))
+        ctx.save_for_backward(xg, weight, mean, inv_std, count)
         return y
 
     @staticmethod
     def backward(ctx, grad):
-        x, weight, mean, inv_std, count = ctx.saved_tensors
-        m = x.shape[0] * x.shape[2] * x.shape[3]
-        sum_g = grad.sum(dim=(0, 2, 3))
-        sum_gx = (grad * x).sum(dim=(0, 2, 3))
+        xg, weight, mean, inv_std, count = ctx.saved_tensors
+        g, b, c = xg.shape[:3]
+        m = b * xg.shape[3] * xg.shape[4]
+        sum_g = grad.sum(dim=(1, 3, 4))  # (G, C)
+        sum_gx = (grad * xg).sum(dim=(1, 3, 4))
         centred = sum_gx - mean * sum_g  # Σ g·(x − μ̄)
         scale = inv_std * weight
         d_var = -0.5 * weight * inv_std.pow(3) * centred  # ∂L/∂σ̄² (= ∂L/∂ν̄)
         d_mean = -scale * sum_g - 2 * mean * d_var  # ∂L/∂μ̄ through x − μ̄ and σ̄²
         c_x = 2 * d_var / (count * m)  # via ν_t = mean(x²)
         c_0 = d_mean / (count * m)  # via μ_t = mean(x)
-        grad_x = torch.addcmul(c_0.view(1, -1, 1, 1), x, c_x.view(1, -1, 1, 1))
-        grad_x.addcmul_(grad, scale.view(1, -1, 1, 1))
-        return grad_x, centred * inv_std, sum_g, None, None, None, None, None, None
+        shape = (g, 1, c, 1, 1)
+        grad_x = torch.addcmul(c_0.view(shape), xg, c_x.view(shape))
+        grad_x.addcmul_(grad, scale.view(shape))
+        grad_w = (centred * inv_std).sum(0)
+        return grad_x, grad_w, sum_g.sum(0), None, None, None, None, None, None
 
 
 class CrossIterationBatchNorm2d(StepCounter, nn.Module):
     """Cross-Iteration BN: statistics over k iterations, Taylor-compensated to current weights."""
 
     ddp_local_buffers = WINDOW_BUFFERS
+    supports_ghost_batch = True
+    norm_batch: int | None = None
 
     def __init__(
         self,
@@ -138,18 +148,35 @@ class CrossIterationBatchNorm2d(StepCounter, nn.Module):
         # Not a submodule: the conv belongs to the model; we only read its input and weight.
         object.__setattr__(self, "_conv", conv)
         self._hook = conv.register_forward_hook(self._capture_conv_io)
-        k1 = self.window - 1
-        w = conv.weight
-        groups = conv.groups
+        self._allocate_window(replicas=1)
+
+    def _allocate_window(self, replicas: int) -> None:
+        """(Re)allocate the window: ``replicas`` independent histories of statistics (one per
+        ghost group, as one per device under DDP) sharing the past conv weights."""
+        k1, c = self.window - 1, self.num_features
+        w = self._conv.weight
         like = {"device": w.device, "dtype": w.dtype}
-        self.register_buffer("win_mean", torch.zeros(k1, self.num_features, **like))
-        self.register_buffer("win_sqmean", torch.zeros(k1, self.num_features, **like))
-        self.register_buffer("win_dmean", torch.zeros(k1, groups, *w.shape[1:], **like))
-        self.register_buffer("win_dsqmean", torch.zeros(k1, *w.shape, **like))
+        r = replicas
+        self.register_buffer("win_mean", torch.zeros(r, k1, c, **like))
+        self.register_buffer("win_sqmean", torch.zeros(r, k1, c, **like))
+        self.register_buffer(
+            "win_dmean", torch.zeros(r, k1, self._conv.groups, *w.shape[1:], **like)
+        )
+        self.register_buffer("win_dsqmean", torch.zeros(r, k1, *w.shape, **like))
         self.register_buffer("win_weight", torch.zeros(k1, *w.shape, **like))
         self.register_buffer("win_valid", torch.zeros(k1, dtype=torch.bool, device=w.device))
         self.register_buffer("win_pos", torch.zeros((), dtype=torch.long, device=w.device))
         self._host_valid, self._host_pos = 0, 0
+
+    @property
+    def replicas(self) -> int:
+        return self.win_mean.shape[0]
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        saved = state_dict.get(prefix + "win_mean")
+        if self._conv is not None and saved is not None and saved.shape[0] != self.replicas:
+            self._allocate_window(saved.shape[0])  # a checkpoint taken with ghost batches
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _capture_conv_io(self, conv: nn.Module, inputs: tuple[Tensor, ...], out: Tensor) -> None:
         self._conv_io = (inputs[0], out) if self.training and torch.is_grad_enabled() else None
@@ -167,26 +194,37 @@ class CrossIterationBatchNorm2d(StepCounter, nn.Module):
             return F.batch_norm(
                 x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
             )
-        check_batch_stats(x, self)
+        check_batch_stats(x, self, self.norm_batch)
+        groups = ghost_groups(x, self.norm_batch, self)
         self.advance_step()
         step = self.host_step()
         # Recording starts k-1 steps before the burn-in ends, so the window is full at once.
         record = self.window > 1 and step > self.burnin - (self.window - 1)
         conv_in = self._take_conv_input(x) if record else None
+        if conv_in is not None and groups != self.replicas:
+            if self.valid_entries():
+                raise NormConfigError(
+                    f"{layer_label(self)}: the number of ghost groups changed from "
+                    f"{self.replicas} to {groups} while the CBN window holds statistics"
+                )
+            self._allocate_window(groups)
         active = self.window > 1 and step > self.burnin and self.valid_entries() > 0
-
+        xg = x.view(groups, x.shape[0] // groups, *x.shape[1:])
         if active:
-            y, mean_t, sqmean_t = self._window_forward(x)
-        else:
+            y, mean_t, sqmean_t = self._window_forward(xg)
+        elif groups == 1:
             self._diag = None
             y = F.batch_norm(
                 x, self.running_mean, self.running_var, self.weight, self.bias,
                 True, self.momentum, self.eps,
             )  # fmt: skip
             mean_t = sqmean_t = None
+        else:  # ghost batches before the window starts: per-group BN
+            self._diag = None
+            y, mean_t, sqmean_t = self._window_forward(xg, past=False)
         if conv_in is not None:
-            self._record(x, conv_in, mean_t, sqmean_t)
-        return y
+            self._record(xg, conv_in, mean_t, sqmean_t)
+        return y.view_as(x)
 
     def _take_conv_input(self, x: Tensor) -> Tensor | None:
         if self._conv is None:
@@ -230,48 +268,59 @@ class CrossIterationBatchNorm2d(StepCounter, nn.Module):
         return float(comp_mean.abs()[keep].mean()) if bool(keep.any()) else 0.0
 
     def _compensated_window(self, n: int) -> tuple[Tensor, Tensor]:
-        """Past (μ, ν) of the first ``n`` window entries moved to the current conv weights."""
-        k1, c = n, self.num_features
-        groups = self.win_dmean.shape[1]
+        """Past (μ, ν) of the first ``n`` window entries, per replica, moved to the current
+        conv weights: shapes (R, n, C)."""
+        r, c = self.replicas, self.num_features
+        groups = self.win_dmean.shape[2]
         w = self._conv.weight.detach().reshape(1, c, -1)
-        delta = w - self.win_weight[:n].reshape(k1, c, -1)  # (n, C, P)
+        delta = w - self.win_weight[:n].reshape(n, c, -1)  # (n, C, P), shared by replicas
         # <∂μ/∂W[c], ΔW[c]>: one mean patch per conv group, batched as a matmul
-        dmean = self.win_dmean[:n].reshape(k1, groups, -1, 1)  # (n, G, P, 1)
-        comp_mean = torch.matmul(delta.view(k1, groups, c // groups, -1), dmean).view(k1, c)
-        comp_sq = torch.einsum("kcp,kcp->kc", self.win_dsqmean[:n].reshape(k1, c, -1), delta)
+        dmean = self.win_dmean[:, :n].reshape(r, n, groups, -1, 1)  # (R, n, G, P, 1)
+        per_group = delta.view(1, n, groups, c // groups, -1)
+        comp_mean = torch.matmul(per_group, dmean).view(r, n, c)
+        dsq = self.win_dsqmean[:, :n].reshape(r, n, c, -1)
+        comp_sq = torch.einsum("rkcp,kcp->rkc", dsq, delta)
         if self.rho != 1.0:
             comp_mean, comp_sq = comp_mean * self.rho, comp_sq * self.rho
         return comp_mean, comp_sq
 
-    def _window_forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        m = x.shape[0] * x.shape[2] * x.shape[3]
+    def _window_forward(self, xg: Tensor, past: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+        """Normalize xg (G, b, C, H, W) with the current and (compensated) past statistics."""
+        m = xg.shape[1] * xg.shape[3] * xg.shape[4]
         with torch.no_grad():
-            xd = x.detach()
-            mean_t = xd.mean(dim=(0, 2, 3))
-            sqmean_t = (xd * xd).mean(dim=(0, 2, 3))
-            n = self.valid_entries()
-            comp_mean, comp_sq = self._compensated_window(n)
-            past_mean = self.win_mean[:n] + comp_mean
-            past_sq = self.win_sqmean[:n] + comp_sq
-            keep = past_sq - past_mean * past_mean >= 0  # drop negative compensated variances
-            keep_f = keep.to(x.dtype)
-            count = 1 + keep_f.sum(0)
-            sum_mean = (past_mean * keep_f).sum(0)
-            sum_sq = (past_sq * keep_f).sum(0)
-            self._diag = (comp_mean, keep, count)
+            xd = xg.detach()
+            mean_t = xd.mean(dim=(1, 3, 4))  # (G, C)
+            sqmean_t = (xd * xd).mean(dim=(1, 3, 4))
+            if past:
+                n = self.valid_entries()
+                comp_mean, comp_sq = self._compensated_window(n)
+                past_mean = self.win_mean[:, :n] + comp_mean
+                past_sq = self.win_sqmean[:, :n] + comp_sq
+                keep = past_sq - past_mean * past_mean >= 0  # drop negative variances
+                keep_f = keep.to(xg.dtype)
+                count = 1 + keep_f.sum(1)
+                sum_mean = (past_mean * keep_f).sum(1)
+                sum_sq = (past_sq * keep_f).sum(1)
+                self._diag = (comp_mean, keep, count)
+            else:
+                count = torch.ones_like(mean_t)
+                sum_mean = sum_sq = torch.zeros_like(mean_t)
             var_t = (sqmean_t - mean_t * mean_t).clamp_min(0) * (m / max(m - 1, 1))
-            self.running_mean.lerp_(mean_t, self.momentum)
-            self.running_var.lerp_(var_t, self.momentum)
-        weight = self.weight if self.weight is not None else x.new_ones(self.num_features)
-        bias = self.bias if self.bias is not None else x.new_zeros(self.num_features)
-        y = _WindowNorm.apply(x, weight, bias, mean_t, sqmean_t, sum_mean, sum_sq, count, self.eps)
+            self.running_mean.lerp_(mean_t.mean(0), self.momentum)
+            self.running_var.lerp_(var_t.mean(0), self.momentum)
+        c = self.num_features
+        weight = self.weight if self.weight is not None else xg.new_ones(c)
+        bias = self.bias if self.bias is not None else xg.new_zeros(c)
+        y = _WindowNorm.apply(xg, weight, bias, mean_t, sqmean_t, sum_mean, sum_sq, count, self.eps)
         return y, mean_t, sqmean_t
 
-    def _stat_weight_gradients(self, x: Tensor, conv_in: Tensor) -> tuple[Tensor, Tensor]:
-        """(∂μ/∂W per conv group, ∂ν/∂W per channel), analytically via conv weight-gradients."""
+    def _stat_weight_gradients(self, xg: Tensor, conv_in: Tensor) -> tuple[Tensor, Tensor]:
+        """Per group: (∂μ/∂W per conv group, ∂ν/∂W per channel), analytically as conv
+        weight-gradients; shapes (G, groups, Cin/groups, kh, kw) and (G, *W.shape)."""
         conv = self._conv
-        x = x.detach()
-        m = x.shape[0] * x.shape[2] * x.shape[3]
+        xg = xg.detach()
+        g, b = xg.shape[:2]
+        m = b * xg.shape[3] * xg.shape[4]
         w = conv.weight
         groups = conv.groups
         geometry = {
@@ -280,28 +329,33 @@ class CrossIterationBatchNorm2d(StepCounter, nn.Module):
             "dilation": conv.dilation,
             "groups": groups,
         }
-        conv_in = conv_in.detach()
+        conv_in = conv_in.detach().view(g, b, *conv_in.shape[1:])
         # mean patch: the weight-gradient of the batch-summed input for grad_output 1/M
-        ones = x.new_full((1, groups, x.shape[2], x.shape[3]), 1.0 / m)
-        dmean = conv2d_weight(
-            conv_in.sum(0, keepdim=True), (groups, *w.shape[1:]), ones, **geometry
+        ones = xg.new_full((1, groups, xg.shape[3], xg.shape[4]), 1.0 / m)
+        dmean = torch.stack(
+            [
+                conv2d_weight(inp.sum(0, keepdim=True), (groups, *w.shape[1:]), ones, **geometry)
+                for inp in conv_in
+            ]
         )
-        dsq = conv2d_weight(conv_in, w.shape, x, **geometry).mul_(2.0 / m)
+        dsq = torch.stack(
+            [conv2d_weight(inp, w.shape, y, **geometry) for inp, y in zip(conv_in, xg, strict=True)]
+        ).mul_(2.0 / m)
         return dmean, dsq
 
     @torch.no_grad()
-    def _record(self, x: Tensor, conv_in: Tensor, mean_t: Tensor | None, sq_t: Tensor | None):
+    def _record(self, xg: Tensor, conv_in: Tensor, mean_t: Tensor | None, sq_t: Tensor | None):
         """Push the current batch's statistics, their weight-gradients and W_t into the window."""
         if mean_t is None:
-            xd = x.detach()
-            mean_t, sq_t = xd.mean(dim=(0, 2, 3)), (xd * xd).mean(dim=(0, 2, 3))
-        dmean, dsq = self._stat_weight_gradients(x, conv_in)
+            xd = xg.detach()
+            mean_t, sq_t = xd.mean(dim=(1, 3, 4)), (xd * xd).mean(dim=(1, 3, 4))
+        dmean, dsq = self._stat_weight_gradients(xg, conv_in)
         self.valid_entries()  # make sure the host-side ring position is known
         pos = self._host_pos
-        self.win_mean[pos] = mean_t.detach()
-        self.win_sqmean[pos] = sq_t.detach()
-        self.win_dmean[pos] = dmean
-        self.win_dsqmean[pos] = dsq
+        self.win_mean[:, pos] = mean_t
+        self.win_sqmean[:, pos] = sq_t
+        self.win_dmean[:, pos] = dmean
+        self.win_dsqmean[:, pos] = dsq
         self.win_weight[pos] = self._conv.weight.detach()
         self.win_valid[pos] = True
         self._host_pos = (pos + 1) % (self.window - 1)
@@ -318,20 +372,22 @@ class CrossIterationBatchNorm2d(StepCounter, nn.Module):
 class AutogradCrossIterationBatchNorm2d(CrossIterationBatchNorm2d):
     """Reference CBN written the way the public reference computes: batch statistics and the
     normalization as autograd ops, and the statistics' weight-gradients by two extra
-    ``torch.autograd.grad`` passes per layer. Same results; for benchmarks and tests only."""
+    ``torch.autograd.grad`` passes per layer. Same results; for benchmarks and tests only
+    (no ghost batches)."""
 
-    def _window_forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _window_forward(self, xg: Tensor, past: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+        x = xg[0]
         m = x.shape[0] * x.shape[2] * x.shape[3]
         mean_t = x.mean(dim=(0, 2, 3))
         sqmean_t = (x * x).mean(dim=(0, 2, 3))
         with torch.no_grad():
             n = self.valid_entries()
             comp_mean, comp_sq = self._compensated_window(n)
-            past_mean = self.win_mean[:n] + comp_mean
-            past_sq = self.win_sqmean[:n] + comp_sq
+            past_mean = self.win_mean[0, :n] + comp_mean[0]
+            past_sq = self.win_sqmean[0, :n] + comp_sq[0]
             keep = (past_sq - past_mean * past_mean >= 0).to(x.dtype)
             count = 1 + keep.sum(0)
-            self._diag = (comp_mean, keep.bool(), count)
+            self._diag = (comp_mean, keep.bool().unsqueeze(0), count)
             var_t = (sqmean_t - mean_t * mean_t).clamp_min(0) * (m / max(m - 1, 1))
             self.running_mean.lerp_(mean_t, self.momentum)
             self.running_var.lerp_(var_t, self.momentum)
@@ -340,13 +396,14 @@ class AutogradCrossIterationBatchNorm2d(CrossIterationBatchNorm2d):
         y = (x - mean.view(1, -1, 1, 1)) / (var.view(1, -1, 1, 1) + self.eps).sqrt()
         if self.weight is not None:
             y = y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
-        return y, mean_t.detach(), sqmean_t.detach()
+        return y.unsqueeze(0), mean_t.detach().unsqueeze(0), sqmean_t.detach().unsqueeze(0)
 
-    def _stat_weight_gradients(self, x: Tensor, conv_in: Tensor) -> tuple[Tensor, Tensor]:
+    def _stat_weight_gradients(self, xg: Tensor, conv_in: Tensor) -> tuple[Tensor, Tensor]:
         w = self._conv.weight
-        with torch.enable_grad():
+        with torch.enable_grad():  # (we are inside _record's no_grad)
+            x = xg[0]
             mean = x.mean(dim=(0, 2, 3))
             sqmean = (x * x).mean(dim=(0, 2, 3))
             dmean = torch.autograd.grad(mean.sum(), w, retain_graph=True)[0]
             dsq = torch.autograd.grad(sqmean.sum(), w, retain_graph=True)[0]
-        return dmean[:: self.num_features // self._conv.groups], dsq
+        return dmean[:: self.num_features // self._conv.groups].unsqueeze(0), dsq.unsqueeze(0)
