@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models import create_model
+from .models import create_model, to_channels_last
 from .norms import CrossIterationBatchNorm2d
 from .results import write_json_atomic
 
@@ -60,7 +60,7 @@ def build(backbone: str, norm: str, window: int, device: torch.device, channels_
     )
     model = model.to(device)
     if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        to_channels_last(model)
     return model
 
 

@@ -13,7 +13,7 @@ from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
 from .diagnostics import BatchStatGap, layer_diagnostics
-from .models import create_model
+from .models import create_model, to_channels_last
 from .norms import local_buffer_names, resolve_norm, set_norm_batch
 
 SCHEDULES = ("cosine", "step", "constant")
@@ -46,6 +46,9 @@ class SmallBatchModule(pl.LightningModule):
         norm_batch: ghost batches: batch-statistics norms (BN, BRN) normalize over independent
             groups of this many samples inside the per-device batch, as that many-sample
             devices would under DDP (``None``: the whole per-device batch).
+        channels_last: keep weights and activations in NHWC memory layout (faster convs on
+            recent GPUs; see docs/performance.md). Mixed precision is Lightning's
+            ``--trainer.precision bf16-mixed``.
         diagnostics: log norm diagnostics every ``trainer.log_every_n_steps`` steps.
     """
 
@@ -69,6 +72,7 @@ class SmallBatchModule(pl.LightningModule):
         gamma: float = 0.1,
         label_smoothing: float = 0.0,
         norm_batch: int | None = None,
+        channels_last: bool = False,
         diagnostics: bool = True,
     ) -> None:
         super().__init__()
@@ -80,6 +84,8 @@ class SmallBatchModule(pl.LightningModule):
             backbone, norm, num_classes, in_chans, cifar_stem, **(norm_args or {})
         )
         set_norm_batch(self.model, norm_batch)
+        if channels_last:
+            to_channels_last(self.model)
         # Per-device state (CBN windows) must not be overwritten by DDP's broadcast from rank 0.
         self._ddp_params_and_buffers_to_ignore = local_buffer_names(self)
         top5 = num_classes > 5
@@ -92,6 +98,8 @@ class SmallBatchModule(pl.LightningModule):
         self._gap: BatchStatGap | None = None
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.model(x)
 
     # ----------------------------------------------------------------- scaling rule

@@ -121,3 +121,17 @@ def test_ghost_batch_errors():
     layer.norm_batch = 4
     with pytest.raises(NormConfigError, match="batch 6 is not a multiple of norm_batch 4"):
         layer(torch.randn(6, 3, 2, 2))
+
+
+@pytest.mark.parametrize("norm", ["bn", "brn", "cbn"])
+def test_channels_last_gives_the_same_training_steps(norm):
+    from smallbatch.models import to_channels_last
+
+    xs, ys = _data()
+    extra = {"window": 3} if norm == "cbn" else {}
+    plain, _ = _train(_model(norm, **extra), xs, ys)
+    model = to_channels_last(_model(norm, **extra))
+    nhwc = [x.contiguous(memory_format=torch.channels_last) for x in xs]
+    fast, _ = _train(model, nhwc, ys)
+    for a, b in zip(plain, fast, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

@@ -212,3 +212,11 @@ def test_grid_cell_with_the_example_plugin(tmp_path, fashion_dir):
     assert run_grid(spec) == 0
     (result,) = cell_results(spec.run_dir).values()
     assert result["status"] == "finished" and result["norm"] == "bcn"
+
+
+@pytest.mark.parametrize(
+    "grid_file", sorted((ROOT / "configs" / "grid").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_every_shipped_grid_file_validates(grid_file):
+    spec = load_grid(grid_file)  # includes the CLI parse of every axis value
+    assert spec.cells()

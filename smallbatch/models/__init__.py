@@ -1,6 +1,12 @@
 """Backbones and norm swapping."""
 
-from .backbones import apply_stem, build_backbone, create_model, known_backbones
+from .backbones import (
+    apply_stem,
+    build_backbone,
+    create_model,
+    known_backbones,
+    to_channels_last,
+)
 from .cifar_resnet import CifarResNet
 from .swap import find_feeding_convs, swap_norms
 
@@ -12,4 +18,5 @@ __all__ = [
     "find_feeding_convs",
     "known_backbones",
     "swap_norms",
+    "to_channels_last",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import timm
+import torch
 import torchvision
 from torch import nn
 
@@ -78,6 +79,15 @@ def build_backbone(
         f"unknown backbone {name!r}; known: {', '.join(known_backbones())}, "
         "or 'tv:<torchvision model>' / 'timm:<timm model>'"
     )
+
+
+def to_channels_last(model: nn.Module) -> nn.Module:
+    """NHWC memory layout for every 4-D parameter (conv weights); other tensors, such as CBN's
+    window buffers, keep theirs. In place; returns the model."""
+    for param in model.parameters():
+        if param.dim() == 4:
+            param.data = param.data.contiguous(memory_format=torch.channels_last)
+    return model
 
 
 def create_model(
