@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .registry import NormConfigError
@@ -72,6 +73,14 @@ def local_buffer_names(model: nn.Module) -> list[str]:
             if getattr(module, buf, None) is not None:
                 names.append(f"{prefix}.{buf}" if prefix else buf)
     return names
+
+
+def normalize_with_running_stats(module: nn.Module, x: Tensor) -> Tensor:
+    """Eval-mode BN: y = γ·(x − running_mean)/√(running_var + ε) + β (torch's kernel)."""
+    return F.batch_norm(
+        x, module.running_mean, module.running_var, module.weight, module.bias, False, 0.0,
+        module.eps,
+    )  # fmt: skip
 
 
 def ghost_groups(x: Tensor, norm_batch: int | None, module: nn.Module) -> int:

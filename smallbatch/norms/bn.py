@@ -22,16 +22,6 @@ class BatchNorm2d(nn.BatchNorm2d):
     supports_ghost_batch = True
     norm_batch: int | None = None
 
-    def __init__(
-        self,
-        num_features: int,
-        eps: float = 1e-5,
-        momentum: float = 0.1,
-        affine: bool = True,
-        track_running_stats: bool = True,
-    ) -> None:
-        super().__init__(num_features, eps, momentum, affine, track_running_stats)
-
     def forward(self, x: Tensor) -> Tensor:
         if not self.training:
             return super().forward(x)
@@ -55,16 +45,6 @@ class SyncBatchNorm(nn.SyncBatchNorm):
     torch supports the synchronised path on CUDA (and XPU/HPU) only; on CPU, or without an
     initialised process group, it normalizes like BatchNorm2d.
     """
-
-    def __init__(
-        self,
-        num_features: int,
-        eps: float = 1e-5,
-        momentum: float = 0.1,
-        affine: bool = True,
-        track_running_stats: bool = True,
-    ) -> None:
-        super().__init__(num_features, eps, momentum, affine, track_running_stats)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.training:

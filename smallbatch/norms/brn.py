@@ -22,6 +22,7 @@ from .base import (
     check_batch_stats,
     ghost_groups,
     grouped_moments,
+    normalize_with_running_stats,
     update_running_from_groups,
 )
 from .registry import NormConfigError
@@ -165,9 +166,7 @@ class BatchRenorm2d(StepCounter, nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training:
-            return F.batch_norm(
-                x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
-            )
+            return normalize_with_running_stats(self, x)
         check_batch_stats(x, self, self.norm_batch)
         groups = ghost_groups(x, self.norm_batch, self)
         if groups > 1:

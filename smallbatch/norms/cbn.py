@@ -26,7 +26,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.grad import conv2d_weight
 
-from .base import StepCounter, check_batch_stats, ghost_groups, layer_label
+from .base import (
+    StepCounter,
+    check_batch_stats,
+    ghost_groups,
+    layer_label,
+    normalize_with_running_stats,
+)
 from .registry import NormConfigError
 
 WINDOW_BUFFERS = (
@@ -191,9 +197,7 @@ class CrossIterationBatchNorm2d(StepCounter, nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training:
-            return F.batch_norm(
-                x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
-            )
+            return normalize_with_running_stats(self, x)
         check_batch_stats(x, self, self.norm_batch)
         groups = ghost_groups(x, self.norm_batch, self)
         self.advance_step()
