@@ -220,3 +220,12 @@ def test_grid_cell_with_the_example_plugin(tmp_path, fashion_dir):
 def test_every_shipped_grid_file_validates(grid_file):
     spec = load_grid(grid_file)  # includes the CLI parse of every axis value
     assert spec.cells()
+
+
+def test_ghost_devices_switch_emulates_devices_with_ghost_batches(tmp_path, fashion_dir):
+    path = write_grid(tmp_path, fashion_dir, ghost_devices=4)
+    cells = load_grid(path).cells()
+    bn2 = next(c for c in cells if c.label == "bn-b4")
+    assert bn2.overrides["data.batch_size"] == 16 and bn2.overrides["model.norm_batch"] == 4
+    with pytest.raises(GridSpecError, match="ghost_devices: 0 must be"):
+        load_grid(write_grid(tmp_path, fashion_dir, name="h", ghost_devices=0))

@@ -230,12 +230,11 @@ def validate_cells(spec: GridSpec) -> None:
             raise _fail(spec.source, "data.batch_size", f"{batch!r} must be an integer >= 1")
     # Parse one probe cell per axis value (the first cell holding it): every value is checked
     # by the CLI without parsing the whole cross product.
-    probes: dict[str, Cell] = {}
-    for key, values in spec.axes.items():
-        for value in values:
-            cell = next(c for c in cells if c.overrides.get(key) == value)
-            probes.setdefault(cell.digest, cell)
-    for cell in probes.values():
+    first: dict[tuple[str, str], int] = {}  # (axis key, value) -> first cell holding it
+    for index, combo in enumerate(itertools.product(*spec.axes.values())):
+        for key, value in zip(spec.axes, combo, strict=True):
+            first.setdefault((key, json.dumps(value, sort_keys=True, default=str)), index)
+    for cell in (cells[i] for i in sorted(set(first.values()))):
         args = spec.command(cell)[3:] + ["--print_config"]
         out, err = io.StringIO(), io.StringIO()
         try:
