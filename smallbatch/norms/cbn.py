@@ -292,7 +292,7 @@ class CrossIterationBatchNorm2d(StepCounter, nn.Module):
         """Normalize xg (G, b, C, H, W) with the current and (compensated) past statistics."""
         m = xg.shape[1] * xg.shape[3] * xg.shape[4]
         with torch.no_grad():
-            xd = xg.detach()
+            xd = xg.detach().float()  # statistics in fp32 also under bf16 autocast
             mean_t = xd.mean(dim=(1, 3, 4))  # (G, C)
             sqmean_t = (xd * xd).mean(dim=(1, 3, 4))
             if past:
@@ -322,7 +322,7 @@ class CrossIterationBatchNorm2d(StepCounter, nn.Module):
         """Per group: (∂μ/∂W per conv group, ∂ν/∂W per channel), analytically as conv
         weight-gradients; shapes (G, groups, Cin/groups, kh, kw) and (G, *W.shape)."""
         conv = self._conv
-        xg = xg.detach()
+        xg = xg.detach().to(conv.weight.dtype)  # fp32 weight-gradients under autocast too
         g, b = xg.shape[:2]
         m = b * xg.shape[3] * xg.shape[4]
         w = conv.weight
@@ -333,7 +333,7 @@ class CrossIterationBatchNorm2d(StepCounter, nn.Module):
             "dilation": conv.dilation,
             "groups": groups,
         }
-        conv_in = conv_in.detach().view(g, b, *conv_in.shape[1:])
+        conv_in = conv_in.detach().to(w.dtype).view(g, b, *conv_in.shape[1:])
         # mean patch: the weight-gradient of the batch-summed input for grad_output 1/M
         ones = xg.new_full((1, groups, xg.shape[3], xg.shape[4]), 1.0 / m)
         dmean = torch.stack(
@@ -351,7 +351,7 @@ class CrossIterationBatchNorm2d(StepCounter, nn.Module):
     def _record(self, xg: Tensor, conv_in: Tensor, mean_t: Tensor | None, sq_t: Tensor | None):
         """Push the current batch's statistics, their weight-gradients and W_t into the window."""
         if mean_t is None:
-            xd = xg.detach()
+            xd = xg.detach().float()
             mean_t, sq_t = xd.mean(dim=(1, 3, 4)), (xd * xd).mean(dim=(1, 3, 4))
         dmean, dsq = self._stat_weight_gradients(xg, conv_in)
         self.valid_entries()  # make sure the host-side ring position is known
