@@ -28,12 +28,15 @@ EXTRA_COMMANDS = ("norms", "grid", "report", "bench")
 _TRAINERS: list = []  # trainers of the current CLI call, to close their W&B runs
 
 
+def data_args(cfg: Namespace) -> Namespace:
+    """The data module's arguments (``init_args`` in subclass mode)."""
+    return cfg.data.init_args if "init_args" in cfg.data else cfg.data
+
+
 def run_name(cfg: Namespace) -> str:
     """``<norm>-b<per-device batch>-s<seed>``, e.g. ``brn-b4-s0``."""
     norm = norm_display_name(cfg.model.norm)
-    batch = cfg.data.init_args.batch_size if "init_args" in cfg.data else cfg.data.batch_size
-    seed = cfg.seed_everything
-    return f"{norm}-b{batch}-s{seed}"
+    return f"{norm}-b{data_args(cfg).batch_size}-s{cfg.seed_everything}"
 
 
 def config_digest(cfg: Namespace) -> str:
@@ -85,7 +88,7 @@ class SmallBatchCLI(LightningCLI):
 
     @staticmethod
     def cell_info(cfg: Namespace, name: str) -> dict[str, Any]:
-        data = cfg.data.init_args if "init_args" in cfg.data else cfg.data
+        data = data_args(cfg)
         devices = cfg.trainer.devices
         return {
             "name": name,

@@ -22,6 +22,14 @@ FASHION_FILES = (
 DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
+def crop_flip_transforms(size: int, padding: int, mean, std) -> tuple[T.Compose, T.Compose]:
+    """Standard small-image augmentation: (random crop with padding + flip, plain) transforms,
+    both ending in ToTensor and Normalize(mean, std)."""
+    tail = [T.ToTensor(), T.Normalize(mean, std)]
+    train = T.Compose([T.RandomCrop(size, padding=padding), T.RandomHorizontalFlip(), *tail])
+    return train, T.Compose(tail)
+
+
 def _has_files(folder: Path, names: tuple[str, ...]) -> bool:
     return all((folder / n).exists() or (folder / f"{n}.gz").exists() for n in names)
 
@@ -72,11 +80,7 @@ class FashionMNIST(SmallBatchDataModule):
 
     def build_datasets(self):
         self.prepare_data()
-        norm = T.Normalize(self.mean, self.std)
-        train_tf = T.Compose(
-            [T.RandomCrop(28, padding=2), T.RandomHorizontalFlip(), T.ToTensor(), norm]
-        )
-        val_tf = T.Compose([T.ToTensor(), norm])
+        train_tf, val_tf = crop_flip_transforms(28, 2, self.mean, self.std)
         return (
             datasets.FashionMNIST(self.data_dir, train=True, transform=train_tf),
             datasets.FashionMNIST(self.data_dir, train=False, transform=val_tf),
@@ -106,11 +110,7 @@ class CIFAR10(SmallBatchDataModule):
 
     def build_datasets(self):
         self.prepare_data()
-        norm = T.Normalize(self.mean, self.std)
-        train_tf = T.Compose(
-            [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), norm]
-        )
-        val_tf = T.Compose([T.ToTensor(), norm])
+        train_tf, val_tf = crop_flip_transforms(32, 4, self.mean, self.std)
         return (
             self.dataset_cls(self.data_dir, train=True, transform=train_tf),
             self.dataset_cls(self.data_dir, train=False, transform=val_tf),
@@ -177,20 +177,30 @@ class ImageFolder(SmallBatchDataModule):
         )
 
     def _unpack(self, archive: Path) -> Path:
+        """Unpack once into ``data_dir``; safe when parallel grid cells unpack at the same time
+        (each extracts into its own folder, the first complete one is renamed into place)."""
         stem = archive.name.removesuffix(".gz").removesuffix(".tgz").removesuffix(".tar")
         target = Path(self.data_dir) / stem
-        if not (target / ".unpacked").exists():
-            tmp = Path(self.data_dir) / f".{stem}.partial"
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
+        if (target / ".unpacked").exists():
+            return target
+        tmp = Path(self.data_dir) / f".{stem}.{os.getpid()}.partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
             with tarfile.open(archive) as tar:
                 tar.extractall(tmp, filter="data")
             inner = [p for p in tmp.iterdir() if p.is_dir()]
             src = inner[0] if len(inner) == 1 and not (tmp / "train").exists() else tmp
-            shutil.rmtree(target, ignore_errors=True)
-            src.rename(target)
+            (src / ".unpacked").touch()  # complete before it becomes visible as `target`
+            if target.exists() and not (target / ".unpacked").exists():
+                shutil.rmtree(target, ignore_errors=True)  # left by an interrupted older run
+            try:
+                src.rename(target)
+            except OSError:
+                if not (target / ".unpacked").exists():
+                    raise  # not another process winning the race: a real error
+        finally:
             shutil.rmtree(tmp, ignore_errors=True)
-            (target / ".unpacked").touch()
         return target
 
     def prepare_data(self) -> None:

@@ -134,23 +134,20 @@ class BatchRenorm2d(StepCounter, nn.Module):
             self._host_total = int(self.total_steps)
         return self.ramp(self.host_step(), self._host_total or None)
 
+    def _clipped_fraction(self, raw: int) -> float:
+        if self._last_rd is None:
+            return 0.0
+        return float((self._last_rd[raw] != self._last_rd[raw + 2]).float().mean())
+
     @property
     def last_r_clipped(self) -> float:
         """Fraction of channels (× groups) whose r was clipped in the last training step."""
-        return (
-            0.0
-            if self._last_rd is None
-            else float((self._last_rd[0] != self._last_rd[2]).float().mean())
-        )
+        return self._clipped_fraction(0)
 
     @property
     def last_d_clipped(self) -> float:
         """Fraction of channels (× groups) whose d was clipped in the last training step."""
-        return (
-            0.0
-            if self._last_rd is None
-            else float((self._last_rd[1] != self._last_rd[3]).float().mean())
-        )
+        return self._clipped_fraction(1)
 
     def _limits_and_rd(self, mean_b: Tensor, sigma_b: Tensor, shape) -> tuple[Tensor, Tensor]:
         """Clipped r, d (no gradient) from batch and running statistics; advances the step."""

@@ -1,0 +1,46 @@
+"""ImageFolder archives: unpacked once, also when parallel grid cells unpack at the same time."""
+
+import multiprocessing as mp
+import tarfile
+
+from PIL import Image
+
+from smallbatch.data import ImageFolder
+
+
+def _make_archive(tmp_path):
+    src = tmp_path / "tiny"
+    for split in ("train", "test"):
+        for cls in ("a", "b"):
+            folder = src / split / cls
+            folder.mkdir(parents=True)
+            for i in range(4):
+                Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(folder / f"{i}.jpg")
+    archive = tmp_path / "tiny.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(src, arcname="tiny")
+    return archive
+
+
+def _unpack(archive, data_dir, queue):
+    dm = ImageFolder(root=str(archive), data_dir=str(data_dir), batch_size=2, num_workers=0)
+    queue.put(str(dm.resolved_root()))
+
+
+def test_archive_unpacked_once_by_parallel_processes(tmp_path):
+    archive = _make_archive(tmp_path)
+    data_dir = tmp_path / "data"
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_unpack, args=(archive, data_dir, queue)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    roots = {queue.get() for _ in procs}
+    assert roots == {str(data_dir / "tiny")}
+    assert sorted(p.name for p in data_dir.iterdir()) == ["tiny"]  # no partial folders left
+    dm = ImageFolder(root=str(archive), data_dir=str(data_dir), batch_size=2, num_workers=0)
+    dm.setup()
+    assert len(dm.train_set) == 8 and len(dm.val_set) == 8 and dm.num_classes == 2
