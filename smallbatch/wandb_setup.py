@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import netrc
 import os
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -97,18 +98,37 @@ def _offline_records(path: Path):
             pending = b""
 
 
-def read_offline_run(run_folder: str | Path) -> dict[str, Any]:
+def read_offline_run(run_folder: str | Path, wait_s: float = 30.0) -> dict[str, Any]:
     """Read an offline W&B run folder back: name, group, tags, config, summary and the keys
-    logged in history. For tests and for checking a run before ``wandb sync``."""
+    logged in history. For tests and for checking a run before ``wandb sync``.
+
+    W&B's service process may still be writing the file when ``run.finish()`` has returned, so
+    this waits up to ``wait_s`` seconds for the run's exit record (its last) before parsing.
+    """
+    files = sorted(Path(run_folder).glob("run-*.wandb"))
+    if not files:
+        raise FileNotFoundError(f"no run-*.wandb file in {run_folder}")
+    deadline = time.monotonic() + wait_s
+    while True:
+        out = _parse_offline_run(files[0])
+        if out["finished"] or time.monotonic() >= deadline:
+            return out
+        time.sleep(0.2)
+
+
+def _parse_offline_run(path: Path) -> dict[str, Any]:
     import json
 
     from wandb.proto import wandb_internal_pb2 as pb
 
-    files = sorted(Path(run_folder).glob("run-*.wandb"))
-    if not files:
-        raise FileNotFoundError(f"no run-*.wandb file in {run_folder}")
-    out: dict[str, Any] = {"config": {}, "summary": {}, "history_keys": set(), "history": []}
-    for raw in _offline_records(files[0]):
+    out: dict[str, Any] = {
+        "config": {},
+        "summary": {},
+        "history_keys": set(),
+        "history": [],
+        "finished": False,
+    }
+    for raw in _offline_records(path):
         rec = pb.Record()
         rec.ParseFromString(raw)
         kind = rec.WhichOneof("record_type")
@@ -128,6 +148,8 @@ def read_offline_run(run_folder: str | Path) -> dict[str, Any]:
             }
             out["history"].append(row)
             out["history_keys"].update(row)
+        elif kind == "exit":
+            out["finished"] = True
     return out
 
 

@@ -78,6 +78,7 @@ def test_wandb_offline_run_records_accuracy_config_and_group(fashion_dir, tmp_pa
     folders = list((run / "wandb").glob("offline-run-*"))
     assert len(folders) == 1
     logged = read_offline_run(folders[0])
+    assert logged["finished"]  # the exit record was written
     assert logged["group"] == "mygrid"
     assert logged["name"] == "brn-b16-s0"
     assert 0 <= logged["summary"]["val/acc"] <= 1
