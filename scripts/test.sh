@@ -4,6 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
 export WANDB_MODE=offline CUDA_VISIBLE_DEVICES=""
-.venv/bin/ruff check smallbatch tests examples
-.venv/bin/ruff format --check smallbatch tests examples
+.venv/bin/ruff check smallbatch tests examples scripts
+.venv/bin/ruff format --check smallbatch tests examples scripts
 .venv/bin/python -m pytest "$@"

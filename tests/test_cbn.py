@@ -10,13 +10,21 @@ from smallbatch.norms import CrossIterationBatchNorm2d, NormConfigError
 
 def _conv_cbn(cin=3, cout=8, window=3, burnin=0, rho=1.0, **conv_kw):
     torch.manual_seed(0)
-    conv = nn.Conv2d(cin, cout, 3, padding=1, bias=False, **conv_kw)
+    conv_kw = {"kernel_size": 3, "padding": 1, **conv_kw}
+    conv = nn.Conv2d(cin, cout, bias=False, **conv_kw)
     cbn = CrossIterationBatchNorm2d(cout, window=window, burnin=burnin, rho=rho)
     with torch.no_grad():
         cbn.weight.normal_()
         cbn.bias.normal_()
     cbn.attach_conv(conv)
     return conv, cbn
+
+
+def _train(conv, cbn, x):
+    """One training forward and backward; the forward records a window entry."""
+    out = cbn(conv(x))
+    out.square().mean().backward()
+    return out.detach()
 
 
 def _normalize(y, mean, var, cbn):
@@ -47,7 +55,7 @@ def test_fixed_weights_give_statistics_of_concatenated_window():
     conv, cbn = _conv_cbn(window=3)
     xs = [torch.randn(2, 3, 6, 6) for _ in range(3)]
     for x in xs:
-        out = cbn(conv(x))
+        out = _train(conv, cbn, x)
     ys = torch.cat([conv(x) for x in xs]).detach()
     mean = ys.mean(dim=(0, 2, 3))
     var = ys.var(dim=(0, 2, 3), unbiased=False)
@@ -57,31 +65,46 @@ def test_fixed_weights_give_statistics_of_concatenated_window():
 
 @pytest.mark.parametrize(
     "conv_kw",
-    [{}, {"stride": 2}, {"groups": 2}, {"dilation": 2, "stride": 2}],
-    ids=["plain", "stride2", "groups2", "dilated"],
+    [
+        {},
+        {"stride": 2},
+        {"groups": 2},
+        {"dilation": 2, "stride": 2},
+        {"padding": 0},
+        {"padding": 2, "stride": 3},
+        {"kernel_size": (1, 3), "padding": (0, 1)},
+    ],
+    ids=["plain", "stride2", "groups2", "dilated", "no-pad", "pad2-stride3", "1x3"],
 )
 def test_analytic_weight_gradients_equal_autograd(conv_kw):
     conv, cbn = _conv_cbn(cin=4, cout=6, window=2, **conv_kw)
     x = torch.randn(3, 4, 7, 7)
-    y = conv(x)
-    cbn(y)  # records the window entry for this batch
+    _train(conv, cbn, x)  # records the window entry for this batch
+    # independent statement: autograd through F.conv2d on a copy of the weights
+    w = conv.weight.detach().clone().requires_grad_()
+    y = F.conv2d(x, w, None, conv.stride, conv.padding, conv.dilation, conv.groups)
     mean = y.mean(dim=(0, 2, 3))
     sqmean = (y * y).mean(dim=(0, 2, 3))
     # Σ_c μ_c has gradient row c = ∂μ_c/∂W[c] (μ_c depends on W[c] only); same for ν.
-    dmean_ref = torch.autograd.grad(mean.sum(), conv.weight, retain_graph=True)[0]
-    dsq_ref = torch.autograd.grad(sqmean.sum(), conv.weight)[0]
+    dmean_ref = torch.autograd.grad(mean.sum(), w, retain_graph=True)[0]
+    dsq_ref = torch.autograd.grad(sqmean.sum(), w)[0]
     groups = conv.groups
     dmean = cbn.win_dmean[0, 0].repeat_interleave(conv.out_channels // groups, dim=0)
     torch.testing.assert_close(dmean, dmean_ref, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(cbn.win_dsqmean[0, 0], dsq_ref, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(cbn.win_weight[0], conv.weight.detach())
+    # the stored inner products with W_t; a bias-free conv is linear in W, so they are μ and 2ν
+    w = conv.weight.detach()
+    torch.testing.assert_close(cbn.win_mean_ref[0, 0], (dmean_ref * w).sum(dim=(1, 2, 3)))
+    torch.testing.assert_close(cbn.win_sqmean_ref[0, 0], (dsq_ref * w).sum(dim=(1, 2, 3)))
+    torch.testing.assert_close(cbn.win_mean_ref[0, 0], mean.detach(), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(cbn.win_sqmean_ref[0, 0], 2 * sqmean.detach(), rtol=1e-4, atol=1e-6)
 
 
 def test_compensation_is_first_order_taylor_in_conv_weight():
     conv, cbn = _conv_cbn(window=2, rho=1.0)
     x_old, x_new = torch.randn(2, 3, 5, 5), torch.randn(2, 3, 5, 5)
     w_old = conv.weight.detach().clone().requires_grad_()
-    cbn(conv(x_old))
+    _train(conv, cbn, x_old)
     with torch.no_grad():
         conv.weight.add_(0.01 * torch.randn_like(conv.weight))
     y_new = conv(x_new)
@@ -105,7 +128,7 @@ def test_compensation_is_first_order_taylor_in_conv_weight():
     var = (nu_t + nu_past) / 2 - mean**2
     ref = _normalize(y_in, mean, var, cbn)
     y_cbn = y_new.detach().requires_grad_()
-    cbn._conv_io = (x_new, y_cbn)  # what the conv hook would have captured
+    cbn._conv_io = (x_new, y_cbn, None)  # what the conv hook would have captured
     out = cbn(y_cbn)
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
     # Only the current batch carries gradient: autograd through the reference agrees.
@@ -118,7 +141,7 @@ def test_compensation_is_first_order_taylor_in_conv_weight():
 def test_entries_with_negative_compensated_variance_are_dropped():
     conv, cbn = _conv_cbn(window=2)
     x1, x2 = torch.randn(2, 3, 5, 5), torch.randn(2, 3, 5, 5)
-    cbn(conv(x1))
+    _train(conv, cbn, x1)
     y1 = conv(x1).detach()
     with torch.no_grad():  # make channel 0's past entry invalid: E[y²] < E[y]²
         cbn.win_sqmean[0, 0, 0] = cbn.win_mean[0, 0, 0] ** 2 - 1.0
@@ -146,6 +169,7 @@ def test_burnin_is_plain_bn_then_window_activates():
             assert not cbn.last_window_active
         else:
             assert cbn.last_window_active
+        out.square().mean().backward()
     # recording started k-1 = 2 steps before the burn-in ended, so the window was full at once
     assert bool(cbn.win_valid.all())
 
@@ -161,7 +185,7 @@ def test_state_dict_round_trip_resumes_window_bit_exactly():
     conv2, cbn2 = _conv_cbn(window=4)
     model2 = nn.Sequential(conv2, cbn2)
     model2.load_state_dict(model.state_dict())
-    for name in ("win_mean", "win_dsqmean", "win_weight", "win_valid", "win_pos", "step"):
+    for name in ("win_mean", "win_dsqmean", "win_sqmean_ref", "win_valid", "win_pos", "step"):
         assert torch.equal(getattr(cbn, name), getattr(cbn2, name)), name
     x = torch.randn(2, 3, 5, 5)
     assert torch.equal(model(x), model2(x))
@@ -172,7 +196,7 @@ def test_window_buffers_are_declared_ddp_local():
 
     _, cbn = _conv_cbn(window=2)
     names = local_buffer_names(nn.Sequential(nn.Identity(), cbn))
-    assert "1.win_mean" in names and "1.win_weight" in names
+    assert "1.win_mean" in names and "1.win_sqmean_ref" in names
     assert not any("running" in n for n in names)
 
 
@@ -216,23 +240,36 @@ def test_autograd_reference_cbn_gives_the_same_training_run():
     torch.testing.assert_close(a.win_dsqmean, r.win_dsqmean, rtol=1e-4, atol=1e-6)
 
 
-def test_window_norm_backward_passes_gradcheck():
+def test_ghost_window_norm_backward_passes_gradcheck():
+    """The ghost-batch Function (G groups); G = 1 runs functional.batch_stat_norm, checked in
+    test_functional.py."""
     from smallbatch.norms.cbn import _WindowNorm
 
     torch.manual_seed(0)
-    x = torch.randn(3, 4, 3, 3, dtype=torch.double, requires_grad=True)
+    x = torch.randn(4, 4, 3, 3, dtype=torch.double, requires_grad=True)
     w = torch.randn(4, dtype=torch.double, requires_grad=True)
     b = torch.randn(4, dtype=torch.double, requires_grad=True)
-    past_mean = torch.randn(4, dtype=torch.double)
-    past_sq = past_mean**2 + torch.rand(4, dtype=torch.double) + 0.5
-    count = torch.tensor([2.0, 2.0, 1.0, 2.0], dtype=torch.double)
-    past_mean[2], past_sq[2] = 0.0, 0.0  # channel 2: its past entry was dropped
+    past_mean = torch.randn(2, 4, dtype=torch.double)
+    past_sq = past_mean**2 + torch.rand(2, 4, dtype=torch.double) + 0.5
+    count = torch.tensor([[2.0, 2.0, 1.0, 2.0], [2.0, 1.0, 2.0, 2.0]], dtype=torch.double)
+    past_mean[count == 1], past_sq[count == 1] = 0.0, 0.0  # dropped past entries
 
-    def fn(x, w, b):  # one normalization group: x viewed as (1, N, C, H, W)
-        xg = x.unsqueeze(0)
-        mean_t = xg.mean(dim=(1, 3, 4)).detach()
-        sq_t = (xg * xg).mean(dim=(1, 3, 4)).detach()
-        args = (past_mean[None], past_sq[None], count[None], 1e-5)
-        return _WindowNorm.apply(xg, w, b, mean_t, sq_t, *args)
+    def fn(x, w, b):  # two normalization groups: x viewed as (2, N/2, C, H, W)
+        xg = x.view(2, 2, 4, 3, 3)
+        mean = (xg.mean(dim=(1, 3, 4)) + past_mean) / count
+        var = ((xg * xg).mean(dim=(1, 3, 4)) + past_sq) / count - mean**2
+        return _WindowNorm.apply(x, w, b, mean.detach(), var.detach(), count, 1e-5)
 
     assert torch.autograd.gradcheck(fn, (x, w, b))
+
+
+def test_bf16_autocast_keeps_window_in_fp32():
+    torch.manual_seed(0)
+    conv, cbn = _conv_cbn(window=3)
+    for _ in range(3):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = cbn(conv(torch.randn(2, 3, 6, 6)))
+        assert out.dtype == torch.bfloat16
+        out.float().square().mean().backward()
+    assert cbn.win_dsqmean.dtype == torch.float32 and cbn.valid_entries() == 2
+    assert torch.isfinite(conv.weight.grad).all() and torch.isfinite(cbn.weight.grad).all()

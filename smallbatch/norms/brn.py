@@ -5,8 +5,9 @@ Training:  x̂ = (x − μ_B)/σ_B · r + d,   y = γ·x̂ + β, with
 held constant in backprop (``stop_gradient``), σ_B = sqrt(Var_B + ε), σ = sqrt(running_var + ε).
 Running μ and variance move at rate ``momentum`` (paper: 0.01). Eval: y = γ·(x − μ)/σ + β.
 
-Because r and d are constants, y = (γ·r)·BN(x) + (γ·d + β): the layer runs torch's fused batch
-norm kernel with that per-channel weight and bias, so it costs one BN plus one statistics pass.
+Because r and d are constants, y = (γ·r)·BN(x) + (γ·d + β): after two plain reductions for the
+batch statistics the layer runs torch's batch-norm kernels with that per-channel weight and bias
+(``functional.batch_stat_norm``), so it costs about as much as BN.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import (
@@ -25,6 +25,7 @@ from .base import (
     normalize_with_running_stats,
     update_running_from_groups,
 )
+from .functional import batch_stat_norm, moments
 from .registry import NormConfigError
 
 UNITS = ("steps", "fraction")
@@ -169,20 +170,17 @@ class BatchRenorm2d(StepCounter, nn.Module):
         if groups > 1:
             return self._ghost_forward(x, groups)
         with torch.no_grad():
-            # E[x²] − E[x]²: two plain reductions are much faster than var_mean on CPU, and r, d
-            # are clipped constants, so the one-pass variance's rounding does not matter here
-            mean_b = x.mean(dim=(0, 2, 3))
-            var_b = ((x * x).mean(dim=(0, 2, 3)) - mean_b * mean_b).clamp_min_(0)
+            # E[x²] − E[x]²: two plain reductions (see functional.moments); the biased batch
+            # variance normalizes, the unbiased one moves running_var, as in torch's BN
+            mean_b, sqmean_b = moments(x, (0, 2, 3))
+            var_b = (sqmean_b - mean_b * mean_b).clamp_min_(0)
             r, d = self._limits_and_rd(mean_b, (var_b + self.eps).sqrt(), (-1,))
-        if self.weight is None:
-            weight, bias = r, d
-        else:
-            weight, bias = self.weight * r, self.bias + self.weight * d
-        # torch's kernel normalizes with batch stats and updates the running stats in place
-        # (unbiased variance, rate `momentum`), after r and d were taken from the old ones.
-        return F.batch_norm(
-            x, self.running_mean, self.running_var, weight, bias, True, self.momentum, self.eps
-        )
+            m = x.numel() // x.shape[1]
+            self.running_mean.lerp_(mean_b, self.momentum)
+            self.running_var.lerp_(var_b * (m / max(m - 1, 1)), self.momentum)
+        weight = self.weight if self.weight is not None else torch.ones_like(mean_b)
+        bias = self.bias if self.bias is not None else torch.zeros_like(mean_b)
+        return batch_stat_norm(x, weight, bias, mean_b, var_b, self.eps, r=r, d=d)
 
     def _ghost_forward(self, x: Tensor, groups: int) -> Tensor:
         xg, mean_b, var_b = grouped_moments(x, groups)  # (G, 1, C, 1, 1), with gradient

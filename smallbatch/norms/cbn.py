@@ -12,11 +12,14 @@ averaged with the current batch: μ̄ = mean(μ), σ̄² = mean(ν) − μ̄². 
 statistics carry gradient. During the first ``burnin`` training steps the layer is plain BN.
 
 The derivatives are analytic, not extra autograd passes: with M = N·H·W and patches p of the
-conv input, ∂μ_c/∂W[c] = mean_p(patch_p) (one tensor per conv group, the same for every c),
-and ∂ν_c/∂W[c] = Σ_p (2·y_{c,p}/M)·patch_p, the conv's weight-gradient for grad_output 2y/M.
+conv input, ∂μ_c/∂W[c] = mean_p(patch_p) (one tensor per conv group, the same for every c; a
+box sum of the batch-summed input), and ∂ν_c/∂W[c] = Σ_p (2·y_{c,p}/M)·patch_p, the conv's
+weight-gradient for grad_output 2y/M.
 
-The window lives in registered buffers (checkpointed, per device under DDP: see
-``ddp_local_buffers``). Running statistics follow the current batch, exactly as BN's.
+The window stores, per entry, ⟨∂μ/∂W, W_{t−τ}⟩ and ⟨∂ν/∂W, W_{t−τ}⟩ instead of W_{t−τ}
+itself, so the compensation ⟨∂/∂W, W_t⟩ − ⟨∂/∂W, W_{t−τ}⟩ reads the window once and past
+weights need no memory. The window lives in registered buffers (checkpointed, per device under
+DDP: see ``ddp_local_buffers``). Running statistics follow the current batch, exactly as BN's.
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.grad import conv2d_weight
 
 from .base import (
     StepCounter,
@@ -33,43 +35,59 @@ from .base import (
     layer_label,
     normalize_with_running_stats,
 )
+from .functional import batch_stat_norm, moments
 from .registry import NormConfigError
+
+_conv_backward = torch.ops.aten.convolution_backward
 
 WINDOW_BUFFERS = (
     "win_mean",
     "win_sqmean",
     "win_dmean",
     "win_dsqmean",
-    "win_weight",
+    "win_mean_ref",
+    "win_sqmean_ref",
     "win_valid",
     "win_pos",
 )
 
 
-class _WindowNorm(torch.autograd.Function):
-    """y = γ·(x − μ̄)/√(σ̄² + ε) + β with μ̄ = (μ_t + Σμ)/n, σ̄² = (ν_t + Σν)/n − μ̄², where only
-    the current batch's μ_t = mean(x), ν_t = mean(x²) depend on x. Closed-form backward: the
-    same result as autograd through those formulas, with a handful of full-size ops.
+def _selector(size, out, k, stride, pad, dilation, device, dtype) -> Tensor:
+    """(k, size) 0/1 matrix: [a, h] = 1 where h = i·stride − pad + a·dilation for an output
+    index i < out (positions in the zero padding select nothing)."""
+    pos = torch.arange(k).view(k, 1) * dilation + torch.arange(out).view(1, out) * stride - pad
+    sel = torch.zeros(k, size + 1)
+    sel.scatter_(1, torch.where((pos >= 0) & (pos < size), pos, size), 1.0)
+    return sel[:, :size].to(device=device, dtype=dtype)
 
-    x is viewed as (G, b, C, H, W): G independent normalization groups (ghost batches; G = 1
-    normally), statistics per (group, channel) shaped (G, C)."""
+
+class _WindowNorm(torch.autograd.Function):
+    """Ghost-batch form of ``functional.batch_stat_norm``: x (N, C, H, W) viewed as
+    (G, N/G, C, H, W), G independent normalization groups with statistics shaped (G, C).
+    y = γ·(x − μ̄)/√(σ̄² + ε) + β with μ̄ = (μ_t + Σμ)/n, σ̄² = (ν_t + Σν)/n − μ̄², where only
+    the current batch's μ_t = mean(x), ν_t = mean(x²) depend on x. Closed-form backward: the
+    same result as autograd through those formulas, with a handful of full-size ops."""
 
     @staticmethod
-    def forward(ctx, xg, weight, bias, mean_t, sqmean_t, sum_mean, sum_sq, count, eps):
-        mean = (mean_t + sum_mean) / count
-        var = ((sqmean_t + sum_sq) / count - mean * mean).clamp_min(0)
+    def forward(ctx, x, weight, bias, mean, var, count, eps):
         inv_std = torch.rsqrt(var + eps)
         scale = inv_std * weight  # (G, C)
         shift = bias - mean * scale
-        g, c = scale.shape
-        y = torch.addcmul(shift.view(g, 1, c, 1, 1), xg, scale.view(g, 1, c, 1, 1))
-        ctx.save_for_backward(xg, weight, mean, inv_std, count)
+        n, c = x.shape[:2]
+        per_sample = (n, c, 1, 1)  # group g's (G, C) statistics repeated for its N/G samples
+        b = n // scale.shape[0]
+        shift, scale = shift.repeat_interleave(b, 0), scale.repeat_interleave(b, 0)
+        y = torch.addcmul(shift.view(per_sample), x, scale.view(per_sample))
+        ctx.save_for_backward(x, weight, mean, inv_std, count)
         return y
 
     @staticmethod
     def backward(ctx, grad):
-        xg, weight, mean, inv_std, count = ctx.saved_tensors
-        g, b, c = xg.shape[:3]
+        x, weight, mean, inv_std, count = ctx.saved_tensors
+        g = mean.shape[0]
+        xg = x.view(g, x.shape[0] // g, *x.shape[1:])
+        grad = grad.reshape(xg.shape)
+        b, c = xg.shape[1:3]
         m = b * xg.shape[3] * xg.shape[4]
         sum_g = grad.sum(dim=(1, 3, 4))  # (G, C)
         sum_gx = (grad * xg).sum(dim=(1, 3, 4))
@@ -83,7 +101,7 @@ class _WindowNorm(torch.autograd.Function):
         grad_x = torch.addcmul(c_0.view(shape), xg, c_x.view(shape))
         grad_x.addcmul_(grad, scale.view(shape))
         grad_w = (centred * inv_std).sum(0)
-        return grad_x, grad_w, sum_g.sum(0), None, None, None, None, None, None
+        return grad_x.view_as(x), grad_w, sum_g.sum(0), None, None, None, None
 
 
 class CrossIterationBatchNorm2d(StepCounter, nn.Module):
@@ -125,6 +143,7 @@ class CrossIterationBatchNorm2d(StepCounter, nn.Module):
         self._host_valid: int | None = None  # host copies of win_valid.sum() and win_pos
         self._host_pos = 0
         self._diag: tuple[Tensor, Tensor, Tensor] | None = None  # last step's diagnostics
+        self._selectors: dict = {}  # mean-patch selector matrices per input/output shape
 
     @property
     def needs_conv(self) -> bool:
@@ -153,12 +172,13 @@ class CrossIterationBatchNorm2d(StepCounter, nn.Module):
             self._hook.remove()
         # Not a submodule: the conv belongs to the model; we only read its input and weight.
         object.__setattr__(self, "_conv", conv)
+        self._selectors = {}
         self._hook = conv.register_forward_hook(self._capture_conv_io)
         self._allocate_window(replicas=1)
 
     def _allocate_window(self, replicas: int) -> None:
         """(Re)allocate the window: ``replicas`` independent histories of statistics (one per
-        ghost group, as one per device under DDP) sharing the past conv weights."""
+        ghost group, as one per device under DDP), ``window − 1`` entries each."""
         k1, c = self.window - 1, self.num_features
         w = self._conv.weight
         like = {"device": w.device, "dtype": w.dtype}
@@ -169,7 +189,8 @@ class CrossIterationBatchNorm2d(StepCounter, nn.Module):
             "win_dmean", torch.zeros(r, k1, self._conv.groups, *w.shape[1:], **like)
         )
         self.register_buffer("win_dsqmean", torch.zeros(r, k1, *w.shape, **like))
-        self.register_buffer("win_weight", torch.zeros(k1, *w.shape, **like))
+        self.register_buffer("win_mean_ref", torch.zeros(r, k1, c, **like))
+        self.register_buffer("win_sqmean_ref", torch.zeros(r, k1, c, **like))
         self.register_buffer("win_valid", torch.zeros(k1, dtype=torch.bool, device=w.device))
         self.register_buffer("win_pos", torch.zeros((), dtype=torch.long, device=w.device))
         self._host_valid, self._host_pos = 0, 0
@@ -185,13 +206,14 @@ class CrossIterationBatchNorm2d(StepCounter, nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _capture_conv_io(self, conv: nn.Module, inputs: tuple[Tensor, ...], out: Tensor) -> None:
+        """Forward hook of the feeding conv: remember its input and output for this layer."""
         self._conv_io = (inputs[0], out) if self.training and torch.is_grad_enabled() else None
 
     def window_memory_bytes(self) -> int:
         """Bytes held by the window buffers."""
         return sum(
             b.numel() * b.element_size()
-            for name in WINDOW_BUFFERS
+            for name in self.ddp_local_buffers
             if (b := getattr(self, name, None)) is not None
         )
 
@@ -215,7 +237,7 @@ class CrossIterationBatchNorm2d(StepCounter, nn.Module):
         active = self.window > 1 and step > self.burnin and self.valid_entries() > 0
         xg = x.view(groups, x.shape[0] // groups, *x.shape[1:])
         if active:
-            y, mean_t, sqmean_t = self._window_forward(xg)
+            y, mean_t, sqmean_t = self._window_forward(x, groups)
         elif groups == 1:
             self._diag = None
             y = F.batch_norm(
@@ -225,10 +247,12 @@ class CrossIterationBatchNorm2d(StepCounter, nn.Module):
             mean_t = sqmean_t = None
         else:  # ghost batches before the window starts: per-group BN
             self._diag = None
-            y, mean_t, sqmean_t = self._window_forward(xg, past=False)
+            y, mean_t, sqmean_t = self._window_forward(x, groups, past=False)
         if conv_in is not None:
+            if mean_t is None:
+                mean_t, sqmean_t = moments(xg, (1, 3, 4))
             self._record(xg, conv_in, mean_t, sqmean_t)
-        return y.view_as(x)
+        return y
 
     def _take_conv_input(self, x: Tensor) -> Tensor | None:
         if self._conv is None:
@@ -271,100 +295,154 @@ class CrossIterationBatchNorm2d(StepCounter, nn.Module):
         comp_mean, keep, _ = self._diag
         return float(comp_mean.abs()[keep].mean()) if bool(keep.any()) else 0.0
 
-    def _compensated_window(self, n: int) -> tuple[Tensor, Tensor]:
-        """Past (μ, ν) of the first ``n`` window entries, per replica, moved to the current
-        conv weights: shapes (R, n, C)."""
+    def _window_dot(self, w: Tensor, entries: slice) -> tuple[Tensor, Tensor]:
+        """⟨∂μ/∂W[c], w[c]⟩ and ⟨∂ν/∂W[c], w[c]⟩ for the window ``entries``: shapes (R, n, C)."""
         r, c = self.replicas, self.num_features
-        groups = self.win_dmean.shape[2]
-        w = self._conv.weight.detach().reshape(1, c, -1)
-        delta = w - self.win_weight[:n].reshape(n, c, -1)  # (n, C, P), shared by replicas
-        # <∂μ/∂W[c], ΔW[c]>: one mean patch per conv group, batched as a matmul
-        dmean = self.win_dmean[:, :n].reshape(r, n, groups, -1, 1)  # (R, n, G, P, 1)
-        per_group = delta.view(1, n, groups, c // groups, -1)
-        comp_mean = torch.matmul(per_group, dmean).view(r, n, c)
-        dsq = self.win_dsqmean[:, :n].reshape(r, n, c, -1)
-        comp_sq = torch.einsum("rkcp,kcp->rkc", dsq, delta)
+        dmean = self.win_dmean[:, entries]  # (R, n, groups, Cin/groups, kh, kw)
+        n, groups = dmean.shape[1], dmean.shape[2]
+        w = w.reshape(c, -1)
+        # one mean patch per conv group, shared by its output channels: a matmul per group
+        patches = dmean.reshape(r * n, groups, -1).transpose(0, 1)  # (groups, R·n, P/groups)
+        at_mean = torch.matmul(w.view(groups, c // groups, -1), patches.transpose(1, 2))
+        at_mean = at_mean.permute(2, 0, 1).reshape(r, n, c)
+        at_sq = torch.linalg.vecdot(self.win_dsqmean[:, entries].reshape(r, n, c, -1), w)
+        return at_mean, at_sq
+
+    def _compensated_window(self, n: int) -> tuple[Tensor, Tensor]:
+        """Taylor terms moving the first ``n`` entries' (μ, ν) to the current conv weights:
+        rho·(⟨∂/∂W, W_t⟩ − ⟨∂/∂W, W_{t−τ}⟩), shapes (R, n, C)."""
+        at_mean, at_sq = self._window_dot(self._conv.weight.detach(), slice(0, n))
+        comp_mean = at_mean.sub_(self.win_mean_ref[:, :n])
+        comp_sq = at_sq.sub_(self.win_sqmean_ref[:, :n])
         if self.rho != 1.0:
-            comp_mean, comp_sq = comp_mean * self.rho, comp_sq * self.rho
+            comp_mean, comp_sq = comp_mean.mul_(self.rho), comp_sq.mul_(self.rho)
         return comp_mean, comp_sq
 
-    def _window_forward(self, xg: Tensor, past: bool = True) -> tuple[Tensor, Tensor, Tensor]:
-        """Normalize xg (G, b, C, H, W) with the current and (compensated) past statistics."""
+    def _window_forward(
+        self, x: Tensor, groups: int, past: bool = True
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Normalize x (N, C, H, W), as ``groups`` groups of N/groups samples, with the current
+        and (compensated) past statistics; also returns the current (μ_t, ν_t), shaped (G, C).
+        """
+        xg = x.view(groups, x.shape[0] // groups, *x.shape[1:])  # statistics only (no grad)
         m = xg.shape[1] * xg.shape[3] * xg.shape[4]
         with torch.no_grad():
-            xd = xg.detach().float()  # statistics in fp32 also under bf16 autocast
-            mean_t = xd.mean(dim=(1, 3, 4))  # (G, C)
-            sqmean_t = (xd * xd).mean(dim=(1, 3, 4))
+            mean_t, sqmean_t = moments(xg, (1, 3, 4))  # (G, C), fp32 also under bf16 autocast
             if past:
                 n = self.valid_entries()
                 comp_mean, comp_sq = self._compensated_window(n)
                 past_mean = self.win_mean[:, :n] + comp_mean
                 past_sq = self.win_sqmean[:, :n] + comp_sq
-                keep = past_sq - past_mean * past_mean >= 0  # drop negative variances
-                keep_f = keep.to(xg.dtype)
-                count = 1 + keep_f.sum(1)
-                sum_mean = (past_mean * keep_f).sum(1)
-                sum_sq = (past_sq * keep_f).sum(1)
+                keep = torch.addcmul(past_sq, past_mean, past_mean, value=-1) >= 0
+                keep_f = keep.to(past_mean.dtype)  # drop entries with negative variance
+                count = keep_f.sum(1).add_(1)
+                mean = (past_mean * keep_f).sum(1).add_(mean_t).div_(count)
+                sqmean = (past_sq * keep_f).sum(1).add_(sqmean_t).div_(count)
                 self._diag = (comp_mean, keep, count)
             else:
-                count = torch.ones_like(mean_t)
-                sum_mean = sum_sq = torch.zeros_like(mean_t)
-            var_t = (sqmean_t - mean_t * mean_t).clamp_min(0) * (m / max(m - 1, 1))
+                count, mean, sqmean = None, mean_t, sqmean_t
+            var = torch.addcmul(sqmean, mean, mean, value=-1).clamp_min_(0)
+            var_t = torch.addcmul(sqmean_t, mean_t, mean_t, value=-1).clamp_min_(0)
             self.running_mean.lerp_(mean_t.mean(0), self.momentum)
-            self.running_var.lerp_(var_t.mean(0), self.momentum)
+            self.running_var.lerp_(var_t.mean(0).mul_(m / max(m - 1, 1)), self.momentum)
         c = self.num_features
-        weight = self.weight if self.weight is not None else xg.new_ones(c)
-        bias = self.bias if self.bias is not None else xg.new_zeros(c)
-        y = _WindowNorm.apply(xg, weight, bias, mean_t, sqmean_t, sum_mean, sum_sq, count, self.eps)
+        weight = self.weight if self.weight is not None else mean.new_ones(c)
+        bias = self.bias if self.bias is not None else mean.new_zeros(c)
+        if groups == 1:  # torch's batch-norm kernels (functional.batch_stat_norm)
+            y = batch_stat_norm(
+                x,
+                weight,
+                bias,
+                mean[0],
+                var[0],
+                self.eps,
+                count=None if count is None else count[0],
+            )
+        else:
+            if count is None:
+                count = torch.ones_like(mean)
+            y = _WindowNorm.apply(x, weight, bias, mean, var, count, self.eps)
         return y, mean_t, sqmean_t
 
-    def _stat_weight_gradients(self, xg: Tensor, conv_in: Tensor) -> tuple[Tensor, Tensor]:
-        """Per group: (∂μ/∂W per conv group, ∂ν/∂W per channel), analytically as conv
-        weight-gradients; shapes (G, groups, Cin/groups, kh, kw) and (G, *W.shape)."""
+    def _mean_patch_selectors(self, in_hw, out_hw, device, dtype) -> tuple[Tensor, Tensor]:
+        """0/1 matrices (kh, H), (kw, W): entry [a, h] = 1 where kernel row a of some output
+        row reads input row h (stride, padding and dilation of the conv), cached per shape."""
+        key = (in_hw, out_hw, device, dtype)
+        cached = self._selectors.get(key)
+        if cached is None:
+            conv = self._conv
+            cached = tuple(
+                _selector(size, out, k, s, p, d, device, dtype)
+                for size, out, k, s, p, d in zip(
+                    in_hw, out_hw, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                    strict=True,
+                )
+            )  # fmt: skip
+            self._selectors[key] = cached
+        return cached
+
+    def _mean_patch(self, xg: Tensor, conv_in: Tensor) -> Tensor:
+        """∂μ/∂W per group and conv group, shape (G, groups, Cin/groups, kh, kw): the mean input
+        patch, as box sums of the batch-summed input (two small matmuls)."""
         conv = self._conv
-        xg = xg.detach().to(conv.weight.dtype)  # fp32 weight-gradients under autocast too
+        w = conv.weight
+        g, b = xg.shape[:2]
+        conv_in = conv_in.detach().to(w.dtype).view(g, b, *conv_in.shape[1:])
+        rows, cols = self._mean_patch_selectors(
+            tuple(conv_in.shape[3:]), tuple(xg.shape[3:]), w.device, w.dtype
+        )
+        dmean = torch.matmul(rows, torch.matmul(conv_in.sum(1), cols.t()))
+        return dmean.div_(b * xg.shape[3] * xg.shape[4]).view(g, conv.groups, *w.shape[1:])
+
+    def _sqmean_weight_grad(self, xg: Tensor, conv_in: Tensor) -> Tensor:
+        """∂ν/∂W per group, shape (G, *W.shape): the conv's weight-gradient for grad_output
+        2y/M, in the weight's dtype (fp32 under autocast too)."""
+        conv = self._conv
+        w = conv.weight
         g, b = xg.shape[:2]
         m = b * xg.shape[3] * xg.shape[4]
-        w = conv.weight
-        groups = conv.groups
-        geometry = {
-            "stride": conv.stride,
-            "padding": conv.padding,
-            "dilation": conv.dilation,
-            "groups": groups,
-        }
+        xg = xg.detach().to(w.dtype)
         conv_in = conv_in.detach().to(w.dtype).view(g, b, *conv_in.shape[1:])
-        # mean patch: the weight-gradient of the batch-summed input for grad_output 1/M
-        ones = xg.new_full((1, groups, xg.shape[3], xg.shape[4]), 1.0 / m)
-        dmean = torch.stack(
+        w = w.detach()
+        geometry = (conv.stride, conv.padding, conv.dilation, False, [0], conv.groups)
+        mask = (False, True, False)
+        dsq = torch.stack(
             [
-                conv2d_weight(inp.sum(0, keepdim=True), (groups, *w.shape[1:]), ones, **geometry)
-                for inp in conv_in
+                _conv_backward(y, inp, w, None, *geometry, mask)[1]
+                for inp, y in zip(conv_in, xg, strict=True)
             ]
         )
-        dsq = torch.stack(
-            [conv2d_weight(inp, w.shape, y, **geometry) for inp, y in zip(conv_in, xg, strict=True)]
-        ).mul_(2.0 / m)
-        return dmean, dsq
+        return dsq.mul_(2.0 / m)
+
+    def _stat_weight_gradients(self, xg: Tensor, conv_in: Tensor) -> tuple[Tensor, Tensor]:
+        """(∂μ/∂W, ∂ν/∂W) of the current batch per group, analytically."""
+        return self._mean_patch(xg, conv_in), self._sqmean_weight_grad(xg, conv_in)
 
     @torch.no_grad()
-    def _record(self, xg: Tensor, conv_in: Tensor, mean_t: Tensor | None, sq_t: Tensor | None):
-        """Push the current batch's statistics, their weight-gradients and W_t into the window."""
-        if mean_t is None:
-            xd = xg.detach().float()
-            mean_t, sq_t = xd.mean(dim=(1, 3, 4)), (xd * xd).mean(dim=(1, 3, 4))
+    def _record(self, xg: Tensor, conv_in: Tensor, mean_t: Tensor, sq_t: Tensor) -> None:
+        """Push the current batch's statistics and their weight-gradients into the window."""
         dmean, dsq = self._stat_weight_gradients(xg, conv_in)
+        self._push(mean_t, sq_t, dmean, dsq)
+
+    def _push(self, mean_t: Tensor, sq_t: Tensor, dmean: Tensor, dsq: Tensor) -> None:
+        """Write one entry into the ring at the current position, with its inner products with
+        the current conv weights, and advance the ring."""
         self.valid_entries()  # make sure the host-side ring position is known
         pos = self._host_pos
-        self.win_mean[:, pos] = mean_t
-        self.win_sqmean[:, pos] = sq_t
-        self.win_dmean[:, pos] = dmean
-        self.win_dsqmean[:, pos] = dsq
-        self.win_weight[pos] = self._conv.weight.detach()
+        self._store_entry(pos, mean_t, sq_t, dmean, dsq)
         self.win_valid[pos] = True
         self._host_pos = (pos + 1) % (self.window - 1)
         self._host_valid = min(self._host_valid + 1, self.window - 1)
         self.win_pos.fill_(self._host_pos)
+
+    def _store_entry(self, pos: int, mean_t, sq_t, dmean, dsq) -> None:
+        self.win_mean[:, pos] = mean_t
+        self.win_sqmean[:, pos] = sq_t
+        self.win_dmean[:, pos] = dmean
+        self.win_dsqmean[:, pos] = dsq
+        at_mean, at_sq = self._window_dot(self._conv.weight.detach(), slice(pos, pos + 1))
+        self.win_mean_ref[:, pos] = at_mean[:, 0]
+        self.win_sqmean_ref[:, pos] = at_sq[:, 0]
 
     def extra_repr(self) -> str:
         return (
@@ -375,12 +453,36 @@ class CrossIterationBatchNorm2d(StepCounter, nn.Module):
 
 class AutogradCrossIterationBatchNorm2d(CrossIterationBatchNorm2d):
     """Reference CBN written the way the public reference computes: batch statistics and the
-    normalization as autograd ops, and the statistics' weight-gradients by two extra
-    ``torch.autograd.grad`` passes per layer. Same results; for benchmarks and tests only
-    (no ghost batches)."""
+    normalization as autograd ops, the statistics' weight-gradients by two extra
+    ``torch.autograd.grad`` passes per layer, and the compensation from stored past weights,
+    ⟨∂/∂W, W_t − W_{t−τ}⟩. Same results; for benchmarks and tests only (no ghost batches)."""
 
-    def _window_forward(self, xg: Tensor, past: bool = True) -> tuple[Tensor, Tensor, Tensor]:
-        x = xg[0]
+    ddp_local_buffers = (*WINDOW_BUFFERS, "win_weight")
+
+    def _allocate_window(self, replicas: int) -> None:
+        super()._allocate_window(replicas)
+        w = self._conv.weight
+        self.register_buffer("win_weight", torch.zeros(self.window - 1, *w.shape).to(w))
+
+    def _store_entry(self, pos: int, mean_t, sq_t, dmean, dsq) -> None:
+        super()._store_entry(pos, mean_t, sq_t, dmean, dsq)
+        self.win_weight[pos] = self._conv.weight.detach()
+
+    def _compensated_window(self, n: int) -> tuple[Tensor, Tensor]:
+        r, c = self.replicas, self.num_features
+        groups = self.win_dmean.shape[2]
+        w = self._conv.weight.detach().reshape(1, c, -1)
+        delta = w - self.win_weight[:n].reshape(n, c, -1)  # (n, C, P)
+        dmean = self.win_dmean[:, :n].reshape(r, n, groups, -1, 1)
+        per_group = delta.view(1, n, groups, c // groups, -1)
+        comp_mean = torch.matmul(per_group, dmean).view(r, n, c)
+        dsq = self.win_dsqmean[:, :n].reshape(r, n, c, -1)
+        comp_sq = torch.einsum("rkcp,kcp->rkc", dsq, delta)
+        return comp_mean * self.rho, comp_sq * self.rho
+
+    def _window_forward(
+        self, x: Tensor, groups: int, past: bool = True
+    ) -> tuple[Tensor, Tensor, Tensor]:
         m = x.shape[0] * x.shape[2] * x.shape[3]
         mean_t = x.mean(dim=(0, 2, 3))
         sqmean_t = (x * x).mean(dim=(0, 2, 3))
@@ -400,7 +502,7 @@ class AutogradCrossIterationBatchNorm2d(CrossIterationBatchNorm2d):
         y = (x - mean.view(1, -1, 1, 1)) / (var.view(1, -1, 1, 1) + self.eps).sqrt()
         if self.weight is not None:
             y = y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
-        return y.unsqueeze(0), mean_t.detach().unsqueeze(0), sqmean_t.detach().unsqueeze(0)
+        return y, mean_t.detach().unsqueeze(0), sqmean_t.detach().unsqueeze(0)
 
     def _stat_weight_gradients(self, xg: Tensor, conv_in: Tensor) -> tuple[Tensor, Tensor]:
         w = self._conv.weight

@@ -1,0 +1,94 @@
+"""Batch-statistics normalization on torch's batch-norm kernels, for BRN and CBN.
+
+``batch_stat_norm`` computes  y = γ·(r·(x − μ)/√(σ² + ε) + d) + β  where μ, σ² are statistics
+that depend on the current batch x only through its per-channel moments, each carrying weight
+1/n (n = ``count``; 1 for plain batch statistics, the number of averaged iterations for CBN),
+and r, d are constants (Batch Renorm's correction; 1 and 0 otherwise).
+
+The forward pass is torch's eval-mode batch-norm kernel with weight γ·r and bias β + γ·d (one
+pass over x; the caller has already computed μ, σ² with two plain reductions, which on CPU is
+several times cheaper than the training-mode kernel's own statistics). The backward pass is
+torch's training-mode batch-norm backward kernel (one fused reduction and one elementwise pass):
+
+  BN:  dx = w·s·(g − mean(g) − x̂·mean(g·x̂)),  s = 1/√(σ² + ε),  x̂ = (x − μ)·s.
+
+With weight 1/n on the batch's moments the two correction terms are divided by n. Calling the
+kernel with s' = s/√n and w' = w·√n divides the x̂ term by n and keeps w·s; the mean(g) term is
+then fixed per channel by adding w·s·(1 − 1/n)·mean(g). ``tests/test_functional.py`` checks the
+result against autograd through the formulas.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+_bn_backward = torch.ops.aten.native_batch_norm_backward
+
+
+def moments(x: Tensor, dims: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and mean of squares over ``dims``, in fp32 (also for bf16 inputs).
+
+    Two plain reductions: on CPU several times faster than ``torch.var_mean`` (Welford)."""
+    xd = x.detach().float()
+    return xd.mean(dim=dims), (xd * xd).mean(dim=dims)
+
+
+class _BatchStatNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, mean, var, eps, r, d, count):
+        w_eff = weight if r is None else weight * r
+        b_eff = bias if d is None else torch.addcmul(bias, weight, d)
+        y = F.batch_norm(x, mean, var, w_eff, b_eff, False, 0.0, eps)
+        invstd = torch.rsqrt(var + eps)
+        ctx.save_for_backward(x, w_eff, mean, invstd, r, d, count)
+        ctx.eps = eps
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, w_eff, mean, invstd, r, d, count = ctx.saved_tensors
+        if count is None:
+            w_k, invstd_k = w_eff, invstd
+        else:
+            root = count.sqrt()
+            w_k, invstd_k = w_eff * root, invstd / root
+        grad_x, sum_gxhat, sum_g = _bn_backward(
+            grad.contiguous(memory_format=_memory_format(x)),
+            x, w_k, None, None, mean, invstd_k, True, ctx.eps, [True, True, True],
+        )  # fmt: skip
+        if count is not None:
+            per_channel = x.numel() // x.shape[1]
+            fix = w_eff * invstd * sum_g * (1 - 1 / count) / per_channel
+            grad_x = grad_x.add_(fix.view(1, -1, *([1] * (x.dim() - 2))).to(grad_x.dtype))
+            sum_gxhat = sum_gxhat * root  # Σ g·(x − μ)·s
+        grad_w = sum_gxhat if r is None else sum_gxhat * r
+        if d is not None:
+            grad_w = grad_w + sum_g * d
+        return grad_x, grad_w, sum_g, None, None, None, None, None, None
+
+
+def _memory_format(x: Tensor) -> torch.memory_format:
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def batch_stat_norm(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    mean: Tensor,
+    var: Tensor,
+    eps: float,
+    r: Tensor | None = None,
+    d: Tensor | None = None,
+    count: Tensor | None = None,
+) -> Tensor:
+    """y = γ·(r·(x − μ)/√(σ² + ε) + d) + β for (N, C, ...) x and per-channel (C,) tensors.
+
+    ``mean``/``var`` (no gradient) are the statistics; gradients reach x through them as through
+    the batch's own mean and biased variance, scaled by 1/``count`` (default 1). ``r`` and ``d``
+    are constants (default 1 and 0). Returns gradients for x, weight and bias."""
+    return _BatchStatNorm.apply(x, weight, bias, mean, var, eps, r, d, count)
