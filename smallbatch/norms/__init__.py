@@ -4,6 +4,7 @@ from .base import BatchStatsError, check_batch_stats, local_buffer_names, set_no
 from .bn import BatchNorm2d, SyncBatchNorm
 from .brn import BatchRenorm2d, RenormRamp
 from .cbn import CrossIterationBatchNorm2d
+from .functional import batch_stat_norm, moments
 from .gn import GroupNorm2d, InstanceNorm2d, LayerNorm2d
 from .registry import (
     ENTRY_POINT_GROUP,
@@ -47,6 +48,7 @@ __all__ = [
     "RenormRamp",
     "SyncBatchNorm",
     "available_norms",
+    "batch_stat_norm",
     "check_batch_stats",
     "create_norm",
     "evonorm_s0",
@@ -54,6 +56,7 @@ __all__ = [
     "import_object",
     "load_plugins",
     "local_buffer_names",
+    "moments",
     "register_norm",
     "resolve_norm",
     "set_norm_batch",
