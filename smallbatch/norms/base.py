@@ -27,7 +27,8 @@ class StepCounter:
         return self._host_step
 
     def advance_step(self) -> None:
-        self._host_step = self.host_step() + 1
+        # a plain attribute: object.__setattr__ skips nn.Module's bookkeeping (per layer and step)
+        object.__setattr__(self, "_host_step", self.host_step() + 1)
         self.step.add_(1)
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:

@@ -120,9 +120,8 @@ class BatchRenorm2d(StepCounter, nn.Module):
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.register_buffer("total_steps", torch.zeros((), dtype=torch.long))
         self._host_total: int | None = None
-        # Diagnostics of the last training step: (rmax, dmax) and the raw and clipped r, d.
-        self.last_rmax, self.last_dmax = 1.0, 0.0
-        self._last_rd: tuple[Tensor, ...] | None = None
+        # Diagnostics of the last training step: rmax, dmax and the raw and clipped r, d.
+        self._last_rd: tuple = (1.0, 0.0, None, None, None, None)
 
     def set_total_steps(self, total_steps: int) -> None:
         """Total training steps of the run, for ramps given as fractions."""
@@ -135,20 +134,30 @@ class BatchRenorm2d(StepCounter, nn.Module):
             self._host_total = int(self.total_steps)
         return self.ramp(self.host_step(), self._host_total or None)
 
+    @property
+    def last_rmax(self) -> float:
+        """rmax of the last training step (1 before any)."""
+        return self._last_rd[0]
+
+    @property
+    def last_dmax(self) -> float:
+        """dmax of the last training step (0 before any)."""
+        return self._last_rd[1]
+
     def _clipped_fraction(self, raw: int) -> float:
-        if self._last_rd is None:
+        if self._last_rd[raw] is None:
             return 0.0
         return float((self._last_rd[raw] != self._last_rd[raw + 2]).float().mean())
 
     @property
     def last_r_clipped(self) -> float:
         """Fraction of channels (× groups) whose r was clipped in the last training step."""
-        return self._clipped_fraction(0)
+        return self._clipped_fraction(2)
 
     @property
     def last_d_clipped(self) -> float:
         """Fraction of channels (× groups) whose d was clipped in the last training step."""
-        return self._clipped_fraction(1)
+        return self._clipped_fraction(3)
 
     def _limits_and_rd(self, mean_b: Tensor, sigma_b: Tensor, shape) -> tuple[Tensor, Tensor]:
         """Clipped r, d (no gradient) from batch and running statistics; advances the step."""
@@ -157,8 +166,7 @@ class BatchRenorm2d(StepCounter, nn.Module):
         r_raw = sigma_b * inv_sigma
         d_raw = (mean_b - self.running_mean.view(shape)) * inv_sigma
         r, d = r_raw.clamp(1.0 / rmax, rmax), d_raw.clamp(-dmax, dmax)
-        self.last_rmax, self.last_dmax = rmax, dmax
-        self._last_rd = (r_raw, d_raw, r, d)
+        object.__setattr__(self, "_last_rd", (rmax, dmax, r_raw, d_raw, r, d))  # hot path
         self.advance_step()
         return r, d
 
@@ -173,14 +181,15 @@ class BatchRenorm2d(StepCounter, nn.Module):
             # E[x²] − E[x]²: two plain reductions (see functional.moments); the biased batch
             # variance normalizes, the unbiased one moves running_var, as in torch's BN
             mean_b, sqmean_b = moments(x, (0, 2, 3))
-            var_b = (sqmean_b - mean_b * mean_b).clamp_min_(0)
-            r, d = self._limits_and_rd(mean_b, (var_b + self.eps).sqrt(), (-1,))
+            var_b = torch.addcmul(sqmean_b, mean_b, mean_b, value=-1).clamp_min_(0)
+            invstd_b = torch.rsqrt(var_b + self.eps)
+            r, d = self._limits_and_rd(mean_b, invstd_b.reciprocal(), (-1,))
             m = x.numel() // x.shape[1]
             self.running_mean.lerp_(mean_b, self.momentum)
             self.running_var.lerp_(var_b * (m / max(m - 1, 1)), self.momentum)
         weight = self.weight if self.weight is not None else torch.ones_like(mean_b)
         bias = self.bias if self.bias is not None else torch.zeros_like(mean_b)
-        return batch_stat_norm(x, weight, bias, mean_b, var_b, self.eps, r=r, d=d)
+        return batch_stat_norm(x, weight, bias, mean_b, var_b, self.eps, r=r, d=d, invstd=invstd_b)
 
     def _ghost_forward(self, x: Tensor, groups: int) -> Tensor:
         xg, mean_b, var_b = grouped_moments(x, groups)  # (G, 1, C, 1, 1), with gradient

@@ -37,11 +37,12 @@ def moments(x: Tensor, dims: tuple[int, ...]) -> tuple[Tensor, Tensor]:
 
 class _BatchStatNorm(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, mean, var, eps, r, d, count):
+    def forward(ctx, x, weight, bias, mean, var, eps, r, d, count, invstd):
         w_eff = weight if r is None else weight * r
         b_eff = bias if d is None else torch.addcmul(bias, weight, d)
         y = F.batch_norm(x, mean, var, w_eff, b_eff, False, 0.0, eps)
-        invstd = torch.rsqrt(var + eps)
+        if invstd is None:
+            invstd = torch.rsqrt(var + eps)
         ctx.save_for_backward(x, w_eff, mean, invstd, r, d, count)
         ctx.eps = eps
         return y
@@ -66,7 +67,7 @@ class _BatchStatNorm(torch.autograd.Function):
         grad_w = sum_gxhat if r is None else sum_gxhat * r
         if d is not None:
             grad_w = grad_w + sum_g * d
-        return grad_x, grad_w, sum_g, None, None, None, None, None, None
+        return grad_x, grad_w, sum_g, None, None, None, None, None, None, None
 
 
 def _memory_format(x: Tensor) -> torch.memory_format:
@@ -85,10 +86,12 @@ def batch_stat_norm(
     r: Tensor | None = None,
     d: Tensor | None = None,
     count: Tensor | None = None,
+    invstd: Tensor | None = None,
 ) -> Tensor:
     """y = γ·(r·(x − μ)/√(σ² + ε) + d) + β for (N, C, ...) x and per-channel (C,) tensors.
 
     ``mean``/``var`` (no gradient) are the statistics; gradients reach x through them as through
     the batch's own mean and biased variance, scaled by 1/``count`` (default 1). ``r`` and ``d``
-    are constants (default 1 and 0). Returns gradients for x, weight and bias."""
-    return _BatchStatNorm.apply(x, weight, bias, mean, var, eps, r, d, count)
+    are constants (default 1 and 0); ``invstd`` = 1/√(σ² + ε) if the caller has it. Returns
+    gradients for x, weight and bias."""
+    return _BatchStatNorm.apply(x, weight, bias, mean, var, eps, r, d, count, invstd)
