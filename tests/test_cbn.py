@@ -128,7 +128,7 @@ def test_compensation_is_first_order_taylor_in_conv_weight():
     var = (nu_t + nu_past) / 2 - mean**2
     ref = _normalize(y_in, mean, var, cbn)
     y_cbn = y_new.detach().requires_grad_()
-    cbn._conv_io = (x_new, y_cbn, None)  # what the conv hook would have captured
+    cbn._conv_io = (x_new, y_cbn)  # what the conv hook would have captured
     out = cbn(y_cbn)
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
     # Only the current batch carries gradient: autograd through the reference agrees.

@@ -37,8 +37,7 @@ def moments(x: Tensor, dims: tuple[int, ...]) -> tuple[Tensor, Tensor]:
     x = x.detach()
     if x.dtype == torch.float32:
         return x.mean(dim=dims), (x * x).mean(dim=dims)
-    kept = {d % x.dim() for d in range(x.dim())} - {d % x.dim() for d in dims}
-    count = x.numel() // math.prod(x.shape[d] for d in kept)
+    count = math.prod(x.shape[d] for d in dims)  # values reduced per channel
     mean = x.mean(dim=dims, dtype=torch.float32)
     sqmean = torch.linalg.vector_norm(x, dim=dims, dtype=torch.float32).square_().div_(count)
     return mean, sqmean
