@@ -34,13 +34,34 @@ def _has_files(folder: Path, names: tuple[str, ...]) -> bool:
     return all((folder / n).exists() or (folder / f"{n}.gz").exists() for n in names)
 
 
-class FashionMNIST(SmallBatchDataModule):
+class _TorchvisionSplits(SmallBatchDataModule):
+    """A torchvision dataset class with train/test splits in ``data_dir`` and the standard
+    random-crop (``image_size``, ``crop_padding``) + flip augmentation."""
+
+    dataset_cls: type
+    image_size: int
+    crop_padding: int
+
+    def build_datasets(self):
+        self.prepare_data()
+        train_tf, val_tf = crop_flip_transforms(
+            self.image_size, self.crop_padding, self.mean, self.std
+        )
+        return (
+            self.dataset_cls(self.data_dir, train=True, transform=train_tf),
+            self.dataset_cls(self.data_dir, train=False, transform=val_tf),
+        )
+
+
+class FashionMNIST(_TorchvisionSplits):
     """Fashion-MNIST (28×28 grey, 10 classes), found offline in ``data_dir``, shared/data or
     Debian's ``dataset-fashion-mnist`` package; unpacked into ``data_dir/FashionMNIST/raw``."""
 
     num_classes = 10
     in_chans = 1
     mean, std = (0.2860,), (0.3530,)
+    dataset_cls = datasets.FashionMNIST
+    image_size, crop_padding = 28, 2
 
     def candidate_dirs(self) -> list[Path]:
         dirs = []
@@ -78,22 +99,15 @@ class FashionMNIST(SmallBatchDataModule):
                     shutil.copyfileobj(src, dst)
             tmp.replace(target)
 
-    def build_datasets(self):
-        self.prepare_data()
-        train_tf, val_tf = crop_flip_transforms(28, 2, self.mean, self.std)
-        return (
-            datasets.FashionMNIST(self.data_dir, train=True, transform=train_tf),
-            datasets.FashionMNIST(self.data_dir, train=False, transform=val_tf),
-        )
 
-
-class CIFAR10(SmallBatchDataModule):
+class CIFAR10(_TorchvisionSplits):
     """CIFAR-10 through torchvision (python batches in ``data_dir``), standard augmentation."""
 
     num_classes = 10
     dataset_cls = datasets.CIFAR10
     folder = "cifar-10-batches-py"
     mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+    image_size, crop_padding = 32, 4
 
     def prepare_data(self) -> None:
         if (Path(self.data_dir) / self.folder).exists():
@@ -107,14 +121,6 @@ class CIFAR10(SmallBatchDataModule):
             )
         self.dataset_cls(self.data_dir, train=True, download=True)
         self.dataset_cls(self.data_dir, train=False, download=True)
-
-    def build_datasets(self):
-        self.prepare_data()
-        train_tf, val_tf = crop_flip_transforms(32, 4, self.mean, self.std)
-        return (
-            self.dataset_cls(self.data_dir, train=True, transform=train_tf),
-            self.dataset_cls(self.data_dir, train=False, transform=val_tf),
-        )
 
 
 class CIFAR100(CIFAR10):
