@@ -18,8 +18,12 @@ weight-gradient for grad_output 2y/M.
 
 The window stores, per entry, ⟨∂μ/∂W, W_{t−τ}⟩ and ⟨∂ν/∂W, W_{t−τ}⟩ instead of W_{t−τ}
 itself, so the compensation ⟨∂/∂W, W_t⟩ − ⟨∂/∂W, W_{t−τ}⟩ reads the window once and past
-weights need no memory. The window lives in registered buffers (checkpointed, per device under
-DDP: see ``ddp_local_buffers``). Running statistics follow the current batch, exactly as BN's.
+weights need no memory. The conv output is linear in W, so these inner products are μ − b and
+2(ν − b·μ) (b the conv bias; Euler's identity) and cost nothing to store. (μ, ν) and the two
+inner products are packed as ``win_stats`` and ``win_ref``, shape (replicas, k−1, 2, C), so the
+per-step window arithmetic handles both statistics in one op each. The window lives in
+registered buffers (checkpointed, per device under DDP: see ``ddp_local_buffers``). Running
+statistics follow the current batch, exactly as BN's.
 """
 
 from __future__ import annotations
@@ -39,17 +43,11 @@ from .functional import batch_stat_norm, moments
 from .registry import NormConfigError
 
 _conv_backward = torch.ops.aten.convolution_backward
+_LARGE_ENTRY = 1 << 18  # window entries (∂ν/∂W) of more values are read one at a time
 
-WINDOW_BUFFERS = (
-    "win_mean",
-    "win_sqmean",
-    "win_dmean",
-    "win_dsqmean",
-    "win_mean_ref",
-    "win_sqmean_ref",
-    "win_valid",
-    "win_pos",
-)
+WINDOW_BUFFERS = ("win_stats", "win_ref", "win_dmean", "win_dsqmean", "win_valid", "win_pos")
+# the layout before win_stats/win_ref packed (μ, ν): read from older checkpoints
+_UNPACKED = {"win_stats": ("win_mean", "win_sqmean"), "win_ref": ("win_mean_ref", "win_sqmean_ref")}
 
 
 def _selector(size, out, k, stride, pad, dilation, device, dtype) -> Tensor:
@@ -183,24 +181,34 @@ class CrossIterationBatchNorm2d(StepCounter, nn.Module):
         w = self._conv.weight
         like = {"device": w.device, "dtype": w.dtype}
         r = replicas
-        self.register_buffer("win_mean", torch.zeros(r, k1, c, **like))
-        self.register_buffer("win_sqmean", torch.zeros(r, k1, c, **like))
+        self.register_buffer("win_stats", torch.zeros(r, k1, 2, c, **like))  # (μ, ν) per entry
+        self.register_buffer(
+            "win_ref", torch.zeros(r, k1, 2, c, **like)
+        )  # (⟨∂μ/∂W, W_τ⟩, ⟨∂ν/∂W, W_τ⟩)
         self.register_buffer(
             "win_dmean", torch.zeros(r, k1, self._conv.groups, *w.shape[1:], **like)
         )
         self.register_buffer("win_dsqmean", torch.zeros(r, k1, *w.shape, **like))
-        self.register_buffer("win_mean_ref", torch.zeros(r, k1, c, **like))
-        self.register_buffer("win_sqmean_ref", torch.zeros(r, k1, c, **like))
         self.register_buffer("win_valid", torch.zeros(k1, dtype=torch.bool, device=w.device))
         self.register_buffer("win_pos", torch.zeros((), dtype=torch.long, device=w.device))
         self._host_valid, self._host_pos = 0, 0
 
     @property
     def replicas(self) -> int:
-        return self.win_mean.shape[0]
+        return self.win_stats.shape[0]
+
+    # Views of the packed window: (R, k − 1, C) each.
+    win_mean = property(lambda self: self.win_stats[:, :, 0], doc="μ of each window entry")
+    win_sqmean = property(lambda self: self.win_stats[:, :, 1], doc="ν = E[y²] of each entry")
+    win_mean_ref = property(lambda self: self.win_ref[:, :, 0], doc="⟨∂μ/∂W, W_τ⟩ per entry")
+    win_sqmean_ref = property(lambda self: self.win_ref[:, :, 1], doc="⟨∂ν/∂W, W_τ⟩ per entry")
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
-        saved = state_dict.get(prefix + "win_mean")
+        for packed, (first, second) in _UNPACKED.items():  # checkpoints before the packing
+            if prefix + first in state_dict and prefix + packed not in state_dict:
+                pair = (state_dict.pop(prefix + first), state_dict.pop(prefix + second))
+                state_dict[prefix + packed] = torch.stack(pair, dim=2)
+        saved = state_dict.get(prefix + "win_stats")
         if self._conv is not None and saved is not None and saved.shape[0] != self.replicas:
             self._allocate_window(saved.shape[0])  # a checkpoint taken with ghost batches
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
@@ -237,21 +245,21 @@ class CrossIterationBatchNorm2d(StepCounter, nn.Module):
         active = self.window > 1 and step > self.burnin and self.valid_entries() > 0
         xg = x.view(groups, x.shape[0] // groups, *x.shape[1:])
         if active:
-            y, mean_t, sqmean_t = self._window_forward(x, groups)
+            y, current = self._window_forward(x, groups)
         elif groups == 1:
             self._diag = None
             y = F.batch_norm(
                 x, self.running_mean, self.running_var, self.weight, self.bias,
                 True, self.momentum, self.eps,
             )  # fmt: skip
-            mean_t = sqmean_t = None
+            current = None
         else:  # ghost batches before the window starts: per-group BN
             self._diag = None
-            y, mean_t, sqmean_t = self._window_forward(x, groups, past=False)
+            y, current = self._window_forward(x, groups, past=False)
         if conv_in is not None:
-            if mean_t is None:
-                mean_t, sqmean_t = moments(xg, (1, 3, 4))
-            self._record(xg, conv_in, mean_t, sqmean_t)
+            if current is None:
+                current = torch.stack(moments(xg, (1, 3, 4)), dim=1)
+            self._record(xg, conv_in, current)
         return y
 
     def _take_conv_input(self, x: Tensor) -> Tensor | None:
@@ -292,59 +300,65 @@ class CrossIterationBatchNorm2d(StepCounter, nn.Module):
         """Mean |Δμ| of the Taylor compensation over kept window entries in the last step."""
         if self._diag is None:
             return 0.0
-        comp_mean, keep, _ = self._diag
-        return float(comp_mean.abs()[keep].mean()) if bool(keep.any()) else 0.0
+        comp, keep, _ = self._diag
+        return float(comp[:, :, 0].abs()[keep].mean()) if bool(keep.any()) else 0.0
 
-    def _window_dot(self, w: Tensor, entries: slice) -> tuple[Tensor, Tensor]:
-        """⟨∂μ/∂W[c], w[c]⟩ and ⟨∂ν/∂W[c], w[c]⟩ for the window ``entries``: shapes (R, n, C)."""
+    def _compensation(self, n: int) -> Tensor:
+        """Taylor terms moving the first ``n`` entries' (μ, ν) to the current conv weights,
+        rho·(⟨∂/∂W, W_t⟩ − ⟨∂/∂W, W_{t−τ}⟩), shape (R, n, 2, C)."""
         r, c = self.replicas, self.num_features
-        dmean = self.win_dmean[:, entries]  # (R, n, groups, Cin/groups, kh, kw)
-        n, groups = dmean.shape[1], dmean.shape[2]
-        w = w.reshape(c, -1)
-        # one mean patch per conv group, shared by its output channels: a matmul per group
-        patches = dmean.reshape(r * n, groups, -1).transpose(0, 1)  # (groups, R·n, P/groups)
-        at_mean = torch.matmul(w.view(groups, c // groups, -1), patches.transpose(1, 2))
-        at_mean = at_mean.permute(2, 0, 1).reshape(r, n, c)
-        at_sq = torch.linalg.vecdot(self.win_dsqmean[:, entries].reshape(r, n, c, -1), w)
-        return at_mean, at_sq
+        w = self._conv.weight.detach().reshape(c, -1)
+        at = w.new_empty(r, n, 2, c)  # ⟨∂μ/∂W, W_t⟩ and ⟨∂ν/∂W, W_t⟩, written in place
+        at_mean, at_sq = at[:, :, 0].view(r * n, c), at[:, :, 1].view(r * n, c)
+        dmean = self.win_dmean[:, :n]  # (R, n, groups, Cin/groups, kh, kw)
+        groups = dmean.shape[2]
+        if groups == 1:
+            torch.mm(dmean.reshape(r * n, -1), w.t(), out=at_mean)
+        else:  # one mean patch per conv group, shared by its output channels
+            patches = dmean.reshape(r * n, groups, -1).transpose(0, 1)  # (groups, R·n, P/g)
+            per_group = torch.bmm(w.view(groups, c // groups, -1), patches.transpose(1, 2))
+            at_mean.copy_(per_group.permute(2, 0, 1).reshape(r * n, c))
+        dsq = self.win_dsqmean[:, :n].reshape(r * n, c, -1)
+        if dsq[0].numel() < _LARGE_ENTRY:
+            torch.linalg.vecdot(dsq, w, out=at_sq)
+        else:  # one entry at a time: the product's temporary stays small (large layers)
+            for entry, out in zip(dsq, at_sq, strict=True):
+                torch.linalg.vecdot(entry, w, out=out)
+        comp = at.sub_(self.win_ref[:, :n])
+        return comp if self.rho == 1.0 else comp.mul_(self.rho)
 
-    def _compensated_window(self, n: int) -> tuple[Tensor, Tensor]:
-        """Taylor terms moving the first ``n`` entries' (μ, ν) to the current conv weights:
-        rho·(⟨∂/∂W, W_t⟩ − ⟨∂/∂W, W_{t−τ}⟩), shapes (R, n, C)."""
-        at_mean, at_sq = self._window_dot(self._conv.weight.detach(), slice(0, n))
-        comp_mean = at_mean.sub_(self.win_mean_ref[:, :n])
-        comp_sq = at_sq.sub_(self.win_sqmean_ref[:, :n])
-        if self.rho != 1.0:
-            comp_mean, comp_sq = comp_mean.mul_(self.rho), comp_sq.mul_(self.rho)
-        return comp_mean, comp_sq
-
-    def _window_forward(
-        self, x: Tensor, groups: int, past: bool = True
-    ) -> tuple[Tensor, Tensor, Tensor]:
+    def _window_forward(self, x: Tensor, groups: int, past: bool = True) -> tuple[Tensor, Tensor]:
         """Normalize x (N, C, H, W), as ``groups`` groups of N/groups samples, with the current
-        and (compensated) past statistics; also returns the current (μ_t, ν_t), shaped (G, C).
+        and (compensated) past statistics; also returns the current (μ_t, ν_t), shape (G, 2, C).
         """
         xg = x.view(groups, x.shape[0] // groups, *x.shape[1:])  # statistics only (no grad)
         m = xg.shape[1] * xg.shape[3] * xg.shape[4]
         with torch.no_grad():
-            mean_t, sqmean_t = moments(xg, (1, 3, 4))  # (G, C), fp32 also under bf16 autocast
+            # (G, 2, C): μ_t, ν_t; fp32 also under bf16 autocast
+            current = torch.stack(moments(xg, (1, 3, 4)), dim=1)
             if past:
                 n = self.valid_entries()
-                comp_mean, comp_sq = self._compensated_window(n)
-                past_mean = self.win_mean[:, :n] + comp_mean
-                past_sq = self.win_sqmean[:, :n] + comp_sq
+                comp = self._compensation(n)
+                past_stats = comp + self.win_stats[:, :n]  # (G, n, 2, C)
+                past_mean, past_sq = past_stats.unbind(2)
                 keep = torch.addcmul(past_sq, past_mean, past_mean, value=-1) >= 0
-                keep_f = keep.to(past_mean.dtype)  # drop entries with negative variance
-                count = keep_f.sum(1).add_(1)
-                mean = (past_mean * keep_f).sum(1).add_(mean_t).div_(count)
-                sqmean = (past_sq * keep_f).sum(1).add_(sqmean_t).div_(count)
-                self._diag = (comp_mean, keep, count)
+                keep_f = keep.to(past_stats.dtype)  # drop entries with negative variance
+                count = keep_f.sum(1).add_(1)  # (G, C)
+                stats = (past_stats * keep_f.unsqueeze(2)).sum(1).add_(current)
+                stats.div_(count.unsqueeze(1))
+                self._diag = (comp, keep, count)
             else:
-                count, mean, sqmean = None, mean_t, sqmean_t
+                count, stats = None, current
+            mean, sqmean = stats.unbind(1)
+            mean_t, sq_t = current.unbind(1)
             var = torch.addcmul(sqmean, mean, mean, value=-1).clamp_min_(0)
-            var_t = torch.addcmul(sqmean_t, mean_t, mean_t, value=-1).clamp_min_(0)
-            self.running_mean.lerp_(mean_t.mean(0), self.momentum)
-            self.running_var.lerp_(var_t.mean(0).mul_(m / max(m - 1, 1)), self.momentum)
+            var_t = torch.addcmul(sq_t, mean_t, mean_t, value=-1).clamp_min_(0)
+            if groups > 1:  # running statistics: the average over groups
+                mean_avg, var_avg = mean_t.mean(0), var_t.mean(0)
+            else:
+                mean_avg, var_avg = mean_t[0], var_t[0]
+            self.running_mean.lerp_(mean_avg, self.momentum)
+            self.running_var.lerp_(var_avg.mul_(m / max(m - 1, 1)), self.momentum)
         c = self.num_features
         weight = self.weight if self.weight is not None else mean.new_ones(c)
         bias = self.bias if self.bias is not None else mean.new_zeros(c)
@@ -362,7 +376,7 @@ class CrossIterationBatchNorm2d(StepCounter, nn.Module):
             if count is None:
                 count = torch.ones_like(mean)
             y = _WindowNorm.apply(x, weight, bias, mean, var, count, self.eps)
-        return y, mean_t, sqmean_t
+        return y, current
 
     def _mean_patch_selectors(self, in_hw, out_hw, device, dtype) -> tuple[Tensor, Tensor]:
         """0/1 matrices (kh, H), (kw, W): entry [a, h] = 1 where kernel row a of some output
@@ -381,68 +395,68 @@ class CrossIterationBatchNorm2d(StepCounter, nn.Module):
             self._selectors[key] = cached
         return cached
 
-    def _mean_patch(self, xg: Tensor, conv_in: Tensor) -> Tensor:
-        """∂μ/∂W per group and conv group, shape (G, groups, Cin/groups, kh, kw): the mean input
-        patch, as box sums of the batch-summed input (two small matmuls)."""
-        conv = self._conv
-        w = conv.weight
-        g, b = xg.shape[:2]
-        conv_in = conv_in.detach().to(w.dtype).view(g, b, *conv_in.shape[1:])
-        rows, cols = self._mean_patch_selectors(
-            tuple(conv_in.shape[3:]), tuple(xg.shape[3:]), w.device, w.dtype
-        )
-        dmean = torch.matmul(rows, torch.matmul(conv_in.sum(1), cols.t()))
-        return dmean.div_(b * xg.shape[3] * xg.shape[4]).view(g, conv.groups, *w.shape[1:])
+    def _write_mean_patch(self, xg: Tensor, conv_in: Tensor, pos: int) -> None:
+        """∂μ/∂W of each group into window slot ``pos``, shape (G, groups, Cin/groups, kh, kw):
+        the mean input patch, as box sums of the batch-summed input (two small matmuls)."""
+        w = self._conv.weight
+        g, b, _, h_out, w_out = xg.shape
+        conv_in = conv_in.detach().view(g, b, *conv_in.shape[1:])
+        total = conv_in.sum(1, dtype=w.dtype)  # (G, Cin, H, W)
+        cin, h, wd = total.shape[1:]
+        rows, cols = self._mean_patch_selectors((h, wd), (h_out, w_out), w.device, w.dtype)
+        by_col = torch.mm(total.reshape(-1, wd), cols.t()).view(g * cin, h, -1)  # Σ over w
+        by_row = torch.mm(by_col.transpose(1, 2).reshape(-1, h), rows.t())  # Σ over h
+        patch = by_row.view(g, cin, -1, rows.shape[0]).transpose(2, 3)  # (G, Cin, kh, kw)
+        slot = self.win_dmean[:, pos]
+        torch.mul(patch.reshape(slot.shape), 1.0 / (b * h_out * w_out), out=slot)
 
-    def _sqmean_weight_grad(self, xg: Tensor, conv_in: Tensor) -> Tensor:
-        """∂ν/∂W per group, shape (G, *W.shape): the conv's weight-gradient for grad_output
-        2y/M, in the weight's dtype (fp32 under autocast too)."""
+    def _write_sqmean_weight_grad(self, xg: Tensor, conv_in: Tensor, pos: int) -> None:
+        """∂ν/∂W of each group into window slot ``pos``, shape (G, *W.shape): the conv's
+        weight-gradient for grad_output 2y/M, in the weight's dtype (fp32 under autocast too)."""
         conv = self._conv
-        w = conv.weight
+        w = conv.weight.detach()
         g, b = xg.shape[:2]
-        m = b * xg.shape[3] * xg.shape[4]
-        xg = xg.detach().to(w.dtype)
-        conv_in = conv_in.detach().to(w.dtype).view(g, b, *conv_in.shape[1:])
-        w = w.detach()
+        scale = 2.0 / (b * xg.shape[3] * xg.shape[4])
         geometry = (conv.stride, conv.padding, conv.dilation, False, [0], conv.groups)
-        mask = (False, True, False)
-        dsq = torch.stack(
-            [
-                _conv_backward(y, inp, w, None, *geometry, mask)[1]
-                for inp, y in zip(conv_in, xg, strict=True)
-            ]
-        )
-        return dsq.mul_(2.0 / m)
+        conv_in = conv_in.detach().to(w.dtype).view(g, b, *conv_in.shape[1:])
+        for i, (inp, y) in enumerate(zip(conv_in, xg.detach().to(w.dtype), strict=True)):
+            grad_w = _conv_backward(y, inp, w, None, *geometry, (False, True, False))[1]
+            torch.mul(grad_w, scale, out=self.win_dsqmean[i, pos])
 
-    def _stat_weight_gradients(self, xg: Tensor, conv_in: Tensor) -> tuple[Tensor, Tensor]:
-        """(∂μ/∂W, ∂ν/∂W) of the current batch per group, analytically."""
-        return self._mean_patch(xg, conv_in), self._sqmean_weight_grad(xg, conv_in)
+    def _write_stat_weight_gradients(self, xg: Tensor, conv_in: Tensor, pos: int) -> None:
+        """(∂μ/∂W, ∂ν/∂W) of the current batch, per group, into window slot ``pos``."""
+        self._write_mean_patch(xg, conv_in, pos)
+        self._write_sqmean_weight_grad(xg, conv_in, pos)
 
     @torch.no_grad()
-    def _record(self, xg: Tensor, conv_in: Tensor, mean_t: Tensor, sq_t: Tensor) -> None:
-        """Push the current batch's statistics and their weight-gradients into the window."""
-        dmean, dsq = self._stat_weight_gradients(xg, conv_in)
-        self._push(mean_t, sq_t, dmean, dsq)
-
-    def _push(self, mean_t: Tensor, sq_t: Tensor, dmean: Tensor, dsq: Tensor) -> None:
-        """Write one entry into the ring at the current position, with its inner products with
-        the current conv weights, and advance the ring."""
+    def _record(self, xg: Tensor, conv_in: Tensor, current: Tensor) -> None:
+        """Write the current batch's statistics, their weight-gradients and their inner products
+        with the current conv weights into the ring at the current position; advance the ring.
+        """
         self.valid_entries()  # make sure the host-side ring position is known
-        pos = self._host_pos
-        self._store_entry(pos, mean_t, sq_t, dmean, dsq)
-        self.win_valid[pos] = True
-        self._host_pos = (pos + 1) % (self.window - 1)
-        self._host_valid = min(self._host_valid + 1, self.window - 1)
+        pos, k1 = self._host_pos, self.window - 1
+        self._write_stat_weight_gradients(xg, conv_in, pos)
+        self._store_entry(pos, current)
+        if self._host_valid < k1:
+            self.win_valid[pos] = True
+            self._host_valid += 1
+        self._host_pos = (pos + 1) % k1
         self.win_pos.fill_(self._host_pos)
 
-    def _store_entry(self, pos: int, mean_t, sq_t, dmean, dsq) -> None:
-        self.win_mean[:, pos] = mean_t
-        self.win_sqmean[:, pos] = sq_t
-        self.win_dmean[:, pos] = dmean
-        self.win_dsqmean[:, pos] = dsq
-        at_mean, at_sq = self._window_dot(self._conv.weight.detach(), slice(pos, pos + 1))
-        self.win_mean_ref[:, pos] = at_mean[:, 0]
-        self.win_sqmean_ref[:, pos] = at_sq[:, 0]
+    def _store_entry(self, pos: int, current: Tensor) -> None:
+        """(μ, ν) (``current``, shape (G, 2, C)) and the inner products ⟨∂μ/∂W, W_t⟩,
+        ⟨∂ν/∂W, W_t⟩ into slot ``pos``. The conv output y = W·patch + b is linear in W, so
+        ⟨∂μ/∂W, W⟩ = μ − b and ⟨∂ν/∂W, W⟩ = 2(ν − b·μ) (Euler's identity for the degree-1 and
+        degree-2 parts; exact, no pass over ∂/∂W)."""
+        self.win_stats[:, pos] = current
+        ref = self.win_ref[:, pos]
+        conv_bias = self._conv.bias
+        if conv_bias is not None:
+            b = conv_bias.detach()
+            mean_t, sq_t = current.unbind(1)
+            current = torch.stack((mean_t - b, torch.addcmul(sq_t, mean_t, b, value=-1)), 1)
+        ref.copy_(current)
+        ref[:, 1].mul_(2.0)
 
     def extra_repr(self) -> str:
         return (
@@ -464,11 +478,11 @@ class AutogradCrossIterationBatchNorm2d(CrossIterationBatchNorm2d):
         w = self._conv.weight
         self.register_buffer("win_weight", torch.zeros(self.window - 1, *w.shape).to(w))
 
-    def _store_entry(self, pos: int, mean_t, sq_t, dmean, dsq) -> None:
-        super()._store_entry(pos, mean_t, sq_t, dmean, dsq)
+    def _store_entry(self, pos: int, current: Tensor) -> None:
+        super()._store_entry(pos, current)
         self.win_weight[pos] = self._conv.weight.detach()
 
-    def _compensated_window(self, n: int) -> tuple[Tensor, Tensor]:
+    def _compensation(self, n: int) -> Tensor:
         r, c = self.replicas, self.num_features
         groups = self.win_dmean.shape[2]
         w = self._conv.weight.detach().reshape(1, c, -1)
@@ -478,22 +492,20 @@ class AutogradCrossIterationBatchNorm2d(CrossIterationBatchNorm2d):
         comp_mean = torch.matmul(per_group, dmean).view(r, n, c)
         dsq = self.win_dsqmean[:, :n].reshape(r, n, c, -1)
         comp_sq = torch.einsum("rkcp,kcp->rkc", dsq, delta)
-        return comp_mean * self.rho, comp_sq * self.rho
+        return torch.stack((comp_mean, comp_sq), dim=2) * self.rho
 
-    def _window_forward(
-        self, x: Tensor, groups: int, past: bool = True
-    ) -> tuple[Tensor, Tensor, Tensor]:
+    def _window_forward(self, x: Tensor, groups: int, past: bool = True) -> tuple[Tensor, Tensor]:
         m = x.shape[0] * x.shape[2] * x.shape[3]
         mean_t = x.mean(dim=(0, 2, 3))
         sqmean_t = (x * x).mean(dim=(0, 2, 3))
         with torch.no_grad():
             n = self.valid_entries()
-            comp_mean, comp_sq = self._compensated_window(n)
-            past_mean = self.win_mean[0, :n] + comp_mean[0]
-            past_sq = self.win_sqmean[0, :n] + comp_sq[0]
+            comp = self._compensation(n)
+            past_mean = self.win_mean[0, :n] + comp[0, :, 0]
+            past_sq = self.win_sqmean[0, :n] + comp[0, :, 1]
             keep = (past_sq - past_mean * past_mean >= 0).to(x.dtype)
             count = 1 + keep.sum(0)
-            self._diag = (comp_mean, keep.bool().unsqueeze(0), count)
+            self._diag = (comp, keep.bool().unsqueeze(0), count)
             var_t = (sqmean_t - mean_t * mean_t).clamp_min(0) * (m / max(m - 1, 1))
             self.running_mean.lerp_(mean_t, self.momentum)
             self.running_var.lerp_(var_t, self.momentum)
@@ -502,9 +514,9 @@ class AutogradCrossIterationBatchNorm2d(CrossIterationBatchNorm2d):
         y = (x - mean.view(1, -1, 1, 1)) / (var.view(1, -1, 1, 1) + self.eps).sqrt()
         if self.weight is not None:
             y = y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
-        return y, mean_t.detach().unsqueeze(0), sqmean_t.detach().unsqueeze(0)
+        return y, torch.stack((mean_t, sqmean_t)).detach().unsqueeze(0)
 
-    def _stat_weight_gradients(self, xg: Tensor, conv_in: Tensor) -> tuple[Tensor, Tensor]:
+    def _write_stat_weight_gradients(self, xg: Tensor, conv_in: Tensor, pos: int) -> None:
         w = self._conv.weight
         with torch.enable_grad():  # (we are inside _record's no_grad)
             x = xg[0]
@@ -512,4 +524,5 @@ class AutogradCrossIterationBatchNorm2d(CrossIterationBatchNorm2d):
             sqmean = (x * x).mean(dim=(0, 2, 3))
             dmean = torch.autograd.grad(mean.sum(), w, retain_graph=True)[0]
             dsq = torch.autograd.grad(sqmean.sum(), w, retain_graph=True)[0]
-        return dmean[:: self.num_features // self._conv.groups].unsqueeze(0), dsq.unsqueeze(0)
+        self.win_dmean[0, pos] = dmean[:: self.num_features // self._conv.groups]
+        self.win_dsqmean[0, pos] = dsq
