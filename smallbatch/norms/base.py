@@ -112,12 +112,21 @@ def grouped_moments(x: Tensor, groups: int) -> tuple[Tensor, Tensor, Tensor]:
 def update_running_from_groups(
     module: nn.Module, mean: Tensor, var: Tensor, count: int, momentum: float
 ) -> None:
-    """Move running stats toward the average over groups of (mean, unbiased variance)."""
+    """Move running stats toward the average over groups of (mean, unbiased variance).
+
+    ``mean``/``var`` are the biased batch statistics of ``count`` values per channel and group,
+    shaped (C,) for one group, or (G, C) or (G, 1, C, 1, 1) (``grouped_moments``) for G groups.
+    """
+    c = module.running_mean.numel()
     with torch.no_grad():
-        g_mean = mean.detach().flatten(2).mean(dim=(0, 1)).flatten()
-        g_var = var.detach().flatten(2).mean(dim=(0, 1)).flatten() * (count / max(count - 1, 1))
-        module.running_mean.lerp_(g_mean.to(module.running_mean.dtype), momentum)
-        module.running_var.lerp_(g_var.to(module.running_var.dtype), momentum)
+        mean, var = mean.detach().reshape(-1, c), var.detach().reshape(-1, c)
+        if mean.shape[0] > 1:
+            mean, var = mean.mean(0), var.mean(0)
+        else:  # one group: no reduction op (BRN and CBN call this every step)
+            mean, var = mean[0], var[0]
+        module.running_mean.lerp_(mean.to(module.running_mean.dtype), momentum)
+        var = var.to(module.running_var.dtype) * (count / max(count - 1, 1))
+        module.running_var.lerp_(var, momentum)
 
 
 def set_norm_batch(model: nn.Module, norm_batch: int | None) -> list[str]:

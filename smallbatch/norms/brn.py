@@ -184,9 +184,7 @@ class BatchRenorm2d(StepCounter, nn.Module):
             var_b = torch.addcmul(sqmean_b, mean_b, mean_b, value=-1).clamp_min_(0)
             invstd_b = torch.rsqrt(var_b + self.eps)
             r, d = self._limits_and_rd(mean_b, invstd_b.reciprocal(), (-1,))
-            m = x.numel() // x.shape[1]
-            self.running_mean.lerp_(mean_b, self.momentum)
-            self.running_var.lerp_(var_b * (m / max(m - 1, 1)), self.momentum)
+            update_running_from_groups(self, mean_b, var_b, x.numel() // x.shape[1], self.momentum)
         weight = self.weight if self.weight is not None else torch.ones_like(mean_b)
         bias = self.bias if self.bias is not None else torch.zeros_like(mean_b)
         return batch_stat_norm(x, weight, bias, mean_b, var_b, self.eps, r=r, d=d, invstd=invstd_b)

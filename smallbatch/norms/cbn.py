@@ -38,6 +38,7 @@ from .base import (
     ghost_groups,
     layer_label,
     normalize_with_running_stats,
+    update_running_from_groups,
 )
 from .functional import batch_stat_norm, moments
 from .registry import NormConfigError
@@ -353,12 +354,7 @@ class CrossIterationBatchNorm2d(StepCounter, nn.Module):
             mean_t, sq_t = current.unbind(1)
             var = torch.addcmul(sqmean, mean, mean, value=-1).clamp_min_(0)
             var_t = torch.addcmul(sq_t, mean_t, mean_t, value=-1).clamp_min_(0)
-            if groups > 1:  # running statistics: the average over groups
-                mean_avg, var_avg = mean_t.mean(0), var_t.mean(0)
-            else:
-                mean_avg, var_avg = mean_t[0], var_t[0]
-            self.running_mean.lerp_(mean_avg, self.momentum)
-            self.running_var.lerp_(var_avg.mul_(m / max(m - 1, 1)), self.momentum)
+            update_running_from_groups(self, mean_t, var_t, m, self.momentum)
         c = self.num_features
         weight = self.weight if self.weight is not None else mean.new_ones(c)
         bias = self.bias if self.bias is not None else mean.new_zeros(c)
