@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import smallbatch.norms.cbn as cbn_module
 from smallbatch.norms import CrossIterationBatchNorm2d, NormConfigError
 
 
@@ -77,7 +78,9 @@ def test_fixed_weights_give_statistics_of_concatenated_window():
     ],
     ids=["plain", "stride2", "groups2", "dilated", "no-pad", "pad2-stride3", "1x3", "bias"],
 )
-def test_analytic_weight_gradients_equal_autograd(conv_kw):
+@pytest.mark.parametrize("kron_limit", [1 << 20, 0], ids=["one-matmul", "separable"])
+def test_analytic_weight_gradients_equal_autograd(conv_kw, kron_limit, monkeypatch):
+    monkeypatch.setattr(cbn_module, "_KRON_LIMIT", kron_limit)  # mean patch: both code paths
     conv, cbn = _conv_cbn(cin=4, cout=6, window=2, **conv_kw)
     x = torch.randn(3, 4, 7, 7)
     _train(conv, cbn, x)  # records the window entry for this batch

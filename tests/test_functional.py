@@ -76,6 +76,27 @@ def test_batch_stat_norm_passes_gradcheck_with_window_counts():
     assert torch.autograd.gradcheck(fn, tuple(t.requires_grad_() for t in (x, w, b)))
 
 
+@pytest.mark.parametrize(
+    ("shape", "dims", "channels_last"),
+    [
+        ((4, 3, 5, 6), (0, 2, 3), False),
+        ((4, 3, 5, 6), (0, 2, 3), True),
+        ((2, 3, 4, 5, 6), (1, 3, 4), False),
+        ((2, 3, 4, 5, 6), (-4, -2, -1), False),
+        ((6, 3), (0,), False),
+        ((4, 3, 5, 6), (0, 1, 2, 3), False),
+    ],
+)
+def test_moments_equal_their_definition(shape, dims, channels_last):
+    x = torch.randn(shape, dtype=torch.float64).float() * 3 + 1
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    mean, sqmean = moments(x, dims)
+    xd = x.double()
+    torch.testing.assert_close(mean.double(), xd.mean(dim=dims), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(sqmean.double(), (xd * xd).mean(dim=dims), rtol=1e-6, atol=1e-6)
+
+
 def test_moments_are_fp32_for_bf16_input():
     x = torch.randn(2, 3, 4, 4).to(torch.bfloat16)
     mean, sqmean = moments(x, (0, 2, 3))

@@ -118,15 +118,15 @@ def update_running_from_groups(
     shaped (C,) for one group, or (G, C) or (G, 1, C, 1, 1) (``grouped_moments``) for G groups.
     """
     c = module.running_mean.numel()
-    with torch.no_grad():
-        mean, var = mean.detach().reshape(-1, c), var.detach().reshape(-1, c)
-        if mean.shape[0] > 1:
-            mean, var = mean.mean(0), var.mean(0)
-        else:  # one group: no reduction op (BRN and CBN call this every step)
-            mean, var = mean[0], var[0]
-        module.running_mean.lerp_(mean.to(module.running_mean.dtype), momentum)
-        var = var.to(module.running_var.dtype) * (count / max(count - 1, 1))
-        module.running_var.lerp_(var, momentum)
+    with torch.no_grad():  # (no graph, so no detach needed)
+        if mean.numel() > c:
+            mean, var = mean.reshape(-1, c).mean(0), var.reshape(-1, c).mean(0)
+        elif mean.dim() > 1:  # one group: views, no reduction (BRN and CBN call this every step)
+            mean, var = mean.view(c), var.view(c)
+        dtype = module.running_mean.dtype  # fp32 also when the statistics are bf16
+        var = var.to(dtype) * (count / max(count - 1, 1))
+        running = (module.running_mean, module.running_var)
+        torch._foreach_lerp_(running, (mean.to(dtype), var), momentum)
 
 
 def set_norm_batch(model: nn.Module, norm_batch: int | None) -> list[str]:

@@ -45,6 +45,7 @@ from .registry import NormConfigError
 
 _conv_backward = torch.ops.aten.convolution_backward
 _LARGE_ENTRY = 1 << 18  # window entries (∂ν/∂W) of more values are read one at a time
+_KRON_LIMIT = 1 << 20  # largest (H·W, kh·kw) selector product cached for the mean patch
 
 WINDOW_BUFFERS = ("win_stats", "win_ref", "win_dmean", "win_dsqmean", "win_valid", "win_pos")
 # the layout before win_stats/win_ref packed (μ, ν): read from older checkpoints
@@ -342,10 +343,10 @@ class CrossIterationBatchNorm2d(StepCounter, nn.Module):
                 comp = self._compensation(n)
                 past_stats = comp + self.win_stats[:, :n]  # (G, n, 2, C)
                 past_mean, past_sq = past_stats.unbind(2)
+                # drop entries with negative variance; average the rest with the current batch
                 keep = torch.addcmul(past_sq, past_mean, past_mean, value=-1) >= 0
-                keep_f = keep.to(past_stats.dtype)  # drop entries with negative variance
-                count = keep_f.sum(1).add_(1)  # (G, C)
-                stats = (past_stats * keep_f.unsqueeze(2)).sum(1).add_(current)
+                count = keep.sum(1, dtype=past_stats.dtype).add_(1)  # (G, C)
+                stats = (past_stats * keep.unsqueeze(2)).sum(1).add_(current)
                 stats.div_(count.unsqueeze(1))
                 self._diag = (comp, keep, count)
             else:
@@ -374,37 +375,54 @@ class CrossIterationBatchNorm2d(StepCounter, nn.Module):
             y = _WindowNorm.apply(x, weight, bias, mean, var, count, self.eps)
         return y, current
 
-    def _mean_patch_selectors(self, in_hw, out_hw, device, dtype) -> tuple[Tensor, Tensor]:
+    def _mean_patch_selectors(self, in_hw, out_hw, device, dtype) -> tuple[Tensor, ...]:
         """0/1 matrices (kh, H), (kw, W): entry [a, h] = 1 where kernel row a of some output
-        row reads input row h (stride, padding and dilation of the conv), cached per shape."""
+        row reads input row h (stride, padding and dilation of the conv); for small inputs also
+        their product K (H·W, kh·kw) / (H_out·W_out), so a mean patch is one matmul. Cached."""
         key = (in_hw, out_hw, device, dtype)
         cached = self._selectors.get(key)
         if cached is None:
             conv = self._conv
-            cached = tuple(
+            rows, cols = (
                 _selector(size, out, k, s, p, d, device, dtype)
                 for size, out, k, s, p, d in zip(
                     in_hw, out_hw, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
                     strict=True,
                 )
             )  # fmt: skip
+            cached = (rows, cols)
+            if rows.numel() * cols.numel() <= _KRON_LIMIT:
+                kron = torch.einsum("ah,bw->hwab", rows, cols).reshape(
+                    rows.shape[1] * cols.shape[1], -1
+                )
+                cached += (kron / (out_hw[0] * out_hw[1]),)
             self._selectors[key] = cached
         return cached
 
     def _write_mean_patch(self, xg: Tensor, conv_in: Tensor, pos: int) -> None:
         """∂μ/∂W of each group into window slot ``pos``, shape (G, groups, Cin/groups, kh, kw):
-        the mean input patch, as box sums of the batch-summed input (two small matmuls)."""
+        the mean input patch, a box sum of the batch-mean input. One matmul with the cached
+        (H·W, kh·kw) selector product; two small matmuls (rows, then columns) for large inputs.
+        """
         w = self._conv.weight
         g, b, _, h_out, w_out = xg.shape
         conv_in = conv_in.detach().view(g, b, *conv_in.shape[1:])
-        total = conv_in.sum(1, dtype=w.dtype)  # (G, Cin, H, W)
-        cin, h, wd = total.shape[1:]
-        rows, cols = self._mean_patch_selectors((h, wd), (h_out, w_out), w.device, w.dtype)
-        by_col = torch.mm(total.reshape(-1, wd), cols.t()).view(g * cin, h, -1)  # Σ over w
+        mean_in = conv_in.mean(1, dtype=w.dtype)  # (G, Cin, H, W)
+        cin, h, wd = mean_in.shape[1:]
+        selectors = self._mean_patch_selectors((h, wd), (h_out, w_out), w.device, w.dtype)
+        slot = self.win_dmean[:, pos]
+        if len(selectors) == 3:
+            by_pixel = mean_in.view(g * cin, h * wd)
+            if slot.is_contiguous():
+                torch.mm(by_pixel, selectors[2], out=slot.view(g * cin, -1))
+            else:  # one group's slot in a window with several groups
+                slot.copy_(torch.mm(by_pixel, selectors[2]).view(slot.shape))
+            return
+        rows, cols = selectors
+        by_col = torch.mm(mean_in.reshape(-1, wd), cols.t()).view(g * cin, h, -1)  # Σ over w
         by_row = torch.mm(by_col.transpose(1, 2).reshape(-1, h), rows.t())  # Σ over h
         patch = by_row.view(g, cin, -1, rows.shape[0]).transpose(2, 3)  # (G, Cin, kh, kw)
-        slot = self.win_dmean[:, pos]
-        torch.mul(patch.reshape(slot.shape), 1.0 / (b * h_out * w_out), out=slot)
+        torch.mul(patch.reshape(slot.shape), 1.0 / (h_out * w_out), out=slot)
 
     def _write_sqmean_weight_grad(self, xg: Tensor, conv_in: Tensor, pos: int) -> None:
         """∂ν/∂W of each group into window slot ``pos``, shape (G, *W.shape): the conv's
