@@ -295,3 +295,18 @@ def test_bf16_autocast_keeps_window_in_fp32():
         out.float().square().mean().backward()
     assert cbn.win_dsqmean.dtype == torch.float32 and cbn.valid_entries() == 2
     assert torch.isfinite(conv.weight.grad).all() and torch.isfinite(cbn.weight.grad).all()
+
+
+def test_bf16_autocast_weight_gradient_matches_fp32_definition():
+    """Under autocast ∂ν/∂W is computed in bf16 like the conv's own weight-gradient: equal to the
+    fp32 definition (autograd through the bf16 conv output) within bf16 precision."""
+    torch.manual_seed(0)
+    conv, cbn = _conv_cbn(cin=8, cout=8, window=2)
+    x = torch.randn(4, 8, 6, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cbn(conv(x)).float().sum().backward()
+    w = conv.weight.detach().clone().requires_grad_()
+    y = F.conv2d(x.bfloat16().float(), w.bfloat16().float(), None, conv.stride, conv.padding)
+    dsq_ref = torch.autograd.grad((y * y).mean(dim=(0, 2, 3)).sum(), w)[0]
+    assert cbn.win_dsqmean.dtype == torch.float32
+    torch.testing.assert_close(cbn.win_dsqmean[0, 0], dsq_ref, rtol=0.02, atol=5e-3)

@@ -426,14 +426,16 @@ class CrossIterationBatchNorm2d(StepCounter, nn.Module):
 
     def _write_sqmean_weight_grad(self, xg: Tensor, conv_in: Tensor, pos: int) -> None:
         """∂ν/∂W of each group into window slot ``pos``, shape (G, *W.shape): the conv's
-        weight-gradient for grad_output 2y/M, in the weight's dtype (fp32 under autocast too)."""
+        weight-gradient for grad_output 2y/M. Computed in the conv output's dtype, as the conv's
+        own weight-gradient (bf16 under bf16 autocast, fp32 otherwise); stored in W's dtype."""
         conv = self._conv
-        w = conv.weight.detach()
+        dtype = xg.dtype  # the dtype the conv computed in (autocast) or W's dtype
+        w = conv.weight.detach().to(dtype)
         g, b = xg.shape[:2]
         scale = 2.0 / (b * xg.shape[3] * xg.shape[4])
         geometry = (conv.stride, conv.padding, conv.dilation, False, [0], conv.groups)
-        conv_in = conv_in.detach().to(w.dtype).view(g, b, *conv_in.shape[1:])
-        for i, (inp, y) in enumerate(zip(conv_in, xg.detach().to(w.dtype), strict=True)):
+        conv_in = conv_in.detach().to(dtype).view(g, b, *conv_in.shape[1:])
+        for i, (inp, y) in enumerate(zip(conv_in, xg.detach(), strict=True)):
             grad_w = _conv_backward(y, inp, w, None, *geometry, (False, True, False))[1]
             torch.mul(grad_w, scale, out=self.win_dsqmean[i, pos])
 
