@@ -1,0 +1,87 @@
+"""What CBN's training step costs over BN's, part by part (interleaved, same process).
+
+    .venv/bin/python scripts/cbn_breakdown.py --backbone resnet20 --batch 8 [--threads 1]
+
+Times, in rotating order per round, the training step of: BN; full CBN; CBN without the
+∂ν/∂W weight-gradient (one conv weight-gradient per layer and step); CBN without recording the
+window entry at all (only the window average and the normalization, reading a window that no
+longer changes). The variants without parts compute wrong statistics: they exist only to price
+the parts. The differences between rows are the costs, as fractions of BN's step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from smallbatch.bench import BACKBONES, Runner, build
+from smallbatch.norms import CrossIterationBatchNorm2d
+
+
+class _NoStatGrad(CrossIterationBatchNorm2d):
+    def _write_sqmean_weight_grad(self, xg, conv_in, pos) -> None:
+        pass
+
+
+class _NoRecord(CrossIterationBatchNorm2d):
+    def _record(self, xg, conv_in, current) -> None:
+        pass
+
+
+def _with_class(model: torch.nn.Module, cls: type) -> torch.nn.Module:
+    for module in model.modules():
+        if type(module) is CrossIterationBatchNorm2d:
+            module.__class__ = cls
+    return model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbone", default="resnet20", choices=sorted(BACKBONES))
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cpu")
+    torch.manual_seed(0)
+    x = torch.randn(args.batch, 3, 32, 32)
+    y = torch.randint(0, 10, (args.batch,))
+    variants = {
+        "bn": build(args.backbone, "bn", 4, device, channels_last=False),
+        "cbn": build(args.backbone, "cbn", 4, device, channels_last=False),
+        "cbn without dnu/dW": build(args.backbone, "cbn", 4, device, channels_last=False),
+        "cbn without recording": build(args.backbone, "cbn", 4, device, channels_last=False),
+    }
+    runners = {name: Runner(model, x, y, bf16=False) for name, model in variants.items()}
+    for runner in runners.values():  # warm-up with full CBN: fills the windows
+        for _ in range(8):
+            runner.train_step()
+    _with_class(variants["cbn without dnu/dW"], _NoStatGrad)
+    _with_class(variants["cbn without recording"], _NoRecord)
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    names = list(runners)
+    for r in range(args.rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                runners[name].train_step()
+            times[name].append((time.perf_counter() - start) / args.steps)
+    median = {name: statistics.median(t) * 1e3 for name, t in times.items()}
+    print(f"{args.backbone} b={args.batch}, {torch.get_num_threads()} threads")
+    for name, ms in median.items():
+        print(f"  {name:24s} {ms:8.1f} ms  {ms / median['bn']:.2f} x BN")
+    bn, full = median["bn"], median["cbn"]
+    no_grad, no_record = median["cbn without dnu/dW"], median["cbn without recording"]
+    print(f"  dnu/dW weight-gradient   {(full - no_grad) / bn:.2f} of BN's step")
+    print(f"  rest of recording        {(no_grad - no_record) / bn:.2f}")
+    print(f"  window average + norm    {(no_record - bn) / bn:.2f}")
+
+
+if __name__ == "__main__":
+    main()
