@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models import create_model, to_channels_last
-from .norms import CrossIterationBatchNorm2d
+from .models import COMPILE_MODES, compile_backbone, create_model, to_channels_last
+from .norms import CrossIterationBatchNorm2d, NormConfigError
 from .results import write_json_atomic
 
 DEFAULT_NORMS = ["bn", "brn", "cbn", "gn", "ln", "in", "evonorm_s0", "frn"]
@@ -28,6 +28,8 @@ TARGETS = [  # (norm, reference, max ratio of training-step times), checked at b
     ("cbn", "bn", 1.5),
     ("cbn", REFERENCE_CBN, 0.7),
 ]
+COMPILED = "+compiled"  # suffix of a norm's compiled variant (``--compile MODE``)
+COMPILE_TARGETS = [("bn", 0.5), ("gn", 0.5)]  # compiled / eager step time at batch 1, on GPU
 
 
 @dataclass
@@ -42,6 +44,9 @@ class Measurement:
     infer_ratio_to_bn: float | None = None
     peak_memory_mb: float | None = None
     norm_state_mb: float = 0.0
+    ratio_to_eager: float | None = None  # compiled variants: step time / the eager norm's
+    first_step_s: float | None = None  # compiled variants: the first step (compilation)
+    grad_diff_to_eager: float | None = None  # compiled: max |Δgrad| / max |grad|, first step
 
 
 def _norm_spec(norm: str, window: int) -> Any:
@@ -92,6 +97,22 @@ class Runner:
         with torch.no_grad(), self.autocast:
             self.model(self.x)
 
+    def gradients(self) -> list[torch.Tensor]:
+        """Gradients of one training forward/backward (no optimizer step)."""
+        self.model.train()
+        self.opt.zero_grad(set_to_none=True)
+        with self.autocast:
+            F.cross_entropy(self.model(self.x), self.y).backward()
+        grads = [p.grad.detach().clone() for p in self.model.parameters() if p.grad is not None]
+        self.opt.zero_grad(set_to_none=True)
+        return grads
+
+
+def _grad_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    """max |a − b| / max |a| over all parameters' gradients."""
+    diff = max(float((x - y).abs().max()) for x, y in zip(a, b, strict=True))
+    return diff / max(max(float(x.abs().max()) for x in a), 1e-30)
+
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -119,8 +140,11 @@ def bench_config(
     channels_last: bool = False,
     bf16: bool = False,
     image_size: int = 32,
+    compile_mode: str | None = None,
 ) -> list[Measurement]:
-    """Interleaved timing of every norm for one (backbone, batch)."""
+    """Interleaved timing of every norm for one (backbone, batch); with ``compile_mode`` also
+    each norm's compiled variant (norms with Python-side state are skipped), checked against
+    the eager model's first-step gradients."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 3, image_size, image_size, generator=gen).to(device)
     y = torch.randint(0, 10, (batch,), generator=gen).to(device)
@@ -129,6 +153,25 @@ def bench_config(
     runners = {
         n: Runner(build(backbone, n, window, device, channels_last), x, y, bf16) for n in norms
     }
+    grad_diff: dict[str, float] = {}
+    first_step: dict[str, float] = {}
+    if compile_mode:
+        for n in list(norms):
+            model = build(backbone, n, window, device, channels_last)
+            try:
+                compile_backbone(model, compile_mode)
+            except NormConfigError:
+                continue  # Python-side state (BRN, CBN): eager only
+            runners[n + COMPILED] = compiled = Runner(model, x, y, bf16)
+            # same initial weights and data: the first step's gradients must agree
+            eager_grads = runners[n].gradients()
+            _sync(device)
+            start = time.perf_counter()
+            compiled_grads = compiled.gradients()  # compiles
+            _sync(device)
+            first_step[n + COMPILED] = time.perf_counter() - start
+            grad_diff[n + COMPILED] = _grad_diff(eager_grads, compiled_grads)
+    norms = list(runners)
     peak: dict[str, float | None] = {}
     for name, r in runners.items():
         if device.type == "cuda":
@@ -167,13 +210,33 @@ def bench_config(
         for m in out:
             m.train_ratio_to_bn = m.train_step_ms / bn.train_step_ms
             m.infer_ratio_to_bn = m.infer_ms / bn.infer_ms
+    by_norm = {m.norm: m for m in out}
+    for m in out:
+        if m.norm.endswith(COMPILED):
+            m.ratio_to_eager = m.train_step_ms / by_norm[m.norm[: -len(COMPILED)]].train_step_ms
+            m.first_step_s = first_step[m.norm]
+            m.grad_diff_to_eager = grad_diff[m.norm]
     return out
 
 
-def check_targets(results: list[Measurement]) -> list[dict[str, Any]]:
-    """The speed targets at batch 8 and 32, from ratios measured in this run."""
+def check_targets(results: list[Measurement], gpu: bool = False) -> list[dict[str, Any]]:
+    """The speed targets at batch 8 and 32, from ratios measured in this run; on a GPU also the
+    compiled path's (at least twice eager's batch-1 step rate for BN and GN)."""
     by = {(m.backbone, m.batch_size, m.norm): m for m in results}
     checks = []
+    for norm, limit in COMPILE_TARGETS if gpu else []:
+        for m in results:
+            if m.norm == norm + COMPILED and m.batch_size == 1:
+                checks.append(
+                    {
+                        "backbone": m.backbone,
+                        "batch_size": 1,
+                        "check": f"{m.norm} / {norm} train step",
+                        "ratio": m.ratio_to_eager,
+                        "limit": limit,
+                        "ok": m.ratio_to_eager <= limit,
+                    }
+                )
     for norm, ref, limit in TARGETS:
         for (backbone, batch, name), m in by.items():
             r = by.get((backbone, batch, ref))
@@ -216,6 +279,13 @@ def print_table(results: list[Measurement], checks: list[dict[str, Any]]) -> Non
         )
     console = Console(width=150)
     console.print(table)
+    for m in results:
+        if m.ratio_to_eager is not None:
+            console.print(
+                f"{m.backbone} b={m.batch_size} {m.norm}: step {m.ratio_to_eager:.2f} x eager, "
+                f"first step (compiling) {m.first_step_s:.1f} s, first-step gradients "
+                f"max|diff|/max|grad| = {m.grad_diff_to_eager:.1e}"
+            )
     for c in checks:
         mark = "PASS" if c["ok"] else "FAIL"
         console.print(
@@ -239,6 +309,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast")
+    parser.add_argument(
+        "--compile",
+        choices=COMPILE_MODES,
+        default=None,
+        help="also time each norm's torch.compile'd variant (reduce-overhead: CUDA graphs)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--json", default="bench.json", help="where to write the results")
     args = parser.parse_args(argv)
@@ -262,8 +338,9 @@ def main(argv: list[str] | None = None) -> int:
                 args.window,
                 args.channels_last,
                 args.bf16,
+                compile_mode=args.compile,
             )
-    checks = check_targets(results)
+    checks = check_targets(results, gpu=device.type == "cuda")
     print_table(results, checks)
     meta = {
         "device": str(device),

@@ -13,7 +13,7 @@ from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
 from .diagnostics import BatchStatGap, layer_diagnostics
-from .models import create_model, to_channels_last
+from .models import compile_backbone, create_model, to_channels_last
 from .norms import local_buffer_names, resolve_norm, set_norm_batch
 
 SCHEDULES = ("cosine", "step", "constant")
@@ -49,6 +49,10 @@ class SmallBatchModule(pl.LightningModule):
         channels_last: keep weights and activations in NHWC memory layout (faster convs on
             recent GPUs; see docs/performance.md). Mixed precision is Lightning's
             ``--trainer.precision bf16-mixed``.
+        compile_mode: ``torch.compile`` the backbone with this mode (``default``,
+            ``reduce-overhead``: CUDA graphs on GPU, ``max-autotune``, ...); ``None``: eager.
+            For norms without Python-side state (not BRN/CBN); the batch-vs-running gap
+            diagnostic is not collected when compiled.
         diagnostics: log norm diagnostics every ``trainer.log_every_n_steps`` steps.
     """
 
@@ -73,6 +77,7 @@ class SmallBatchModule(pl.LightningModule):
         label_smoothing: float = 0.0,
         norm_batch: int | None = None,
         channels_last: bool = False,
+        compile_mode: str | None = None,
         diagnostics: bool = True,
     ) -> None:
         super().__init__()
@@ -86,6 +91,8 @@ class SmallBatchModule(pl.LightningModule):
         set_norm_batch(self.model, norm_batch)
         if channels_last:
             to_channels_last(self.model)
+        if compile_mode:
+            compile_backbone(self.model, compile_mode)
         # Per-device state (CBN windows) must not be overwritten by DDP's broadcast from rank 0.
         self._ddp_params_and_buffers_to_ignore = local_buffer_names(self)
         top5 = num_classes > 5
@@ -149,7 +156,7 @@ class SmallBatchModule(pl.LightningModule):
         for m in self.model.modules():
             if hasattr(m, "set_total_steps"):
                 m.set_total_steps(total)
-        if self.hparams.diagnostics and self._gap is None:
+        if self.hparams.diagnostics and not self.hparams.compile_mode and self._gap is None:
             self._gap = BatchStatGap(self.model)
         if self.logger is not None:
             self.logger.log_hyperparams(
