@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
-from smallbatch.bench import BACKBONES, Runner, build
+from smallbatch.bench import BACKBONES, Runner, _time, build
 from smallbatch.norms import CrossIterationBatchNorm2d
 
 
@@ -68,10 +67,7 @@ def main() -> None:
     names = list(runners)
     for r in range(args.rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            start = time.perf_counter()
-            for _ in range(args.steps):
-                runners[name].train_step()
-            times[name].append((time.perf_counter() - start) / args.steps)
+            times[name].append(_time(runners[name].train_step, args.steps, device))
     median = {name: statistics.median(t) * 1e3 for name, t in times.items()}
     print(f"{args.backbone} b={args.batch}, {torch.get_num_threads()} threads")
     for name, ms in median.items():

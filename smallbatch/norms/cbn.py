@@ -13,7 +13,7 @@ statistics carry gradient. During the first ``burnin`` training steps the layer 
 
 The derivatives are analytic, not extra autograd passes: with M = N·H·W and patches p of the
 conv input, ∂μ_c/∂W[c] = mean_p(patch_p) (one tensor per conv group, the same for every c; a
-box sum of the batch-summed input), and ∂ν_c/∂W[c] = Σ_p (2·y_{c,p}/M)·patch_p, the conv's
+box sum of the batch-mean input), and ∂ν_c/∂W[c] = Σ_p (2·y_{c,p}/M)·patch_p, the conv's
 weight-gradient for grad_output 2y/M.
 
 The window stores, per entry, ⟨∂μ/∂W, W_{t−τ}⟩ and ⟨∂ν/∂W, W_{t−τ}⟩ instead of W_{t−τ}
