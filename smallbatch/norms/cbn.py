@@ -329,6 +329,19 @@ class CrossIterationBatchNorm2d(StepCounter, nn.Module):
         comp = at.sub_(self.win_ref[:, :n])
         return comp if self.rho == 1.0 else comp.mul_(self.rho)
 
+    def _past_sums(self, n: int) -> tuple[Tensor, Tensor]:
+        """The window's share of the average, which does not depend on the current batch: the
+        sum of the kept entries' compensated (μ, ν), shape (R, 2, C), and the number of averaged
+        iterations (kept entries + 1 for the current batch), shape (R, C). Entries whose
+        compensated variance ν − μ² is negative are dropped."""
+        comp = self._compensation(n)
+        past_stats = comp + self.win_stats[:, :n]  # (R, n, 2, C)
+        past_mean, past_sq = past_stats.unbind(2)
+        keep = torch.addcmul(past_sq, past_mean, past_mean, value=-1) >= 0
+        count = keep.sum(1, dtype=past_stats.dtype).add_(1)
+        self._diag = (comp, keep, count)
+        return (past_stats * keep.unsqueeze(2)).sum(1), count
+
     def _window_forward(self, x: Tensor, groups: int, past: bool = True) -> tuple[Tensor, Tensor]:
         """Normalize x (N, C, H, W), as ``groups`` groups of N/groups samples, with the current
         and (compensated) past statistics; also returns the current (μ_t, ν_t), shape (G, 2, C).
@@ -339,16 +352,8 @@ class CrossIterationBatchNorm2d(StepCounter, nn.Module):
             # (G, 2, C): μ_t, ν_t; fp32 also under bf16 autocast
             current = torch.stack(moments(xg, (1, 3, 4)), dim=1)
             if past:
-                n = self.valid_entries()
-                comp = self._compensation(n)
-                past_stats = comp + self.win_stats[:, :n]  # (G, n, 2, C)
-                past_mean, past_sq = past_stats.unbind(2)
-                # drop entries with negative variance; average the rest with the current batch
-                keep = torch.addcmul(past_sq, past_mean, past_mean, value=-1) >= 0
-                count = keep.sum(1, dtype=past_stats.dtype).add_(1)  # (G, C)
-                stats = (past_stats * keep.unsqueeze(2)).sum(1).add_(current)
-                stats.div_(count.unsqueeze(1))
-                self._diag = (comp, keep, count)
+                sums, count = self._past_sums(self.valid_entries())
+                stats = sums.add_(current).div_(count.unsqueeze(1))
             else:
                 count, stats = None, current
             mean, sqmean = stats.unbind(1)

@@ -1,0 +1,33 @@
+"""The development scripts under scripts/ still run against the current code."""
+
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def _run(script: str, args: list[str], monkeypatch, capsys) -> str:
+    monkeypatch.setattr(sys, "argv", [script, *args])
+    runpy.run_path(str(SCRIPTS / script), run_name="__main__")
+    return capsys.readouterr().out
+
+
+def test_cbn_breakdown_prices_every_part(monkeypatch, capsys):
+    out = _run(
+        "cbn_breakdown.py", ["--batch", "2", "--rounds", "1", "--steps", "1"], monkeypatch, capsys
+    )
+    for row in ("bn ", "cbn ", "cbn without dnu/dW", "cbn without recording", "cbn, window frozen"):
+        assert row in out
+    for part in ("dnu/dW weight-gradient", "rest of recording", "window average", "normalization"):
+        assert part in out
+
+
+@pytest.mark.parametrize("norm", ["bn", "cbn"])
+def test_profile_step_prints_the_operator_table(norm, monkeypatch, capsys):
+    out = _run(
+        "profile_step.py", ["--norm", norm, "--batch", "2", "--steps", "1"], monkeypatch, capsys
+    )
+    assert "aten::convolution" in out
