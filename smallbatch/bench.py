@@ -351,3 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"wrote {args.json}")
     return 0 if all(c["ok"] for c in checks) else 1
+
+
+if __name__ == "__main__":  # python -m smallbatch.bench: no Lightning CLI dependencies needed
+    raise SystemExit(main())
