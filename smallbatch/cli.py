@@ -20,6 +20,7 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from .data import SmallBatchDataModule
 from .module import SmallBatchModule, norm_display_name
+from .naming import run_label
 from .progress import EpochLinePrinter
 from .results import ResultWriter
 from .wandb_setup import configure_wandb_logger, finish_wandb_runs
@@ -34,9 +35,23 @@ def data_args(cfg: Namespace) -> Namespace:
 
 
 def run_name(cfg: Namespace) -> str:
-    """``<norm>-b<per-device batch>-s<seed>``, e.g. ``brn-b4-s0``."""
+    """``--name``, else ``<norm>-nb<normalization batch>[-pb<per-device batch>]-s<seed>``
+    (:mod:`smallbatch.naming`), e.g. ``brn-nb4-s0`` or, with ghost batches, ``brn-nb2-pb8-s0``."""
+    if cfg.get("name"):
+        return str(cfg.name)
     norm = norm_display_name(cfg.model.norm)
-    return f"{norm}-b{data_args(cfg).batch_size}-s{cfg.seed_everything}"
+    batch = data_args(cfg).batch_size
+    return run_label(norm, batch, cfg.model.norm_batch, cfg.seed_everything)
+
+
+# Keys that say where and under which name a run is stored or logged, not what it computes.
+NOT_SETTINGS = ("config", "run_dir", "name", "group", "tags", "trainer.default_root_dir")
+SEED_KEY = "seed_everything"
+
+
+def _digest(data: Any) -> str:
+    blob = json.dumps(data, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def config_digest(cfg: Namespace) -> str:
@@ -46,18 +61,60 @@ def config_digest(cfg: Namespace) -> str:
     data.pop("config", None)
     trainer = data.get("trainer") or {}
     trainer.pop("default_root_dir", None)
-    blob = json.dumps(data, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return _digest(data)
+
+
+def run_setting(cfg: Namespace) -> dict[str, Any]:
+    """The resolved config as flat ``{dotted key: value}``, without the seed, the run's name
+    and location, and the logger: runs with equal settings differ only in their seed, and
+    ``smallbatch report`` averages exactly those."""
+    flat = vars(cfg.clone().as_flat())
+    keep = {
+        k: v
+        for k, v in flat.items()
+        if k != SEED_KEY
+        and not any(k == n or k.startswith(n + ".") for n in NOT_SETTINGS)
+        and not k.startswith("trainer.logger")
+    }
+    return json.loads(json.dumps(keep, sort_keys=True, default=str))
+
+
+def code_version() -> str | None:
+    """The git commit the package runs from (``+dirty`` with uncommitted changes to tracked
+    files), or None outside a git checkout: recorded in result.json as provenance."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+
+        def git(*args: str) -> str:
+            return subprocess.run(
+                ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10,
+                check=True,
+            ).stdout.strip()  # fmt: skip
+
+        commit = git("rev-parse", "--short=12", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{commit}+dirty" if dirty else commit
+
+
+def setting_digest(setting: dict[str, Any]) -> str:
+    """Digest of :func:`run_setting`: equal for the seeds of one setting."""
+    return _digest(setting)
 
 
 class LoggedSaveConfigCallback(SaveConfigCallback):
     """Saves config.yaml in the run folder and also records the whole config in the loggers."""
 
     def save_config(self, trainer, pl_module, stage: str) -> None:
-        flat = self.config.clone().as_flat()
-        hparams = {k: v for k, v in vars(flat).items() if not k.startswith("config")}
+        """The resolved config, nested once under ``lightning`` (not one key per leaf)."""
+        data = self.config.clone().as_dict()
+        data.pop("config", None)  # the paths of the --config files
+        nested = json.loads(json.dumps(data, default=str))
         for logger in trainer.loggers:
-            logger.log_hyperparams({f"cfg/{k}": v for k, v in hparams.items()})
+            logger.log_hyperparams({"lightning": nested})
 
 
 class SmallBatchCLI(LightningCLI):
@@ -65,6 +122,9 @@ class SmallBatchCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--run_dir", type=str | None, default=None, help="run folder")
+        parser.add_argument(
+            "--name", type=str | None, default=None, help="run name (default: from the cell)"
+        )
         parser.add_argument("--group", type=str, default="adhoc", help="W&B group (a grid's name)")
         parser.add_argument("--tags", type=list[str], default=[], help="extra W&B tags")
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
@@ -83,7 +143,13 @@ class SmallBatchCLI(LightningCLI):
         cfg.trainer.default_root_dir = run_dir
         cell = self.cell_info(cfg, name)
         configure_wandb_logger(cfg.trainer, run_dir, name, cfg.group, cfg.tags, cell)
-        self._cell = cell
+        setting = run_setting(cfg)
+        self._cell = {
+            **cell,
+            "setting": setting,
+            "setting_digest": setting_digest(setting),
+            "code_version": code_version(),
+        }
         self._digest = config_digest(cfg)
 
     @staticmethod
@@ -93,9 +159,11 @@ class SmallBatchCLI(LightningCLI):
         return {
             "name": name,
             "norm": norm_display_name(cfg.model.norm),
+            "norm_args": json.loads(json.dumps(cfg.model.norm_args or {}, default=str)),
             "batch_size": data.batch_size,
             # the normalization batch: per-device batch, or the ghost batch when one is set
-            "norm_batch": cfg.model.norm_batch or data.batch_size,
+            "norm_batch": min(cfg.model.norm_batch or data.batch_size, data.batch_size),
+            "dataset": str(cfg.data.get("class_path", "")).rsplit(".", 1)[-1] or None,
             "devices": devices,
             "num_nodes": cfg.trainer.num_nodes,
             "seed": cfg.seed_everything,

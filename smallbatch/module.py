@@ -8,13 +8,14 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
 from timm.optim import param_groups_weight_decay
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
 from .diagnostics import BatchStatGap, layer_diagnostics
 from .models import compile_backbone, create_model, to_channels_last
-from .norms import local_buffer_names, resolve_norm, set_norm_batch
+from .norms import local_buffer_names, resolve_norm, set_norm_batch, uses_batch_statistics
 
 SCHEDULES = ("cosine", "step", "constant")
 
@@ -83,12 +84,16 @@ class SmallBatchModule(pl.LightningModule):
         super().__init__()
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule {schedule!r} is not one of {SCHEDULES}")
-        self.save_hyperparameters()
+        # checkpointed; loggers get the readable summary of on_fit_start instead (the raw
+        # hparams would log norm as a dict, norm_batch as null and the CLI's _instantiator)
+        self.save_hyperparameters(logger=False)
         self.norm_name = norm_display_name(norm)
         self.model = create_model(
             backbone, norm, num_classes, in_chans, cifar_stem, **(norm_args or {})
         )
         set_norm_batch(self.model, norm_batch)
+        # batch-free norms (GN, LN, ...) compute the same thing for every normalization batch
+        self.batch_free = not uses_batch_statistics(self.model)
         if channels_last:
             to_channels_last(self.model)
         if compile_mode:
@@ -153,23 +158,37 @@ class SmallBatchModule(pl.LightningModule):
 
     def on_fit_start(self) -> None:
         total = int(self.trainer.estimated_stepping_batches)
+        schedules = set()
         for m in self.model.modules():
             if hasattr(m, "set_total_steps"):
-                m.set_total_steps(total)
+                m.set_total_steps(total)  # raises when step milestones lie beyond the run
+                if hasattr(m, "ramp"):
+                    schedules.add(m.ramp.describe(total))
+        for line in sorted(schedules):
+            rank_zero_info(f"{line} (run: {total} steps)")
         if self.hparams.diagnostics and not self.hparams.compile_mode and self._gap is None:
             self._gap = BatchStatGap(self.model)
-        if self.logger is not None:
-            self.logger.log_hyperparams(
-                {
-                    "norm_name": self.norm_name,
-                    "batch_size": self.per_device_batch(),
-                    "norm_batch": self.hparams.norm_batch or self.per_device_batch(),
-                    "devices": self.trainer.num_devices,
-                    "num_nodes": self.trainer.num_nodes,
-                    "total_batch": self.total_batch(),
-                    "scaled_lr": self.scaled_lr(),
-                }
-            )
+        for logger in self.loggers:
+            logger.log_hyperparams(self.run_summary())
+
+    def run_summary(self) -> dict[str, Any]:
+        """What the run is, as logged to W&B's config: readable norm name and its arguments,
+        per-device and normalization batch (always a number), devices, total batch, LR."""
+        dm = getattr(self.trainer, "datamodule", None)
+        return {
+            "norm": self.norm_name,
+            "norm_args": dict(self.hparams.norm_args or {}),
+            "backbone": self.hparams.backbone,
+            "dataset": type(dm).__name__ if dm is not None else None,
+            "batch_size": self.per_device_batch(),
+            "norm_batch": min(self.hparams.norm_batch or self.per_device_batch(),
+                              self.per_device_batch()),
+            "batch_free": self.batch_free,
+            "devices": self.trainer.num_devices,
+            "num_nodes": self.trainer.num_nodes,
+            "total_batch": self.total_batch(),
+            "scaled_lr": self.scaled_lr(),
+        }  # fmt: skip
 
     def on_fit_end(self) -> None:
         if self._gap is not None:

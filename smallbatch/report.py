@@ -1,37 +1,150 @@
-"""``smallbatch report RUN_DIR``: the norm × batch-size accuracy table and plot of a grid run.
+"""``smallbatch report RUN_DIR``: the norm × normalization-batch accuracy table and plot.
 
-Reads every ``result.json`` under RUN_DIR, aggregates over seeds (mean ± sample std), writes
-``report/results.md``, ``report/results.csv`` and ``report/accuracy_vs_batch.png`` (top-1 error
-against per-device batch on a log2 axis, largest batch left, as in the GN paper's Figure 1), and
-optionally logs table and plot to a W&B summary run in the grid's group.
+Reads every ``result.json`` under RUN_DIR. Runs are averaged only when their resolved configs
+(``setting`` in result.json) are identical apart from the seed; settings of one norm that differ
+in anything else (``norm_args``, epochs, ...) become rows of their own, labelled by what differs.
+Columns are the normalization batch b. Values are mean ± 95% confidence half-width over seeds
+(Student t: t₀.₉₇₅,ₙ₋₁ · s/√n). Writes ``report/results.md``, ``report/results.csv`` and
+``report/accuracy_vs_batch.png`` (top-1 error against b on a log2 axis, largest b left, as in
+the GN paper's Figure 1), and optionally logs them to a W&B summary run in the grid's group.
+
+The default metric is the final evaluation's accuracy; ``best`` (the best evaluation, picked on
+the same data it reports: optimistic) stays available and is labelled as such.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
+import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import fmean, stdev
 from typing import Any
 
 METRICS = {
-    "best": "best_val_acc",
-    "final": "final_val_acc",
-    "median_last5": "median_last5_val_acc",  # the GN paper's convention (median of last epochs)
+    "final": ("final_val_acc", "final evaluation"),
+    "median_last5": ("median_last5_val_acc", "median of the last 5 evaluations (GN paper)"),
+    "best": ("best_val_acc", "best evaluation, picked on the evaluation data (optimistic)"),
 }
+DEFAULT_METRIC = "final"
 NORM_ORDER = ["bn", "syncbn", "brn", "cbn", "gn", "ln", "in", "evonorm_s0", "frn"]
+STATUSES = ("finished", "diverged", "failed", "interrupted")
+# Keys that define the column (the normalization batch), not the row.
+COLUMN_KEYS = ("model.norm_batch", "data.batch_size", "data.init_args.batch_size")
+# Student t 97.5% quantiles for 1..30 degrees of freedom (two-sided 95% interval).
+T975 = (
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+)  # fmt: skip
+
+
+def t975(df: int) -> float:
+    """Two-sided 95% Student t quantile for ``df`` degrees of freedom (normal beyond 30)."""
+    return T975[df - 1] if df <= len(T975) else 1.96
+
+
+class InvalidResult(ValueError):
+    """A result.json that cannot be read or does not have the expected shape."""
+
+
+def validate_result(data: Any) -> dict[str, Any]:
+    """Check the fields the report relies on; raise :class:`InvalidResult` saying which."""
+    if not isinstance(data, dict):
+        raise InvalidResult(f"expected a JSON object, got {type(data).__name__}")
+    if not isinstance(data.get("norm"), str) or not data["norm"]:
+        raise InvalidResult(f"'norm' must be a name, got {data.get('norm')!r}")
+    for key in ("batch_size", "norm_batch"):
+        value = data.get(key)
+        if value is None and key == "norm_batch":
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise InvalidResult(f"{key!r} must be an integer >= 1, got {value!r}")
+    if data.get("status") not in STATUSES:
+        raise InvalidResult(f"'status' must be one of {STATUSES}, got {data.get('status')!r}")
+    for key, _ in METRICS.values():
+        value = data.get(key)
+        if value is not None and (not isinstance(value, int | float) or isinstance(value, bool)):
+            raise InvalidResult(f"{key!r} must be a number or null, got {value!r}")
+    return data
+
+
+@dataclass
+class Loaded:
+    """The readable results under a folder, and the files that were not (path, reason)."""
+
+    results: list[dict[str, Any]] = field(default_factory=list)
+    invalid: list[tuple[str, str]] = field(default_factory=list)
+
+
+def load_results(run_dir: str | Path) -> Loaded:
+    """Every result.json under ``run_dir`` (a grid run folder or any tree of runs)."""
+    out = Loaded()
+    root = Path(run_dir)
+    for path in sorted(root.rglob("result.json")):
+        try:
+            out.results.append(validate_result(json.loads(path.read_text())))
+        except (OSError, ValueError) as exc:  # InvalidResult and JSONDecodeError included
+            out.invalid.append((str(path.relative_to(root)), str(exc).splitlines()[0]))
+    return out
+
+
+def setting_of(result: dict[str, Any]) -> dict[str, Any]:
+    """The run's setting (flat resolved config without the seed); for results written before
+    settings were recorded, their identity fields."""
+    if isinstance(result.get("setting"), dict):
+        return result["setting"]
+    keys = ("norm", "norm_args", "batch_size", "norm_batch", "devices", "backbone", "dataset")
+    return {f"cell.{k}": result.get(k) for k in keys}
+
+
+def _digest(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _expand(flat: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dict values become dotted keys too (``model.norm_args.momentum``)."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        if isinstance(value, dict) and value:
+            out.update(_expand(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _is_column_key(key: str) -> bool:
+    return key in COLUMN_KEYS or key in ("cell.batch_size", "cell.norm_batch")
+
+
+def _short(key: str) -> str:
+    return key.rsplit(".", 1)[-1]
+
+
+def _value_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, default=str)
 
 
 @dataclass
 class CellStats:
+    """One table cell: the runs of one setting (all its seeds) at normalization batch b."""
+
+    row: str
     norm: str
-    batch_size: int
+    norm_batch: int
+    batch_sizes: set[int]
+    ghost: bool
     values: list[float]
     diverged: int
     failed: int
+    mode: str = ""  # how b relates to the per-device batch in this row ("" = the same)
+    # in a table of ghost-batch rows, a row run once at the whole per-device batch: "batch-free"
+    # (the same computation at every b: drawn flat) or "reference" (statistics over all of it)
+    flat: str = ""
 
     @property
     def mean(self) -> float | None:
@@ -41,41 +154,136 @@ class CellStats:
     def std(self) -> float | None:
         return stdev(self.values) if len(self.values) > 1 else (0.0 if self.values else None)
 
+    @property
+    def ci95(self) -> float | None:
+        """Half-width of the 95% confidence interval of the mean (Student t); None for n < 2."""
+        n = len(self.values)
+        return t975(n - 1) * self.std / math.sqrt(n) if n > 1 else None
 
-def load_results(run_dir: str | Path) -> list[dict[str, Any]]:
-    """Every result.json under ``run_dir`` (a grid run folder or any tree of runs)."""
-    out = []
-    for path in sorted(Path(run_dir).rglob("result.json")):
-        try:
-            out.append(json.loads(path.read_text()))
-        except (OSError, ValueError):
+
+@dataclass
+class _Setting:
+    setting: dict[str, Any]
+    results: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def first(self) -> dict[str, Any]:
+        return self.results[0]
+
+    @property
+    def norm_batch(self) -> int:
+        r = self.first
+        return int(min(r.get("norm_batch") or r["batch_size"], r["batch_size"]))
+
+    @property
+    def ghost(self) -> bool:
+        if "model.norm_batch" in self.setting:
+            return self.setting["model.norm_batch"] is not None
+        return self.norm_batch != self.first["batch_size"]
+
+
+def _varying(settings: list[_Setting], columns_too: bool) -> list[str]:
+    keys = sorted({k for s in settings for k in s.setting})
+    return [
+        k
+        for k in keys
+        if (columns_too or not _is_column_key(k))
+        and len({_value_text(s.setting.get(k)) for s in settings}) > 1
+    ]
+
+
+def _ghost_mode(settings: list[_Setting]) -> str:
+    """How a row's normalization batch relates to the per-device batch."""
+    if not any(s.ghost for s in settings):
+        return ""
+    per_device = {s.first["batch_size"] for s in settings}
+    if len(per_device) == 1:
+        return f"ghost batches in a per-device batch of {per_device.pop()}"
+    ratios = {s.first["batch_size"] // s.norm_batch for s in settings}
+    if len(ratios) == 1:
+        return f"ghost batches, {ratios.pop()} per device"
+    return "ghost batches"
+
+
+def _flat_rows(rows: dict[tuple, list[_Setting]], modes: dict[tuple, str]) -> dict:
+    """Rows run once at the whole per-device batch T in a table whose other rows use ghost
+    batches inside that same T (the fixed-total-batch protocol): row id → (kind, label part)."""
+    ghost_batches = {s.first["batch_size"] for i, g in rows.items() if modes[i] for s in g}
+    if len(ghost_batches) != 1:
+        return {}
+    total = ghost_batches.pop()
+    flats = {}
+    for i, group in rows.items():
+        if modes[i] or {s.norm_batch for s in group} != {total}:
             continue
-    return out
+        if all(r.get("batch_free") for s in group for r in s.results):
+            flats[i] = ("batch-free", "batch-free: the same at every b")
+        else:
+            flats[i] = ("reference", f"statistics over all {total}")
+    return flats
 
 
-def aggregate(results: list[dict[str, Any]], metric: str = "best") -> list[CellStats]:
-    """Group by (norm, per-device batch) and collect the metric over seeds."""
-    key = METRICS[metric]
-    groups: dict[tuple[str, int], CellStats] = {}
+def aggregate(results: list[dict[str, Any]], metric: str = DEFAULT_METRIC) -> list[CellStats]:
+    """Group runs by setting (identical resolved config apart from the seed), then lay the
+    settings out as rows (norm and whatever else differs) × normalization batch."""
+    key = METRICS[metric][0]
+    settings: dict[str, _Setting] = {}
     for r in results:
-        batch = r.get("norm_batch") or r.get("batch_size")
-        if r.get("norm") is None or batch is None:
-            continue
-        k = (str(r["norm"]), int(batch))
-        stats = groups.setdefault(k, CellStats(k[0], k[1], [], 0, 0))
-        status = r.get("status")
-        if status == "diverged":
-            stats.diverged += 1
-        elif status != "finished":
-            stats.failed += 1
-            continue
-        if isinstance(r.get(key), int | float):
-            stats.values.append(float(r[key]))
-    return list(groups.values())
+        setting = setting_of(r)
+        digest = r.get("setting_digest") or _digest(setting)
+        settings.setdefault(digest, _Setting(_expand(setting))).results.append(r)
+    by_norm: dict[str, list[_Setting]] = {}
+    for s in settings.values():
+        by_norm.setdefault(s.first["norm"], []).append(s)
+    rows: dict[tuple, list[_Setting]] = {}
+    for norm, group in by_norm.items():
+        for columns_too in (False, True):
+            varying = _varying(group, columns_too)
+            ids = [
+                (norm, s.ghost, tuple((k, _value_text(s.setting.get(k))) for k in varying))
+                for s in group
+            ]
+            cells = [(i, s.norm_batch) for i, s in zip(ids, group, strict=True)]
+            if len(set(cells)) == len(cells):  # one setting per row and column
+                break
+        for i, s in zip(ids, group, strict=True):
+            rows.setdefault(i, []).append(s)
+    modes = {i: _ghost_mode(group) for i, group in rows.items()}
+    flats = _flat_rows(rows, modes)
+    mixed = len({m for i, m in modes.items() if i not in flats}) > 1
+    stats = []
+    for (norm, ghost, diffs), group in rows.items():
+        row_id = (norm, ghost, diffs)
+        parts = [f"{_short(k)}={v}" for k, v in diffs]
+        if row_id in flats:
+            parts.append(flats[row_id][1])
+        elif mixed and modes[row_id]:
+            parts.append(modes[row_id])
+        label = f"{norm} ({', '.join(parts)})" if parts else norm
+        flat = flats.get(row_id, ("", ""))[0]
+        for s in group:
+            cell = CellStats(label, norm, s.norm_batch, set(), ghost, [], 0, 0, modes[row_id], flat)
+            for r in s.results:
+                cell.batch_sizes.add(r["batch_size"])
+                if r["status"] == "diverged":
+                    cell.diverged += 1
+                elif r["status"] != "finished":
+                    cell.failed += 1
+                    continue
+                if isinstance(r.get(key), int | float):
+                    cell.values.append(float(r[key]))
+            stats.append(cell)
+    return stats
 
 
-def _norm_sort(norms: set[str]) -> list[str]:
-    return sorted(norms, key=lambda n: (NORM_ORDER.index(n) if n in NORM_ORDER else 99, n))
+def _row_order(stats: list[CellStats]) -> list[str]:
+    firsts: dict[str, str] = {}
+    for s in stats:
+        firsts.setdefault(s.row, s.norm)
+    return sorted(
+        firsts,
+        key=lambda r: (NORM_ORDER.index(firsts[r]) if firsts[r] in NORM_ORDER else 99, r),
+    )
 
 
 def _fmt(stats: CellStats | None) -> str:
@@ -84,74 +292,127 @@ def _fmt(stats: CellStats | None) -> str:
     if stats.mean is None:
         return "diverged" if stats.diverged else "failed"
     text = f"{100 * stats.mean:.2f}"
-    if len(stats.values) > 1:
-        text += f" ± {100 * stats.std:.2f}"
+    if stats.ci95 is not None:
+        text += f" ± {100 * stats.ci95:.2f}"
     if stats.diverged:
         text += f" ({stats.diverged} div.)"
     return text
 
 
-def markdown_table(stats: list[CellStats], metric: str) -> str:
-    """Rows: norms; columns: per-device batch (largest first); top-1 accuracy in %."""
-    by_key = {(s.norm, s.batch_size): s for s in stats}
-    batches = sorted({s.batch_size for s in stats}, reverse=True)
-    norms = _norm_sort({s.norm for s in stats})
-    seeds = max((len(s.values) for s in stats), default=0)
-    head = "| norm | " + " | ".join(f"b={b}" for b in batches) + " |"
-    lines = [
-        f"Top-1 validation accuracy (%), {metric} ({METRICS[metric]}), mean ± std over up to "
-        f"{seeds} seed(s); columns are the normalization (per-device or ghost) batch.",
-        "",
-        head,
-        "|" + "---|" * (len(batches) + 1),
-    ]
-    for norm in norms:
-        row = [_fmt(by_key.get((norm, b))) for b in batches]
-        lines.append(f"| {norm} | " + " | ".join(row) + " |")
+def _seed_count(cells: list[CellStats]) -> str:
+    counts = sorted({len(c.values) for c in cells})
+    return str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+
+
+def caption(stats: list[CellStats], metric: str, invalid: list[tuple[str, str]]) -> str:
+    key, description = METRICS[metric]
+    text = (
+        f"Top-1 accuracy (%), {description} (`{key}`), mean ± 95% confidence half-width over "
+        "seeds (Student t; no interval with one seed); the last column counts the seeds per "
+        "row. Columns are the normalization batch b (samples per normalization group)."
+    )
+    modes = {s.mode for s in stats if not s.flat}
+    if len(modes) == 1 and (mode := modes.pop()):
+        text += f" Every row {'else ' if any(s.flat for s in stats) else ''}uses {mode}."
+    elif len(modes) > 1:
+        text += " Rows differ in how b is formed: their labels say so."
+    if any(s.flat == "batch-free" for s in stats):
+        text += (
+            " Batch-free rows compute the same thing at every b: run once per seed, one value"
+            " for all columns, drawn as a flat line."
+        )
+    if any(s.flat == "reference" for s in stats):
+        text += (
+            " Rows with statistics over the whole batch normalize all of it at once, as"
+            " synchronized statistics over the emulated devices would: a reference line."
+        )
+    if invalid:
+        text += f" Not included: {len(invalid)} invalid result file(s), listed below the table."
+    return text
+
+
+def markdown_table(
+    stats: list[CellStats], metric: str, invalid: list[tuple[str, str]] | None = None
+) -> str:
+    """Rows: norm settings; columns: normalization batch (largest first); then seed counts."""
+    invalid = invalid or []
+    by_key = {(s.row, s.norm_batch): s for s in stats}
+    batches = sorted({s.norm_batch for s in stats}, reverse=True)
+    head = "| norm | " + " | ".join(f"b={b}" for b in batches) + " | seeds |"
+    lines = [caption(stats, metric, invalid), "", head, "|" + "---|" * (len(batches) + 2)]
+    for row in _row_order(stats):
+        cells = [by_key.get((row, b)) for b in batches]
+        flat = next((s for s in stats if s.row == row and s.flat == "batch-free"), None)
+        if flat is not None:
+            cells = [flat] * len(batches)
+        seeds = _seed_count([c for c in cells if c is not None])
+        lines.append(f"| {row} | " + " | ".join(_fmt(c) for c in cells) + f" | {seeds} |")
+    if invalid:
+        lines += ["", "Invalid result files (not in the table):"]
+        lines += [f"- `{path}`: {reason}" for path, reason in invalid]
     return "\n".join(lines) + "\n"
 
 
+def _atomic_path(path: Path) -> Path:
+    """A temporary name beside ``path``, unique to it and to this process."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
 def write_csv(stats: list[CellStats], path: Path, metric: str) -> None:
-    tmp = path.with_suffix(".tmp")
+    tmp = _atomic_path(path)
+    order = {row: i for i, row in enumerate(_row_order(stats))}
     with open(tmp, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["norm", "batch_size", "metric", "mean", "std", "n", "diverged", "failed"])
-        for s in sorted(stats, key=lambda s: (_norm_sort({s.norm}), -s.batch_size)):
+        w.writerow(
+            ["row", "norm", "norm_batch", "batch_size", "metric", "mean", "std", "ci95", "n",
+             "diverged", "failed"]
+        )  # fmt: skip
+        for s in sorted(stats, key=lambda s: (order[s.row], -s.norm_batch)):
+            per_device = "/".join(str(b) for b in sorted(s.batch_sizes))
             w.writerow(
-                [s.norm, s.batch_size, metric, s.mean, s.std, len(s.values), s.diverged, s.failed]
-            )
-    tmp.replace(path)
+                [s.row, s.norm, s.norm_batch, per_device, metric, s.mean, s.std, s.ci95,
+                 len(s.values), s.diverged, s.failed]
+            )  # fmt: skip
+    os.replace(tmp, path)
 
 
 def plot(stats: list[CellStats], path: Path, title: str, metric: str) -> None:
-    """Top-1 error (%) against per-device batch, log2 axis, one line per norm."""
+    """Top-1 error (%) against the normalization batch, log2 axis, one line per row, 95%
+    confidence bars."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4.2), dpi=120)
-    for norm in _norm_sort({s.norm for s in stats}):
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    for row in _row_order(stats):
         pts = sorted(
-            (s for s in stats if s.norm == norm and s.mean is not None), key=lambda s: s.batch_size
+            (s for s in stats if s.row == row and s.mean is not None), key=lambda s: s.norm_batch
         )
         if not pts:
             continue
-        xs = [s.batch_size for s in pts]
+        if pts[0].flat:  # one value for every b: a horizontal line with its 95% band
+            y, err = 100 * (1 - pts[0].mean), 100 * (pts[0].ci95 or 0)
+            style = "-" if pts[0].flat == "batch-free" else "--"
+            line = ax.axhline(y, linestyle=style, linewidth=1.5, label=row)
+            if err:
+                ax.axhspan(y - err, y + err, color=line.get_color(), alpha=0.12)
+            continue
+        xs = [s.norm_batch for s in pts]
         ys = [100 * (1 - s.mean) for s in pts]
-        errs = [100 * (s.std or 0) for s in pts]
-        ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=norm)
-    batches = sorted({s.batch_size for s in stats})
+        errs = [100 * (s.ci95 or 0) for s in pts]
+        ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=row)
+    batches = sorted({s.norm_batch for s in stats})
     ax.set_xscale("log", base=2)
     ax.set_xticks(batches, [str(b) for b in batches])
     ax.invert_xaxis()
-    ax.set_xlabel("normalization batch (images per worker)")
-    ax.set_ylabel(f"top-1 validation error (%), {metric}")
+    ax.set_xlabel("normalization batch b (samples per normalization group)")
+    ax.set_ylabel(f"top-1 error (%), {metric}; bars: 95% CI")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize="small")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
     fig.savefig(tmp)
     plt.close(fig)
     os.replace(tmp, path)
@@ -173,23 +434,22 @@ def log_to_wandb(stats: list[CellStats], png: Path, project: str, group: str, me
         dir=str(png.parent),
         config={"metric": metric},
     )
-    rows = [[s.norm, s.batch_size, s.mean, s.std, len(s.values)] for s in stats]
-    table = wandb.Table(columns=["norm", "batch_size", "acc_mean", "acc_std", "n"], data=rows)
-    norms = _norm_sort({s.norm for s in stats})
-    batches = sorted({s.batch_size for s in stats})
-    by_key = {(s.norm, s.batch_size): s for s in stats}
-    ys = [
-        [(by_key.get((n, b)).mean if by_key.get((n, b)) else None) for b in batches] for n in norms
-    ]
+    rows = [[s.row, s.norm, s.norm_batch, s.mean, s.ci95, len(s.values)] for s in stats]
+    columns = ["row", "norm", "norm_batch", "acc_mean", "acc_ci95", "n"]
+    table = wandb.Table(columns=columns, data=rows)
+    labels = _row_order(stats)
+    batches = sorted({s.norm_batch for s in stats})
+    by_key = {(s.row, s.norm_batch): s for s in stats}
+    ys = [[(c.mean if (c := by_key.get((r, b))) else None) for b in batches] for r in labels]
     run.log(
         {
             "results": table,
             "accuracy_vs_batch": wandb.plot.line_series(
                 xs=batches,
                 ys=ys,
-                keys=norms,
-                title="top-1 accuracy vs per-device batch",
-                xname="batch",
+                keys=labels,
+                title="top-1 accuracy vs normalization batch",
+                xname="norm_batch",
             ),
             "plot": wandb.Image(str(png)),
         }
@@ -202,7 +462,13 @@ def log_to_wandb(stats: list[CellStats], png: Path, project: str, group: str, me
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="smallbatch report", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", help="grid run folder (or any folder of runs)")
-    parser.add_argument("--metric", choices=sorted(METRICS), default="best")
+    parser.add_argument(
+        "--metric",
+        choices=list(METRICS),
+        default=DEFAULT_METRIC,
+        help="final (default): last evaluation; median_last5: median of the last 5 (GN paper); "
+        "best: best evaluation, selected on the evaluation data (optimistic)",
+    )
     parser.add_argument("--out", default=None, help="output folder (default RUN_DIR/report)")
     parser.add_argument("--wandb", action="store_true", help="log a summary run to W&B")
     parser.add_argument("--project", default="smallbatch", help="W&B project for --wandb")
@@ -210,21 +476,23 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         parser.error(f"{run_dir} is not a folder")
-    results = load_results(run_dir)
-    if not results:
-        parser.error(f"no result.json under {run_dir}: run the grid first")
-    stats = aggregate(results, args.metric)
+    loaded = load_results(run_dir)
+    if not loaded.results:
+        found = f" ({len(loaded.invalid)} invalid)" if loaded.invalid else ""
+        parser.error(f"no valid result.json under {run_dir}{found}: run the grid first")
+    stats = aggregate(loaded.results, args.metric)
     grid_file = run_dir / "grid.json"
     name = json.loads(grid_file.read_text())["name"] if grid_file.exists() else run_dir.name
     out = Path(args.out) if args.out else run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    table = markdown_table(stats, args.metric)
+    table = markdown_table(stats, args.metric, loaded.invalid)
     md = out / "results.md"
-    md.with_suffix(".tmp").write_text(f"# {name}\n\n{table}")
-    md.with_suffix(".tmp").replace(md)
+    tmp = _atomic_path(md)
+    tmp.write_text(f"# {name}\n\n{table}")
+    os.replace(tmp, md)
     write_csv(stats, out / "results.csv", args.metric)
     png = out / "accuracy_vs_batch.png"
-    plot(stats, png, f"{name}: error vs per-device batch", args.metric)
+    plot(stats, png, f"{name}: error vs normalization batch", args.metric)
     print(table)
     print(f"table: {md}\ncsv:   {out / 'results.csv'}\nplot:  {png}")
     if args.wandb:

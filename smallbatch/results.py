@@ -46,8 +46,11 @@ class ResultWriter(Callback):
     """Writes ``<default_root_dir>/result.json`` when a fit ends, diverges, fails or is stopped.
 
     Fields: status, best/final/median-of-last-epochs validation accuracy, the per-epoch history,
-    epochs, global step, wall time, config digest and the cell's identity (norm, per-device
-    batch, devices, seed, backbone). Also puts best and final accuracy in the W&B summary.
+    epochs, global step, wall time, config digest, the cell's identity (norm, norm_args,
+    per-device and normalization batch, devices, seed, backbone, dataset), ``batch_free``
+    (no layer uses batch statistics), and ``setting`` / ``setting_digest`` (the flat config
+    without seed, name and location: ``smallbatch report`` averages runs of equal setting).
+    Also puts best and final accuracy in the W&B summary.
     """
 
     def __init__(self, config_digest: str = "", cell: dict[str, Any] | None = None) -> None:
@@ -97,6 +100,7 @@ class ResultWriter(Callback):
             "config_digest": self.config_digest,
             "error": f"{type(error).__name__}: {error}" if error else None,
             **self.cell,
+            "batch_free": getattr(pl_module, "batch_free", None),
             "devices": trainer.num_devices,
             "num_nodes": trainer.num_nodes,
         }

@@ -53,7 +53,12 @@ def configure_wandb_logger(
         args.name = args.get("name") or name
         args.group = args.get("group") or group
         args.save_dir = args.get("save_dir") if args.get("save_dir") not in (None, ".") else run_dir
-        cell_tags = [f"norm:{cell['norm']}", f"b{cell['batch_size']}", f"seed:{cell['seed']}"]
+        cell_tags = [
+            f"norm:{cell['norm']}",
+            f"nb{cell['norm_batch']}",
+            f"pb{cell['batch_size']}",
+            f"seed:{cell['seed']}",
+        ]
         args.tags = list(dict.fromkeys([*(args.get("tags") or []), *cell_tags, *tags]))
         args.config = {**(args.get("config") or {}), **cell}
         Path(args.save_dir).mkdir(parents=True, exist_ok=True)

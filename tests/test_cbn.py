@@ -310,3 +310,16 @@ def test_bf16_autocast_weight_gradient_matches_fp32_definition():
     dsq_ref = torch.autograd.grad((y * y).mean(dim=(0, 2, 3)).sum(), w)[0]
     assert cbn.win_dsqmean.dtype == torch.float32
     torch.testing.assert_close(cbn.win_dsqmean[0, 0], dsq_ref, rtol=0.02, atol=5e-3)
+
+
+def test_cbn_burnin_as_fraction_of_the_run_and_too_long_burnin_refused():
+    frac = CrossIterationBatchNorm2d(4, window=3, burnin=0.25, unit="fraction")
+    frac.set_total_steps(200)
+    assert frac.burnin == 50
+    steps = CrossIterationBatchNorm2d(4, window=3, burnin=500)
+    with pytest.raises(NormConfigError, match=r"covers this run's 400 steps.*unit: fraction"):
+        steps.set_total_steps(400)
+    steps.set_total_steps(501)
+    assert steps.burnin == 500
+    with pytest.raises(NormConfigError, match="fraction in"):
+        CrossIterationBatchNorm2d(4, burnin=2, unit="fraction")

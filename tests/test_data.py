@@ -3,6 +3,7 @@
 import multiprocessing as mp
 import tarfile
 
+import torch
 from PIL import Image
 
 from smallbatch.data import ImageFolder
@@ -44,3 +45,18 @@ def test_archive_unpacked_once_by_parallel_processes(tmp_path):
     dm = ImageFolder(root=str(archive), data_dir=str(data_dir), batch_size=2, num_workers=0)
     dm.setup()
     assert len(dm.train_set) == 8 and len(dm.val_set) == 8 and dm.num_classes == 2
+
+
+def test_holdout_evaluates_on_training_images_left_out_of_training(fashion_dir):
+    from smallbatch.data import FashionMNIST
+
+    dm = FashionMNIST(data_dir=fashion_dir, holdout=1000, num_workers=0)
+    dm.setup("fit")
+    assert len(dm.train_set) == 59000 and len(dm.val_set) == 1000
+    assert not set(dm.train_set.indices) & set(dm.val_set.indices)
+    x, _ = dm.val_set[0]
+    x2, _ = dm.val_set[0]
+    assert torch.equal(x, x2)  # evaluation transform: no random crop or flip
+    again = FashionMNIST(data_dir=fashion_dir, holdout=1000, num_workers=0)
+    again.setup("fit")
+    assert again.val_set.indices == dm.val_set.indices  # a fixed split

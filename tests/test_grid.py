@@ -59,7 +59,7 @@ def test_expansion_overrides_and_stable_folders(tmp_path, fashion_dir):
     spec = load_grid(path)
     cells = spec.cells()
     assert len(cells) == 8
-    assert {c.label for c in cells} >= {"bn-b2-s0", "brn-b4-s1"}
+    assert {c.label for c in cells} >= {"bn-nb2-s0", "brn-nb4-s1"}
     brn = [c for c in cells if c.overrides["model.norm"] == "brn"]
     assert all(c.overrides["model.norm_args"] == {"rmax": 2.0} for c in brn)
     assert len({c.folder for c in cells}) == 8
@@ -225,7 +225,47 @@ def test_every_shipped_grid_file_validates(grid_file):
 def test_ghost_devices_switch_emulates_devices_with_ghost_batches(tmp_path, fashion_dir):
     path = write_grid(tmp_path, fashion_dir, ghost_devices=4)
     cells = load_grid(path).cells()
-    bn2 = next(c for c in cells if c.label == "bn-b4")
+    bn2 = next(c for c in cells if c.label == "bn-nb4-pb16")
     assert bn2.overrides["data.batch_size"] == 16 and bn2.overrides["model.norm_batch"] == 4
     with pytest.raises(GridSpecError, match="ghost_devices: 0 must be"):
         load_grid(write_grid(tmp_path, fashion_dir, name="h", ghost_devices=0))
+
+
+def test_grid_sweeping_an_argument_outside_the_name_logs_unique_wandb_runs(tmp_path, fashion_dir):
+    """Two cells that share norm, batch and seed and differ in norm_args: distinct W&B run
+    names (label + digest), read back from the offline runs with the right config."""
+    from smallbatch.wandb_setup import read_offline_run
+
+    wandb_logger = {"class_path": "lightning.pytorch.loggers.WandbLogger", "init_args": {}}
+    axes = {"model.norm": ["brn"], "model.norm_args": [{"momentum": 0.1}, {"momentum": 0.01}]}
+    args = {"trainer.logger": wandb_logger, "data.batch_size": 8, "model.norm_batch": 4}
+    path = write_grid(tmp_path, fashion_dir, axes=axes, args=args)
+    spec = load_grid(path)
+    assert run_grid(spec) == 0
+    runs = [read_offline_run(f) for f in spec.run_dir.glob("cells/*/wandb/offline-run-*")]
+    assert len(runs) == 2
+    names = {r["name"] for r in runs}
+    assert len(names) == 2 and all(n.startswith("brn-nb4-pb8-") for n in names)
+    assert {r["config"]["norm_args"]["momentum"] for r in runs} == {0.1, 0.01}
+    for r in runs:
+        assert r["config"]["norm"] == "brn" and r["config"]["norm_batch"] == 4
+        assert r["group"] == "g" and not [k for k in r["config"] if k.startswith("cfg/")]
+
+
+def test_fixed_total_batch_keeps_the_batch_and_collapses_batch_free_norms(tmp_path, fashion_dir):
+    axes = {
+        "model.norm": ["bn", "gn", "syncbn"],
+        "data.batch_size": [1, 4, 16],
+        "seed_everything": [0],
+    }
+    spec = load_grid(write_grid(tmp_path, fashion_dir, axes=axes, fixed_total_batch=16))
+    cells = {c.label: c.overrides for c in spec.cells()}
+    assert sorted(cells) == ["bn-nb1-pb16-s0", "bn-nb16-s0", "bn-nb4-pb16-s0", "gn-nb16-s0",
+                             "syncbn-nb16-s0"]  # fmt: skip
+    assert all(o["data.batch_size"] == 16 for o in cells.values())
+    assert cells["bn-nb4-pb16-s0"]["model.norm_batch"] == 4
+    assert cells["gn-nb16-s0"]["model.norm_batch"] is None
+    assert cells["syncbn-nb16-s0"]["model.norm_batch"] is None
+    with pytest.raises(GridSpecError, match=r"\[3\] do not divide fixed_total_batch 16"):
+        axes["data.batch_size"] = [3, 4]
+        load_grid(write_grid(tmp_path, fashion_dir, name="h", axes=axes, fixed_total_batch=16))

@@ -1,11 +1,14 @@
-"""`smallbatch report` on a fixture run folder: exact table, CSV and a real PNG."""
+"""`smallbatch report` on fixture run folders: grouping by setting, metric, CSV and a real PNG."""
 
 import csv
 import json
 
-from smallbatch.report import main as report_main
+import pytest
 
-FIXTURE = {  # (norm, batch): accuracies over seeds 0, 1
+from smallbatch.report import main as report_main
+from smallbatch.report import t975
+
+FIXTURE = {  # (norm, batch): best accuracies over seeds 0, 1
     ("bn", 32): [0.90, 0.92],
     ("bn", 2): [0.50, 0.60],
     ("gn", 32): [0.88, 0.88],
@@ -13,53 +16,153 @@ FIXTURE = {  # (norm, batch): accuracies over seeds 0, 1
 }
 
 
+def _setting(norm, batch, norm_batch=None, **extra):
+    """A run's flat setting as the CLI records it (no seed)."""
+    return {
+        "model.norm": norm,
+        "model.norm_args": extra.pop("norm_args", None),
+        "model.norm_batch": norm_batch,
+        "data.init_args.batch_size": batch,
+        "trainer.max_epochs": extra.pop("epochs", 1),
+        **extra,
+    }
+
+
+def write_result(run, folder, norm, batch, seed, acc, norm_batch=None, status="finished", **kw):
+    cell = run / "cells" / folder
+    cell.mkdir(parents=True)
+    result = {
+        "status": status,
+        "norm": norm,
+        "batch_size": batch,
+        "norm_batch": norm_batch or batch,
+        "seed": seed,
+        "best_val_acc": acc,
+        "final_val_acc": None if acc is None else acc - 0.01,
+        "median_last5_val_acc": None if acc is None else acc - 0.02,
+        "setting": _setting(norm, batch, norm_batch, **kw),
+    }
+    (cell / "result.json").write_text(json.dumps(result))
+
+
 def make_run(tmp_path):
     run = tmp_path / "grid"
-    (run).mkdir()
+    run.mkdir()
     (run / "grid.json").write_text(json.dumps({"name": "fixture"}))
     for (norm, batch), accs in FIXTURE.items():
         for seed, acc in enumerate(accs):
-            cell = run / "cells" / f"{norm}-b{batch}-s{seed}-x"
-            cell.mkdir(parents=True)
-            result = {
-                "status": "finished",
-                "norm": norm,
-                "batch_size": batch,
-                "seed": seed,
-                "best_val_acc": acc,
-                "final_val_acc": acc - 0.01,
-                "median_last5_val_acc": acc - 0.02,
-            }
-            (cell / "result.json").write_text(json.dumps(result))
-    diverged = run / "cells" / "bn-b2-s2-x"
-    diverged.mkdir()
-    (diverged / "result.json").write_text(
-        json.dumps({"status": "diverged", "norm": "bn", "batch_size": 2, "best_val_acc": None})
-    )
+            write_result(run, f"{norm}-nb{batch}-s{seed}", norm, batch, seed, acc)
+    write_result(run, "bn-nb2-s2", "bn", 2, 2, None, status="diverged")
     return run
 
 
-def test_report_table_csv_and_plot(tmp_path, capsys):
+def test_report_table_csv_and_plot_with_final_metric_by_default(tmp_path, capsys):
     run = make_run(tmp_path)
     assert report_main([str(run)]) == 0
     out = capsys.readouterr().out
-    assert "| norm | b=32 | b=2 |" in out
-    assert "| bn | 91.00 ± 1.41 | 55.00 ± 7.07 (1 div.) |" in out
-    assert "| gn | 88.00 ± 0.00 | 88.00 ± 1.41 |" in out
+    assert "final evaluation (`final_val_acc`)" in out and "95% confidence" in out
+    ci = 100 * t975(1) * 0.01  # two seeds 0.02 apart: s/sqrt(2) = 0.01
+    assert "| norm | b=32 | b=2 | seeds |" in out
+    assert f"| bn | 90.00 ± {ci:.2f} | 54.00 ± {5 * ci:.2f} (1 div.) | 2 |" in out
+    assert f"| gn | 87.00 ± 0.00 | 87.00 ± {ci:.2f} | 2 |" in out
     md = (run / "report" / "results.md").read_text()
-    assert "# fixture" in md and "| gn | 88.00 ± 0.00 | 88.00 ± 1.41 |" in md
+    assert "# fixture" in md and f"| gn | 87.00 ± 0.00 | 87.00 ± {ci:.2f} | 2 |" in md
     with open(run / "report" / "results.csv") as f:
         rows = list(csv.DictReader(f))
-    bn2 = next(r for r in rows if r["norm"] == "bn" and r["batch_size"] == "2")
-    assert float(bn2["mean"]) == 0.55 and bn2["n"] == "2" and bn2["diverged"] == "1"
+    bn2 = next(r for r in rows if r["norm"] == "bn" and r["norm_batch"] == "2")
+    assert float(bn2["mean"]) == pytest.approx(0.54) and bn2["n"] == "2"
+    assert bn2["diverged"] == "1" and float(bn2["ci95"]) == pytest.approx(5 * ci / 100)
     png = (run / "report" / "accuracy_vs_batch.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    assert not list((run / "report").glob("*.tmp*"))
 
 
-def test_report_median_metric(tmp_path, capsys):
+@pytest.mark.parametrize(
+    ("metric", "label", "gn2"),
+    [("median_last5", "median of the last 5", "86.00"), ("best", "optimistic", "88.00")],
+)
+def test_report_other_metrics_are_labelled(tmp_path, capsys, metric, label, gn2):
     run = make_run(tmp_path)
-    assert report_main([str(run), "--metric", "median_last5"]) == 0
-    assert "| gn | 86.00 ± 0.00 | 86.00 ± 1.41 |" in capsys.readouterr().out
+    assert report_main([str(run), "--metric", metric]) == 0
+    out = capsys.readouterr().out
+    assert label in out and f"| gn | {gn2} ± " in out
+
+
+def test_settings_that_differ_beyond_the_seed_are_separate_rows(tmp_path, capsys):
+    """Same norm, batch and seeds, two norm_args values: two rows, each with its own seeds;
+    two seeds of one setting: one row."""
+    run = tmp_path / "grid"
+    for seed, acc in enumerate([0.70, 0.72, 0.74]):
+        args = {"momentum": 0.1}
+        write_result(run, f"brn-a-s{seed}", "brn", 4, seed, acc, norm_args=args)
+    for seed, acc in enumerate([0.60, 0.62]):
+        args = {"momentum": 0.01}
+        write_result(run, f"brn-b-s{seed}", "brn", 4, seed, acc, norm_args=args)
+    for seed in (0, 1):
+        write_result(run, f"bn-s{seed}", "bn", 4, seed, 0.8)
+    assert report_main([str(run)]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| brn")]
+    assert len(rows) == 2
+    assert any(
+        r.startswith("| brn (momentum=0.1) | 71.00 ± ") and r.endswith("| 3 |") for r in rows
+    )
+    assert any(
+        r.startswith("| brn (momentum=0.01) | 60.00 ± ") and r.endswith("| 2 |") for r in rows
+    )
+    assert [line for line in out.splitlines() if line.startswith("| bn")] == [
+        "| bn | 79.00 ± 0.00 | 2 |"
+    ]
+
+
+def test_unrelated_runs_in_one_folder_are_not_averaged(tmp_path, capsys):
+    run = tmp_path / "runs"
+    write_result(run, "a", "bn", 8, 0, 0.40, epochs=1)
+    write_result(run, "b", "bn", 8, 0, 0.90, epochs=30)
+    assert report_main([str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "| bn (max_epochs=1) | 39.00 | 1 |" in out
+    assert "| bn (max_epochs=30) | 89.00 | 1 |" in out
+
+
+def test_ghost_and_per_device_rows_are_labelled_when_mixed(tmp_path, capsys):
+    run = tmp_path / "runs"
+    write_result(run, "plain", "bn", 2, 0, 0.5)
+    write_result(run, "ghost", "bn", 32, 0, 0.7, norm_batch=2)
+    assert report_main([str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "| bn | 49.00 | 1 |" in out
+    assert "| bn (ghost batches in a per-device batch of 32) | 69.00 | 1 |" in out
+    assert "Rows differ in how b is formed" in out
+
+
+def test_ghost_only_table_says_so_in_the_caption(tmp_path, capsys):
+    run = tmp_path / "runs"
+    for b in (2, 8):
+        write_result(run, f"g{b}", "bn", 32, 0, 0.7, norm_batch=b)
+    write_result(run, "g32", "bn", 32, 0, 0.9, norm_batch=32)
+    assert report_main([str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "Every row uses ghost batches in a per-device batch of 32." in out
+    assert "| bn | 89.00 | 69.00 | 69.00 | 1 |" in out
+
+
+def test_invalid_results_are_named_not_dropped(tmp_path, capsys):
+    run = make_run(tmp_path)
+    bad = run / "cells" / "garbage"
+    bad.mkdir()
+    (bad / "result.json").write_text("{not json")
+    shape = run / "cells" / "shape"
+    shape.mkdir()
+    (shape / "result.json").write_text(json.dumps([1, 2]))
+    word = run / "cells" / "word"
+    word.mkdir()
+    (word / "result.json").write_text(json.dumps({"norm": "bn", "batch_size": "eight"}))
+    assert report_main([str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "Not included: 3 invalid result file(s)" in out
+    assert "`cells/garbage/result.json`" in out and "`cells/shape/result.json`" in out
+    assert "'batch_size' must be an integer >= 1, got 'eight'" in out
 
 
 def test_report_wandb_summary_run_offline(tmp_path, capsys, monkeypatch):
@@ -74,3 +177,22 @@ def test_report_wandb_summary_run_offline(tmp_path, capsys, monkeypatch):
     assert logged["group"] == "fixture" and logged["name"] == "fixture-summary"
     assert any(k.startswith("results") for k in logged["history_keys"])
     assert any(k.startswith("accuracy_vs_batch") for k in logged["history_keys"])
+
+
+def test_fixed_total_batch_table_draws_batch_free_and_synced_rows_flat(tmp_path, capsys):
+    run = tmp_path / "runs"
+    for b, acc in ((32, 0.9), (8, 0.88), (2, 0.7)):
+        write_result(run, f"bn{b}", "bn", 32, 0, acc, norm_batch=b)
+    write_result(run, "gn", "gn", 32, 0, 0.85)
+    write_result(run, "syncbn", "syncbn", 32, 0, 0.91)
+    for folder in ("gn",):
+        path = run / "cells" / folder / "result.json"
+        data = json.loads(path.read_text())
+        path.write_text(json.dumps({**data, "batch_free": True}))
+    assert report_main([str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "| bn | 89.00 | 87.00 | 69.00 | 1 |" in out
+    assert "| gn (batch-free: the same at every b) | 84.00 | 84.00 | 84.00 | 1 |" in out
+    assert "| syncbn (statistics over all 32) | 90.00 | – | – | 1 |" in out
+    assert "Every row else uses ghost batches in a per-device batch of 32." in out
+    assert "Batch-free rows compute the same thing at every b" in out

@@ -15,6 +15,7 @@ from conftest import HELPERS, ROOT, tiny_fit_args
 
 from smallbatch.cli import lightning_main
 from smallbatch.data import DatasetNotFoundError, FashionMNIST, ImageFolder
+from smallbatch.norms import NormConfigError
 from smallbatch.results import read_result
 from smallbatch.wandb_setup import read_offline_run
 
@@ -67,25 +68,79 @@ def test_norm_from_class_path_outside_package(fashion_dir, tmp_path):
     assert ckpt["hyper_parameters"]["norm"]["class_path"] == "sb_test_helpers.ScaledGroupNorm"
 
 
-def test_wandb_offline_run_records_accuracy_config_and_group(fashion_dir, tmp_path):
-    run = tmp_path / "run"
-    args = tiny_fit_args(fashion_dir, run, "--model.norm", "brn", "--group", "mygrid")
-    args += ["--trainer.log_every_n_steps", "4"]
+def _wandb_logger_args(args: list[str]) -> list[str]:
     args[args.index("--trainer.logger") + 1] = json.dumps(
         {"class_path": "lightning.pytorch.loggers.WandbLogger", "init_args": {"project": "t"}}
     )
-    lightning_main(args)
+    return args
+
+
+def _offline_run(run: Path) -> dict:
     folders = list((run / "wandb").glob("offline-run-*"))
     assert len(folders) == 1
-    logged = read_offline_run(folders[0])
+    return read_offline_run(folders[0])
+
+
+def test_wandb_offline_run_records_accuracy_config_and_group(fashion_dir, tmp_path):
+    run = tmp_path / "run"
+    args = tiny_fit_args(fashion_dir, run, "--model.norm", "brn", "--group", "mygrid")
+    args += ["--trainer.log_every_n_steps", "4", "--model.norm_args", '{"momentum": 0.05}']
+    lightning_main(_wandb_logger_args(args))
+    logged = _offline_run(run)
     assert logged["finished"]  # the exit record was written
     assert logged["group"] == "mygrid"
-    assert logged["name"] == "brn-b16-s0"
+    assert logged["name"] == "brn-nb16-s0"
     assert 0 <= logged["summary"]["val/acc"] <= 1
     assert logged["summary"]["val/acc_best"] == pytest.approx(read_result(run)["best_val_acc"])
-    assert logged["config"]["norm"] == "brn" and logged["config"]["batch_size"] == 16
-    assert logged["config"]["seed"] == 0 and logged["config"]["backbone"] == "resnet8"
+    config = logged["config"]
+    assert config["norm"] == "brn" and config["norm_args"] == {"momentum": 0.05}
+    assert config["batch_size"] == 16 and config["norm_batch"] == 16
+    assert config["devices"] == 1 and config["total_batch"] == 16
+    assert config["seed"] == 0 and config["backbone"] == "resnet8"
+    assert config["dataset"] == "FashionMNIST"
+    # the full config once, nested; no flat cfg/ keys, no CLI internals
+    assert config["lightning"]["model"]["norm"] == "brn"
+    assert not [k for k in config if k.startswith("cfg/")]  # was ~107 flat keys
+    assert "_instantiator" not in config and "norm_name" not in config
     assert "norm/brn_rmax" in logged["history_keys"]
+
+
+def test_wandb_config_of_class_path_norm_and_ghost_batches(fashion_dir, tmp_path):
+    run = tmp_path / "run"
+    norm = json.dumps({"class_path": "smallbatch.norms.BatchRenorm2d", "init_args": {"rmax": 2}})
+    args = tiny_fit_args(fashion_dir, run, "--model.norm", norm, "--model.norm_batch", "4")
+    lightning_main(_wandb_logger_args(args))
+    logged = _offline_run(run)
+    assert logged["name"] == "BatchRenorm2d-nb4-pb16-s0"
+    assert logged["config"]["norm"] == "BatchRenorm2d"
+    assert logged["config"]["norm_batch"] == 4 and logged["config"]["batch_size"] == 16
+    result = read_result(run)
+    assert result["norm_batch"] == 4 and result["setting"]["model.norm_batch"] == 4
+    assert "seed_everything" not in result["setting"]
+
+
+def test_readme_brn_example_exercises_the_correction(fashion_dir, tmp_path):
+    """The README's `fit --config configs/quickstart.yaml --model.norm brn --data.batch_size 4`
+    (on fewer images): the paper's step milestones are longer than the run, so the ramp is
+    compressed to it (unit auto) and rmax has left 1 by the end."""
+    run = tmp_path / "run"
+    args = ["fit", "--config", str(ROOT / "configs/quickstart.yaml"), "--model.norm", "brn"]
+    args += ["--data.batch_size", "4", "--data.data_dir", fashion_dir, "--run_dir", str(run)]
+    args += ["--data.train_subset", "160", "--data.val_subset", "64"]
+    args += ["--trainer.log_every_n_steps", "10"]
+    lightning_main(args)
+    logged = _offline_run(run)
+    rmax = [row["norm/brn_rmax"] for row in logged["history"] if "norm/brn_rmax" in row]
+    assert rmax and rmax[-1] > 1.0  # the paper's 3 once the compressed ramp is over
+    assert read_result(run)["status"] == "finished"
+
+
+def test_short_run_with_step_milestones_fails_naming_the_fix(fashion_dir, tmp_path):
+    run = tmp_path / "run"
+    norm_args = '{"unit": "steps", "warmup": 100}'
+    args = tiny_fit_args(fashion_dir, run, "--model.norm", "brn", "--model.norm_args", norm_args)
+    with pytest.raises(NormConfigError, match="unit: fraction"):
+        lightning_main(args)
 
 
 def test_nan_loss_gives_diverged_result_without_traceback(fashion_dir, tmp_path):

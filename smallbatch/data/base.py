@@ -48,6 +48,8 @@ class SmallBatchDataModule(pl.LightningDataModule):
         data_dir: where datasets are found or written.
         num_workers: DataLoader workers per device.
         train_subset / val_subset: use only this many (fixed) samples, for quick runs.
+        holdout: evaluate on this many training images, held out of training (a fixed split),
+            instead of the test set: for choosing a protocol without looking at test results.
         download: allow downloading when the dataset is not found on disk.
     """
 
@@ -63,10 +65,14 @@ class SmallBatchDataModule(pl.LightningDataModule):
         val_subset: int | None = None,
         download: bool = False,
         val_batch_size: int | None = None,
+        holdout: int | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1 (per device), got {batch_size}")
+        if holdout is not None and holdout < 1:
+            raise ValueError(f"holdout must be >= 1 training images (or null), got {holdout}")
+        self.holdout = holdout
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size or max(batch_size, 64)
         self.data_dir = data_dir
@@ -82,9 +88,15 @@ class SmallBatchDataModule(pl.LightningDataModule):
         """(train, validation) datasets with transforms; subclasses implement."""
         raise NotImplementedError
 
+    def build_train_for_eval(self) -> Dataset:
+        """The training images with the evaluation transform (for ``holdout``)."""
+        raise ValueError(f"{type(self).__name__} does not support holdout")
+
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None:
             train, val = self.build_datasets()
+            if self.holdout:
+                train, val = self._split_holdout(train)
             self.train_set = fixed_subset(train, self.train_subset)
             self.val_set = fixed_subset(val, self.val_subset)
             self.test_set = self.val_set
@@ -93,6 +105,16 @@ class SmallBatchDataModule(pl.LightningDataModule):
                 f"train set has {len(self.train_set)} samples, fewer than batch_size "
                 f"{self.batch_size}: no full batch can be formed"
             )
+
+    def _split_holdout(self, train: Dataset) -> tuple[Dataset, Dataset]:
+        """(training images minus the held-out ones, held-out ones with eval transforms); the
+        split is a fixed permutation (seed 0), the same in every run."""
+        n = len(train)
+        if self.holdout >= n:
+            raise ValueError(f"holdout {self.holdout} must be smaller than the {n} training images")
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(0)).tolist()
+        held, kept = perm[: self.holdout], perm[self.holdout :]
+        return Subset(train, kept), Subset(self.build_train_for_eval(), held)
 
     def _loader(self, dataset: Dataset, batch_size: int, train: bool) -> DataLoader:
         return DataLoader(

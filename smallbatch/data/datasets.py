@@ -52,6 +52,10 @@ class _TorchvisionSplits(SmallBatchDataModule):
             self.dataset_cls(self.data_dir, train=False, transform=val_tf),
         )
 
+    def build_train_for_eval(self):
+        _, val_tf = crop_flip_transforms(self.image_size, self.crop_padding, self.mean, self.std)
+        return self.dataset_cls(self.data_dir, train=True, transform=val_tf)
+
 
 class FashionMNIST(_TorchvisionSplits):
     """Fashion-MNIST (28×28 grey, 10 classes), found offline in ``data_dir``, shared/data or

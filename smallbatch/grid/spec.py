@@ -14,7 +14,16 @@ overrides:                               # per-cell: applied where every `when` 
 executor: {kind: local, max_parallel: 2, jobs_per_gpu: 2, retries: 1}
 run_root: runs/grid                      # results in <run_root>/<name>/
 ghost_devices: 8                         # optional: emulate 8 devices x b on one device
+fixed_total_batch: 32                    # optional, instead: per-device batch 32 in every cell,
+                                         # statistics over groups of b (data.batch_size = b)
 ```
+
+``fixed_total_batch: T`` is the constant-total-batch protocol (the MABN paper's "small
+normalization batch, regular SGD batch"): every cell trains with the same batch T, steps and LR;
+only the normalization batch b varies, as ghost batches of b (T/b emulated devices × b). A norm
+whose output does not depend on the batch (GN, LN, IN, EvoNorm-S0, FRN) computes the same thing
+at every b, and one that cannot take ghost batches (SyncBN) normalizes over all T: both get one
+cell per seed (at b = T) instead of one per b.
 """
 
 from __future__ import annotations
@@ -30,6 +39,8 @@ from typing import Any
 
 import yaml
 
+from ..naming import run_label
+
 TOP_KEYS = {
     "name",
     "base_config",
@@ -39,6 +50,7 @@ TOP_KEYS = {
     "executor",
     "run_root",
     "ghost_devices",
+    "fixed_total_batch",
 }
 EXECUTOR_KEYS = {
     "kind",
@@ -57,7 +69,7 @@ EXECUTOR_KEYS = {
     "slurm_additional_parameters",
 }
 EXECUTOR_KINDS = ("local", "slurm")
-RESERVED_KEYS = {"run_dir", "group", "config"}
+RESERVED_KEYS = {"run_dir", "group", "config", "name"}
 
 
 class GridSpecError(ValueError):
@@ -82,13 +94,14 @@ class Cell:
 
     @property
     def label(self) -> str:
+        """``<norm>-nb<b>[-pb<per-device>]-s<seed>`` (:func:`smallbatch.naming.run_label`)."""
         norm = self.overrides.get("model.norm", "norm")
         if isinstance(norm, dict):
-            norm = str(norm.get("class_path", "custom")).rsplit(".", 1)[-1]
-        batch = self.overrides.get("model.norm_batch") or self.overrides.get("data.batch_size", "x")
-        label = f"{norm}-b{batch}"
-        seed = self.overrides.get("seed_everything")
-        return label if seed is None else f"{label}-s{seed}"
+            norm = str(norm.get("class_path", "custom"))
+        norm = str(norm).rsplit(".", 1)[-1]
+        batch = self.overrides.get("data.batch_size", "x")
+        norm_batch = self.overrides.get("model.norm_batch")
+        return run_label(norm, batch, norm_batch, self.overrides.get("seed_everything"))
 
     @property
     def folder(self) -> str:
@@ -113,15 +126,27 @@ class GridSpec:
     run_root: Path = Path("runs/grid")
     source: Path | None = None
     ghost_devices: int | None = None
+    fixed_total_batch: int | None = None
 
     @property
     def run_dir(self) -> Path:
         return self.run_root / self.name
 
     def cells(self) -> list[Cell]:
-        """The cross product of the axes (in file order), with per-cell overrides applied."""
+        """The cross product of the axes (in file order), with per-cell overrides applied;
+        combinations that give the same cell (batch-free norms under ``fixed_total_batch``)
+        appear once."""
+        cells, seen = [], set()
+        for _, cell in self.expand():
+            if cell.digest not in seen:
+                seen.add(cell.digest)
+                cells.append(cell)
+        return cells
+
+    def expand(self) -> list[tuple[tuple, Cell]]:
+        """(axis values, cell) for every combination of the axes, duplicates included."""
         keys = list(self.axes)
-        cells = []
+        out, probed = [], {}
         for values in itertools.product(*(self.axes[k] for k in keys)):
             cell = {**self.args, **dict(zip(keys, values, strict=True))}
             for rule in self.overrides:
@@ -132,8 +157,28 @@ class GridSpec:
                 b = cell["data.batch_size"]
                 cell["data.batch_size"] = self.ghost_devices * b
                 cell["model.norm_batch"] = b
-            cells.append(Cell(cell))
-        return cells
+            if self.fixed_total_batch and "data.batch_size" in cell:
+                b = cell["data.batch_size"]
+                cell["data.batch_size"] = self.fixed_total_batch
+                norm = (cell.get("model.norm"), cell.get("model.norm_args"))
+                key = json.dumps(norm, sort_keys=True, default=str)
+                if key not in probed:
+                    probed[key] = norm_takes_ghost_batches(*norm)
+                cell["model.norm_batch"] = b if probed[key] else None
+            out.append((values, Cell(cell)))
+        return out
+
+    def run_names(self) -> dict[str, str]:
+        """Cell digest → W&B run name: the cell's label, with the digest appended to labels that
+        several cells share (cells that differ in an argument outside the label)."""
+        cells = self.cells()
+        counts: dict[str, int] = {}
+        for cell in cells:
+            counts[cell.label] = counts.get(cell.label, 0) + 1
+        return {
+            c.digest: c.label if counts[c.label] == 1 else f"{c.label}-{c.digest[:6]}"
+            for c in cells
+        }
 
     def command(self, cell: Cell, python: str | None = None) -> list[str]:
         """The exact ``smallbatch fit`` command of a cell (without resume flags)."""
@@ -142,10 +187,26 @@ class GridSpec:
         for key, value in cell.overrides.items():
             cmd += [f"--{key}", cli_value(value)]
         cmd += ["--run_dir", str(self.run_dir / "cells" / cell.folder), "--group", self.name]
-        return cmd
+        name = self.run_names().get(cell.digest)
+        return cmd + (["--name", name] if name else [])
 
     def command_line(self, cell: Cell, python: str | None = None) -> str:
         return shlex.join(self.command(cell, python))
+
+
+def norm_takes_ghost_batches(norm: Any, norm_args: dict[str, Any] | None = None) -> bool:
+    """Whether this norm's statistics depend on the batch and it can split them into ghost
+    batches (BN, BRN, CBN): probed on one layer of 64 channels. False for batch-free norms and
+    for those that cannot (SyncBN), and when the layer cannot be built (validation says why)."""
+    from ..norms import create_norm, ghost_batch_capable
+
+    if norm is None:
+        norm = "bn"
+    try:
+        layer = create_norm(norm, 64, **(norm_args or {}))
+    except Exception:  # reported by validate_cells with the CLI's own message
+        return False
+    return ghost_batch_capable(layer)
 
 
 def _fail(path: Path, key: str, message: str) -> GridSpecError:
@@ -202,7 +263,21 @@ def load_grid(path: str | Path, validate_cli: bool = True) -> GridSpec:
     ghost = raw.get("ghost_devices")
     if ghost is not None and (not isinstance(ghost, int) or ghost < 1):
         raise _fail(path, "ghost_devices", f"{ghost!r} must be an integer >= 1")
-    spec = GridSpec(name, base, axes, args, overrides, executor, run_root, path, ghost)
+    total = raw.get("fixed_total_batch")
+    if total is not None:
+        if not isinstance(total, int) or isinstance(total, bool) or total < 1:
+            raise _fail(path, "fixed_total_batch", f"{total!r} must be an integer >= 1")
+        if ghost is not None:
+            raise _fail(path, "fixed_total_batch", "cannot be combined with ghost_devices")
+        bad = [b for b in axes.get("data.batch_size", []) if not isinstance(b, int) or total % b]
+        if bad:
+            raise _fail(
+                path,
+                "axes.data.batch_size",
+                f"{bad} do not divide fixed_total_batch {total}: with a fixed total batch the "
+                "axis is the normalization batch b, and T/b ghost groups must be whole",
+            )
+    spec = GridSpec(name, base, axes, args, overrides, executor, run_root, path, ghost, total)
     if validate_cli:
         validate_cells(spec)
     return spec
@@ -230,11 +305,12 @@ def validate_cells(spec: GridSpec) -> None:
             raise _fail(spec.source, "data.batch_size", f"{batch!r} must be an integer >= 1")
     # Parse one probe cell per axis value (the first cell holding it): every value is checked
     # by the CLI without parsing the whole cross product.
+    expanded = spec.expand()
     first: dict[tuple[str, str], int] = {}  # (axis key, value) -> first cell holding it
-    for index, combo in enumerate(itertools.product(*spec.axes.values())):
+    for index, (combo, _) in enumerate(expanded):
         for key, value in zip(spec.axes, combo, strict=True):
             first.setdefault((key, json.dumps(value, sort_keys=True, default=str)), index)
-    for cell in (cells[i] for i in sorted(set(first.values()))):
+    for cell in (expanded[i][1] for i in sorted(set(first.values()))):
         args = spec.command(cell)[3:] + ["--print_config"]
         out, err = io.StringIO(), io.StringIO()
         try:

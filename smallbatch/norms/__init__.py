@@ -1,6 +1,13 @@
 """Norm layers and their registry. ``create_norm("brn", 64)`` builds one layer by name."""
 
-from .base import BatchStatsError, check_batch_stats, local_buffer_names, set_norm_batch
+from .base import (
+    BatchStatsError,
+    check_batch_stats,
+    ghost_batch_capable,
+    local_buffer_names,
+    set_norm_batch,
+    uses_batch_statistics,
+)
 from .bn import BatchNorm2d, SyncBatchNorm
 from .brn import BatchRenorm2d, RenormRamp
 from .cbn import CrossIterationBatchNorm2d
@@ -53,6 +60,7 @@ __all__ = [
     "create_norm",
     "evonorm_s0",
     "frn",
+    "ghost_batch_capable",
     "import_object",
     "load_plugins",
     "local_buffer_names",
@@ -61,4 +69,5 @@ __all__ = [
     "resolve_norm",
     "set_norm_batch",
     "unregister_norm",
+    "uses_batch_statistics",
 ]

@@ -129,6 +129,30 @@ def update_running_from_groups(
         torch._foreach_lerp_(running, (mean.to(dtype), var), momentum)
 
 
+def uses_batch_statistics(model: nn.Module) -> bool:
+    """True when some layer normalizes with statistics over the batch in training (it keeps
+    running statistics or takes ghost batches); False for batch-free norms (GN, LN, IN,
+    EvoNorm-S0, FRN), whose output for a sample does not depend on the rest of the batch."""
+    return any(
+        getattr(m, "supports_ghost_batch", False)
+        or isinstance(getattr(m, "running_mean", None), Tensor)
+        or isinstance(getattr(m, "running_var", None), Tensor)
+        for m in model.modules()
+    )
+
+
+def ghost_batch_capable(model: nn.Module) -> bool:
+    """True when every batch-statistics layer of ``model`` supports ghost batches (and there is
+    at least one): ``set_norm_batch`` will accept it."""
+    stats = [
+        m
+        for m in model.modules()
+        if getattr(m, "supports_ghost_batch", False)
+        or isinstance(getattr(m, "running_mean", None), Tensor)
+    ]
+    return bool(stats) and all(getattr(m, "supports_ghost_batch", False) for m in stats)
+
+
 def set_norm_batch(model: nn.Module, norm_batch: int | None) -> list[str]:
     """Set ghost-batch size ``norm_batch`` on every layer that supports it; returns their names.
 

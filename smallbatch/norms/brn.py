@@ -1,9 +1,12 @@
 """Batch Renormalization (Ioffe 2017, arXiv 1702.03275).
 
-Training:  x̂ = (x − μ_B)/σ_B · r + d,   y = γ·x̂ + β, with
+Algorithm 1 of the paper. Training:  x̂ = (x − μ_B)/σ_B · r + d,   y = γ·x̂ + β, with
            r = clip(σ_B/σ, 1/rmax, rmax),  d = clip((μ_B − μ)/σ, −dmax, dmax)
-held constant in backprop (``stop_gradient``), σ_B = sqrt(Var_B + ε), σ = sqrt(running_var + ε).
-Running μ and variance move at rate ``momentum`` (paper: 0.01). Eval: y = γ·(x − μ)/σ + β.
+held constant in backprop (``stop_gradient``), σ_B = sqrt(biased Var_B + ε). The moving averages
+are of the mean and of the *standard deviation* (buffers ``running_mean``, ``running_std``):
+μ ← μ + α(μ_B − μ),  σ ← σ + α(σ_B − σ), α = ``momentum`` (paper: 0.01), updated after r and d
+are taken. Eval: y = γ·(x − μ)/σ + β. ``running_var`` is kept equal to σ² − ε, so tools that
+apply BN's eval formula (x − μ)/√(running_var + ε) to it get the same σ.
 
 Because r and d are constants, y = (γ·r)·BN(x) + (γ·d + β): after two plain reductions for the
 batch statistics the layer runs torch's batch-norm kernels with that per-channel weight and bias
@@ -12,9 +15,11 @@ batch statistics the layer runs torch's batch-norm kernels with that per-channel
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import (
@@ -22,27 +27,32 @@ from .base import (
     check_batch_stats,
     ghost_groups,
     grouped_moments,
-    normalize_with_running_stats,
-    update_running_from_groups,
 )
 from .functional import batch_stat_norm, moments
 from .registry import NormConfigError
 
-UNITS = ("steps", "fraction")
+UNITS = ("auto", "steps", "fraction")
+AUTO_END = 0.6  # unit="auto" on a short run: the last milestone lands at this fraction of it
 
 
 @dataclass(frozen=True)
 class RenormRamp:
     """rmax/dmax schedule: 1/0 until ``warmup``, then linear to ``rmax`` at ``rmax_at`` and to
-    ``dmax`` at ``dmax_at``. Milestones are steps (``unit="steps"``) or fractions of the run's
-    total steps (``unit="fraction"``; the trainer supplies ``total_steps``)."""
+    ``dmax`` at ``dmax_at``.
+
+    Milestones are steps (``unit="steps"``), fractions of the run's total steps
+    (``unit="fraction"``), or ``unit="auto"`` (default): steps when the run reaches the last
+    milestone, otherwise the same shape compressed so that the last milestone falls at
+    ``AUTO_END`` (0.6) of the run. The trainer supplies ``total_steps``; a run shorter than a
+    milestone given in steps is refused (``milestones`` raises), never silently left at BN.
+    """
 
     rmax: float = 3.0
     dmax: float = 5.0
     warmup: float = 5000
     rmax_at: float = 40000
     dmax_at: float = 25000
-    unit: str = "steps"
+    unit: str = "auto"
 
     def __post_init__(self) -> None:
         if self.unit not in UNITS:
@@ -59,16 +69,41 @@ class RenormRamp:
         if self.unit == "fraction" and max(self.rmax_at, self.dmax_at) > 1:
             raise NormConfigError("BRN ramp with unit='fraction' needs milestones in [0, 1]")
 
+    @property
+    def last(self) -> float:
+        """The last milestone (where both limits have reached their final values)."""
+        return max(self.rmax_at, self.dmax_at)
+
     def milestones(self, total_steps: int | None) -> tuple[float, float, float]:
-        """(warmup, rmax_at, dmax_at) in steps."""
-        if self.unit == "steps":
-            return self.warmup, self.rmax_at, self.dmax_at
-        if not total_steps or total_steps <= 0:
-            raise NormConfigError(
-                "BRN ramp with unit='fraction' needs the run's total steps; the LightningModule "
-                "sets it at fit start, or call set_total_steps(n) yourself"
-            )
-        return tuple(m * total_steps for m in (self.warmup, self.rmax_at, self.dmax_at))
+        """(warmup, rmax_at, dmax_at) in steps for a run of ``total_steps`` (None: unknown)."""
+        steps = (self.warmup, self.rmax_at, self.dmax_at)
+        if self.unit == "fraction":
+            if not total_steps or total_steps <= 0:
+                raise NormConfigError(
+                    "BRN ramp with unit='fraction' needs the run's total steps; the "
+                    "LightningModule sets it at fit start, or call set_total_steps(n) yourself"
+                )
+            return tuple(m * total_steps for m in steps)
+        if not total_steps or total_steps >= self.last:
+            return steps
+        if self.unit == "auto":
+            scale = AUTO_END * total_steps / self.last if self.last else 0.0
+            return tuple(m * scale for m in steps)
+        raise NormConfigError(
+            f"BRN ramp milestones (warmup={self.warmup:g}, rmax_at={self.rmax_at:g}, "
+            f"dmax_at={self.dmax_at:g} steps) reach beyond this run's {total_steps} steps, so "
+            f"rmax/dmax would not reach {self.rmax:g}/{self.dmax:g}. Give them as fractions of "
+            "the run, e.g. norm_args {unit: fraction, warmup: 0.1, rmax_at: 0.6, dmax_at: 0.4}, "
+            "or use unit: auto to compress the ramp to the run"
+        )
+
+    def describe(self, total_steps: int | None) -> str:
+        """One line: the milestones in steps for this run."""
+        w, r, d = self.milestones(total_steps)
+        return (
+            f"BRN ramp ({self.unit}): rmax/dmax 1/0 until step {w:.0f}, rmax {self.rmax:g} at "
+            f"{r:.0f}, dmax {self.dmax:g} at {d:.0f}"
+        )
 
     def __call__(self, step: int, total_steps: int | None = None) -> tuple[float, float]:
         """(rmax, dmax) at training step ``step``."""
@@ -87,8 +122,12 @@ class RenormRamp:
 class BatchRenorm2d(StepCounter, nn.Module):
     """Batch Renormalization: batch statistics corrected toward running ones by clipped r, d.
 
-    Ghost batches (``norm_batch = b``): r, d and the statistics per group of b samples; running
-    statistics move toward the groups' average.
+    Ghost batches (``norm_batch = b``): r, d and the statistics per group of b samples; μ and σ
+    move toward the groups' average μ_B and average σ_B.
+
+    Checkpoints of the earlier layout (a moving average of the unbiased variance in
+    ``running_var``, no ``running_std``) load with σ = √(running_var + ε), which is the σ that
+    layout normalized with.
     """
 
     supports_ghost_batch = True
@@ -104,7 +143,7 @@ class BatchRenorm2d(StepCounter, nn.Module):
         warmup: float = 5000,
         rmax_at: float = 40000,
         dmax_at: float = 25000,
-        unit: str = "steps",
+        unit: str = "auto",
         affine: bool = True,
     ) -> None:
         super().__init__()
@@ -115,7 +154,9 @@ class BatchRenorm2d(StepCounter, nn.Module):
         self.weight = nn.Parameter(torch.ones(num_features)) if affine else None
         self.bias = nn.Parameter(torch.zeros(num_features)) if affine else None
         self.register_buffer("running_mean", torch.zeros(num_features))
-        self.register_buffer("running_var", torch.ones(num_features))
+        self.register_buffer("running_std", torch.ones(num_features))
+        # σ² − ε, kept in step with running_std for tools that read BN's buffers
+        self.register_buffer("running_var", torch.full((num_features,), 1.0 - eps))
         # Training forward passes so far: drives the ramp and survives checkpoints.
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.register_buffer("total_steps", torch.zeros((), dtype=torch.long))
@@ -124,7 +165,9 @@ class BatchRenorm2d(StepCounter, nn.Module):
         self._last_rd: tuple = (1.0, 0.0, None, None, None, None)
 
     def set_total_steps(self, total_steps: int) -> None:
-        """Total training steps of the run, for ramps given as fractions."""
+        """Total training steps of the run: places the ramp's milestones (``RenormRamp``) and
+        raises :class:`NormConfigError` when milestones in steps lie beyond the run."""
+        self.ramp.milestones(int(total_steps))  # refuse before training, not at step n
         self.total_steps.fill_(int(total_steps))
         self._host_total = int(total_steps)
 
@@ -162,7 +205,7 @@ class BatchRenorm2d(StepCounter, nn.Module):
     def _limits_and_rd(self, mean_b: Tensor, sigma_b: Tensor, shape) -> tuple[Tensor, Tensor]:
         """Clipped r, d (no gradient) from batch and running statistics; advances the step."""
         rmax, dmax = self.current_limits()
-        inv_sigma = torch.rsqrt(self.running_var + self.eps).view(shape)
+        inv_sigma = self.running_std.reciprocal().view(shape)
         r_raw = sigma_b * inv_sigma
         d_raw = (mean_b - self.running_mean.view(shape)) * inv_sigma
         r, d = r_raw.clamp(1.0 / rmax, rmax), d_raw.clamp(-dmax, dmax)
@@ -170,21 +213,49 @@ class BatchRenorm2d(StepCounter, nn.Module):
         self.advance_step()
         return r, d
 
+    def _update_running(self, mean_b: Tensor, sigma_b: Tensor) -> None:
+        """μ ← μ + α(μ_B − μ), σ ← σ + α(σ_B − σ) (fp32 buffers); running_var = σ² − ε."""
+        dtype = self.running_mean.dtype
+        torch._foreach_lerp_(
+            (self.running_mean, self.running_std),
+            (mean_b.to(dtype), sigma_b.to(dtype)),
+            self.momentum,
+        )
+        torch.mul(self.running_std, self.running_std, out=self.running_var).sub_(self.eps)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # earlier layout: running_var was a moving average of the unbiased variance and the
+        # layer normalized with σ = √(running_var + ε); carry that σ over
+        std_key, var_key = prefix + "running_std", prefix + "running_var"
+        if std_key not in state_dict and var_key in state_dict:
+            old_var = state_dict[var_key]
+            state_dict[std_key] = (old_var.float() + self.eps).sqrt().to(old_var.dtype)
+            warnings.warn(
+                f"{prefix or 'BatchRenorm2d'}: checkpoint from the earlier BRN layout (no "
+                "running_std); converted with running_std = sqrt(running_var + eps)",
+                stacklevel=2,
+            )
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def forward(self, x: Tensor) -> Tensor:
         if not self.training:
-            return normalize_with_running_stats(self, x)
+            # γ·(x − μ)/σ + β: torch's eval kernel with variance σ² and ε = 0
+            return F.batch_norm(
+                x, self.running_mean, self.running_std.square(), self.weight, self.bias,
+                False, 0.0, 0.0,
+            )  # fmt: skip
         check_batch_stats(x, self, self.norm_batch)
         groups = ghost_groups(x, self.norm_batch, self)
         if groups > 1:
             return self._ghost_forward(x, groups)
         with torch.no_grad():
-            # E[x²] − E[x]²: two plain reductions (see functional.moments); the biased batch
-            # variance normalizes, the unbiased one moves running_var, as in torch's BN
+            # E[x²] − E[x]²: two plain reductions (see functional.moments), biased variance
             mean_b, sqmean_b = moments(x, (0, 2, 3))
             var_b = torch.addcmul(sqmean_b, mean_b, mean_b, value=-1).clamp_min_(0)
             invstd_b = torch.rsqrt(var_b + self.eps)
-            r, d = self._limits_and_rd(mean_b, invstd_b.reciprocal(), (-1,))
-            update_running_from_groups(self, mean_b, var_b, x.numel() // x.shape[1], self.momentum)
+            sigma_b = invstd_b.reciprocal()
+            r, d = self._limits_and_rd(mean_b, sigma_b, (-1,))
+            self._update_running(mean_b, sigma_b)
         weight = self.weight if self.weight is not None else torch.ones_like(mean_b)
         bias = self.bias if self.bias is not None else torch.zeros_like(mean_b)
         return batch_stat_norm(x, weight, bias, mean_b, var_b, self.eps, r=r, d=d, invstd=invstd_b)
@@ -194,8 +265,8 @@ class BatchRenorm2d(StepCounter, nn.Module):
         sigma_b = (var_b + self.eps).sqrt()
         with torch.no_grad():
             r, d = self._limits_and_rd(mean_b, sigma_b, (1, 1, -1, 1, 1))
-        count = xg.shape[1] * x.shape[2] * x.shape[3]
-        update_running_from_groups(self, mean_b, var_b, count, self.momentum)
+            c = self.num_features
+            self._update_running(mean_b.view(-1, c).mean(0), sigma_b.view(-1, c).mean(0))
         y = (xg - mean_b) / sigma_b * r + d
         if self.weight is not None:
             y = y * self.weight.view(1, 1, -1, 1, 1) + self.bias.view(1, 1, -1, 1, 1)

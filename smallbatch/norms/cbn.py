@@ -9,7 +9,9 @@ first-order Taylor term (scaled by ``rho``; the paper and reference use rho = 1)
 
 Per channel, entries whose compensated variance ν − μ² is negative are dropped; the rest are
 averaged with the current batch: μ̄ = mean(μ), σ̄² = mean(ν) − μ̄². Only the current batch's
-statistics carry gradient. During the first ``burnin`` training steps the layer is plain BN.
+statistics carry gradient. During the first ``burnin`` training steps the layer is plain BN;
+``unit="fraction"`` gives the burn-in as a share of the run's steps (the paper's burn-in is a
+share of its schedule), and a burn-in in steps at least as long as the run is refused.
 
 The derivatives are analytic, not extra autograd passes: with M = N·H·W and patches p of the
 conv input, ∂μ_c/∂W[c] = mean_p(patch_p) (one tensor per conv group, the same for every c; a
@@ -59,6 +61,9 @@ def _selector(size, out, k, stride, pad, dilation, device, dtype) -> Tensor:
     sel = torch.zeros(k, size + 1)
     sel.scatter_(1, torch.where((pos >= 0) & (pos < size), pos, size), 1.0)
     return sel[:, :size].to(device=device, dtype=dtype)
+
+
+BURNIN_UNITS = ("steps", "fraction")
 
 
 class _WindowNorm(torch.autograd.Function):
@@ -115,20 +120,27 @@ class CrossIterationBatchNorm2d(StepCounter, nn.Module):
         self,
         num_features: int,
         window: int = 4,
-        burnin: int = 0,
+        burnin: float = 0,
         rho: float = 1.0,
         eps: float = 1e-5,
         momentum: float = 0.1,
         affine: bool = True,
+        unit: str = "steps",
     ) -> None:
         super().__init__()
         if window < 1:
             raise NormConfigError(f"CBN window must be >= 1 (1 = plain BN), got {window}")
-        if burnin < 0:
-            raise NormConfigError(f"CBN burnin must be >= 0 steps, got {burnin}")
+        if unit not in BURNIN_UNITS:
+            raise NormConfigError(f"CBN burn-in unit {unit!r} is not one of {BURNIN_UNITS}")
+        if burnin < 0 or (unit == "fraction" and burnin > 1):
+            accepted = "a fraction in [0, 1]" if unit == "fraction" else ">= 0 steps"
+            raise NormConfigError(f"CBN burnin must be {accepted} (unit: {unit}), got {burnin}")
         self.num_features = num_features
         self.window = int(window)
-        self.burnin = int(burnin)
+        self.unit = unit
+        self.burnin_arg = float(burnin)
+        # burn-in in steps (a fraction is placed by set_total_steps)
+        self.burnin = int(burnin) if unit == "steps" else 0
         self.rho = float(rho)
         self.eps = eps
         self.momentum = momentum
@@ -144,6 +156,19 @@ class CrossIterationBatchNorm2d(StepCounter, nn.Module):
         self._host_pos = 0
         self._diag: tuple[Tensor, Tensor, Tensor] | None = None  # last step's diagnostics
         self._selectors: dict = {}  # mean-patch selector matrices per input/output shape
+
+    def set_total_steps(self, total_steps: int) -> None:
+        """Total training steps of the run: places a fractional burn-in, and refuses a burn-in
+        in steps that covers the whole run (the layer would be plain BN throughout)."""
+        if self.unit == "fraction":
+            self.burnin = int(round(self.burnin_arg * total_steps))
+        elif self.window > 1 and self.burnin >= total_steps > 0:
+            raise NormConfigError(
+                f"{layer_label(self)}: CBN burnin={self.burnin} steps covers this run's "
+                f"{total_steps} steps, so the layer would be plain BN throughout. Give the "
+                "burn-in as a share of the run, e.g. norm_args {unit: fraction, burnin: 0.1}, "
+                "or a smaller burnin"
+            )
 
     @property
     def needs_conv(self) -> bool:
@@ -481,7 +506,8 @@ class CrossIterationBatchNorm2d(StepCounter, nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"{self.num_features}, window={self.window}, burnin={self.burnin}, rho={self.rho}, "
+            f"{self.num_features}, window={self.window}, burnin={self.burnin_arg:g} "
+            f"({self.unit}), rho={self.rho}, "
             f"eps={self.eps}, momentum={self.momentum}"
         )
 
