@@ -347,10 +347,38 @@ def markdown_table(
             cells = [flat] * len(batches)
         seeds = _seed_count([c for c in cells if c is not None])
         lines.append(f"| {row} | " + " | ".join(_fmt(c) for c in cells) + f" | {seeds} |")
+    if line := reading(stats):
+        lines += ["", line]
     if invalid:
         lines += ["", "Invalid result files (not in the table):"]
         lines += [f"- `{path}`: {reason}" for path, reason in invalid]
     return "\n".join(lines) + "\n"
+
+
+def reading(stats: list[CellStats]) -> str:
+    """One line on the table's main contrast: at the smallest normalization batch, each
+    batch-statistics row against its own value at the largest b and the best batch-free row."""
+    batches = sorted({s.norm_batch for s in stats})
+    if len(batches) < 2:
+        return ""
+    small, large = batches[0], batches[-1]
+    by_key = {(s.row, s.norm_batch): s for s in stats if s.mean is not None}
+    flat = [s for s in stats if s.flat == "batch-free" and s.mean is not None]
+    best_flat = max(flat, key=lambda s: s.mean, default=None)
+    parts = []
+    for row in _row_order(stats):
+        lo, hi = by_key.get((row, small)), by_key.get((row, large))
+        if lo is None or hi is None or lo.flat:
+            continue
+        parts.append(
+            f"{row} {100 * lo.mean:.1f}% ({100 * (lo.mean - hi.mean):+.1f} from b={large})"
+        )
+    if not parts:
+        return ""
+    text = f"Reading: at b={small}, " + ", ".join(parts)
+    if best_flat is not None:
+        text += f"; batch-free {best_flat.norm} {100 * best_flat.mean:.1f}% at every b"
+    return text + "."
 
 
 def _atomic_path(path: Path) -> Path:
