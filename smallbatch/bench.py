@@ -17,10 +17,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from .models import COMPILE_MODES, compile_backbone, create_model, to_channels_last
-from .norms import CrossIterationBatchNorm2d, NormConfigError
+from .norms import NormConfigError
 from .results import write_json_atomic
 
-DEFAULT_NORMS = ["bn", "brn", "cbn", "gn", "ln", "in", "evonorm_s0", "frn"]
+
+def default_norms() -> list[str]:
+    """Every built-in norm that runs on one device as it would per device under DDP (ghost
+    batches or batch-free): all but SyncBN."""
+    from .norms.base import builtin_norms
+
+    ghost, free = builtin_norms(ghost_batches=True), builtin_norms(batch_free=True)
+    return [n for n in builtin_norms() if n in ghost or n in free]
+
+
 REFERENCE_CBN = "cbn_autograd"
 BACKBONES = {"resnet20": {}, "resnet18": {"cifar_stem": True}}
 TARGETS = [  # (norm, reference, max ratio of training-step times), checked at batch 8 and 32
@@ -73,9 +82,10 @@ def build(backbone: str, norm: str, window: int, device: torch.device, channels_
 
 
 def norm_state_bytes(model: nn.Module) -> int:
-    """Extra memory held by stateful norms (CBN windows)."""
+    """Extra memory held by stateful norms (``state_bytes`` of the contract: CBN windows, MABN
+    histories, a plugin's own)."""
     return sum(
-        m.window_memory_bytes() for m in model.modules() if isinstance(m, CrossIterationBatchNorm2d)
+        m.state_bytes() for m in model.modules() if callable(getattr(m, "state_bytes", None))
     )
 
 
@@ -289,7 +299,7 @@ def print_table(results: list[Measurement], checks: list[dict[str, Any]]) -> Non
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="smallbatch bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--norms", nargs="+", default=DEFAULT_NORMS)
+    parser.add_argument("--norms", nargs="+", default=None, help="default: every built-in norm")
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 2, 8, 32])
     parser.add_argument("--backbones", nargs="+", default=list(BACKBONES))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -314,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    norms = list(dict.fromkeys(["bn", *args.norms]))
+    norms = list(dict.fromkeys(["bn", *(args.norms or default_norms())]))
     if args.reference_cbn:
         norms.append(REFERENCE_CBN)
     results: list[Measurement] = []

@@ -1,7 +1,7 @@
 """Norm diagnostics that explain small-batch behaviour, as flat ``{name: float}`` dicts.
 
-* BRN: current rmax/dmax and the fraction of channels whose r or d was clipped;
-* CBN: fraction of layers whose window is active, entries averaged, mean |Δμ| compensation;
+* every layer's own ``diagnostics()`` (the ``NormLayer`` contract: BRN's rmax/dmax and clip
+  rates, CBN's window use and compensation, MABN's r clip rate, a plugin's own);
 * batch-statistics layers (BN, BRN, CBN, SyncBN): the gap between batch and running
   statistics, |μ_B − μ|/σ and |log σ_B/σ|, averaged over channels and layers.
 """
@@ -13,24 +13,9 @@ from statistics import fmean
 import torch
 from torch import Tensor, nn
 
-from .norms import BatchRenorm2d, CrossIterationBatchNorm2d
+from .norms import layer_diagnostics
 
-
-def layer_diagnostics(model: nn.Module) -> dict[str, float]:
-    """BRN and CBN scalars from their last training step (no extra compute)."""
-    out: dict[str, float] = {}
-    brn = [m for m in model.modules() if isinstance(m, BatchRenorm2d)]
-    if brn:
-        out["norm/brn_rmax"] = brn[0].last_rmax
-        out["norm/brn_dmax"] = brn[0].last_dmax
-        out["norm/brn_r_clipped"] = fmean(m.last_r_clipped for m in brn)
-        out["norm/brn_d_clipped"] = fmean(m.last_d_clipped for m in brn)
-    cbn = [m for m in model.modules() if isinstance(m, CrossIterationBatchNorm2d)]
-    if cbn:
-        out["norm/cbn_window_active"] = fmean(float(m.last_window_active) for m in cbn)
-        out["norm/cbn_entries_used"] = fmean(m.last_entries_used for m in cbn)
-        out["norm/cbn_compensation"] = fmean(m.last_compensation for m in cbn)
-    return out
+__all__ = ["BatchStatGap", "layer_diagnostics"]
 
 
 def _has_running_stats(m: nn.Module) -> bool:

@@ -31,7 +31,6 @@ METRICS = {
     "best": ("best_val_acc", "best evaluation, picked on the evaluation data (optimistic)"),
 }
 DEFAULT_METRIC = "final"
-NORM_ORDER = ["bn", "syncbn", "brn", "cbn", "gn", "ln", "in", "evonorm_s0", "frn"]
 STATUSES = ("finished", "diverged", "failed", "interrupted")
 # Keys that define the column (the normalization batch), not the row.
 COLUMN_KEYS = ("model.norm_batch", "data.batch_size", "data.init_args.batch_size")
@@ -277,12 +276,15 @@ def aggregate(results: list[dict[str, Any]], metric: str = DEFAULT_METRIC) -> li
 
 
 def _row_order(stats: list[CellStats]) -> list[str]:
+    """Rows in the registry's order of norms (built-ins as listed by ``smallbatch norms``)."""
+    from .norms.registry import available_norms
+
+    order = list(available_norms(order="registration"))
     firsts: dict[str, str] = {}
     for s in stats:
         firsts.setdefault(s.row, s.norm)
     return sorted(
-        firsts,
-        key=lambda r: (NORM_ORDER.index(firsts[r]) if firsts[r] in NORM_ORDER else 99, r),
+        firsts, key=lambda r: (order.index(firsts[r]) if firsts[r] in order else len(order), r)
     )
 
 

@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from smallbatch.module import SmallBatchModule
-from smallbatch.norms import uses_batch_statistics
+from smallbatch.norms import builtin_norms, uses_batch_statistics
 
-BATCH_FREE = ["gn", "ln", "in", "evonorm_s0", "frn"]
+BATCH_FREE = builtin_norms(batch_free=True)
 
 
 def _train(norm: str, norm_batch: int, steps: int = 3) -> tuple[list[float], list[torch.Tensor]]:

@@ -12,7 +12,13 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from smallbatch.models import create_model
-from smallbatch.norms import BatchNorm2d, NormConfigError, local_buffer_names, set_norm_batch
+from smallbatch.norms import (
+    BatchNorm2d,
+    NormConfigError,
+    builtin_norms,
+    local_buffer_names,
+    set_norm_batch,
+)
 
 B, STEPS = 4, 4
 
@@ -123,7 +129,7 @@ def test_ghost_batch_errors():
         layer(torch.randn(6, 3, 2, 2))
 
 
-@pytest.mark.parametrize("norm", ["bn", "brn", "cbn"])
+@pytest.mark.parametrize("norm", builtin_norms(ghost_batches=True))
 def test_channels_last_gives_the_same_training_steps(norm):
     from smallbatch.models import to_channels_last
 

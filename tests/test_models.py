@@ -11,10 +11,14 @@ from smallbatch.norms import (
     CrossIterationBatchNorm2d,
     NormConfigError,
     available_norms,
+    builtin_norms,
     create_norm,
+    probe_norm,
 )
 
-BUILTIN = ["bn", "brn", "cbn", "gn", "ln", "in", "syncbn", "evonorm_s0", "frn"]
+# every built-in norm, from the registry: a new built-in is tested without editing this file
+BUILTIN = builtin_norms()
+BATCH_STATS = [n for n in BUILTIN if not probe_norm(n).batch_free]
 
 
 def test_cifar_resnet_sizes():
@@ -122,7 +126,7 @@ def test_cbn_without_feeding_conv_names_layer():
     swap_norms(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.BatchNorm2d(4)), "cbn", window=1)
 
 
-@pytest.mark.parametrize("norm", ["bn", "brn", "cbn"])
+@pytest.mark.parametrize("norm", BATCH_STATS)
 def test_batch_one_at_one_by_one_is_clear_error(norm):
     model = create_model("resnet18", norm, num_classes=10)  # ImageNet stem: 32 px -> 1x1
     with pytest.raises(BatchStatsError, match=r"layer4\.\d\.bn\d .*batch 1 at a 1x1 feature map"):

@@ -10,7 +10,13 @@ import pytest
 import torch
 
 from smallbatch.models import create_model
-from smallbatch.norms import available_norms, create_norm, load_plugins, unregister_norm
+from smallbatch.norms import (
+    available_norms,
+    builtin_norms,
+    create_norm,
+    load_plugins,
+    unregister_norm,
+)
 
 
 @pytest.fixture
@@ -52,7 +58,7 @@ def test_plugin_listed_by_smallbatch_norms(plugin_path):
     rows = {line.split("\t")[0]: line for line in out.splitlines()}
     assert "halfgn" in rows and "plugin: sb-plugin-demo" in rows["halfgn"]
     assert "GroupNorm with channels/2 groups" in rows["halfgn"]
-    for name in ("bn", "brn", "cbn", "gn", "ln", "in", "syncbn", "evonorm_s0", "frn"):
+    for name in builtin_norms():
         assert name in rows
     assert "window=4" in rows["cbn"] and "momentum=0.01" in rows["brn"]
 
@@ -79,3 +85,25 @@ def test_table_output_lists_every_norm():
         check=True,
     ).stdout
     assert "registered norms" in out and "Cross-Iteration BN" in out
+
+
+def test_plugin_reusing_a_registered_name_is_an_error_naming_both(plugin_path, monkeypatch):
+    from smallbatch.norms import NormConfigError
+    from smallbatch.norms import registry as reg
+
+    builtin_gn = reg._REGISTRY["gn"]
+    (plugin_path / "sb_plugin_demo-0.1.dist-info" / "entry_points.txt").write_text(
+        "[smallbatch.norms]\ngn = sb_plugin_demo:HalfGroupNorm\n"
+    )
+    monkeypatch.syspath_prepend(str(plugin_path))
+    importlib.invalidate_caches()
+    try:
+        with pytest.raises(NormConfigError, match=r"'gn' from plugin: sb-plugin-demo.*built-in"):
+            load_plugins(force=True)
+        assert reg._REGISTRY["gn"] is builtin_gn  # nothing replaced
+        monkeypatch.setenv("SMALLBATCH_NORM_OVERRIDES", "gn")
+        assert "gn" in load_plugins(force=True)
+        assert create_norm("gn", 8).num_groups == 4  # the plugin's, explicitly allowed
+    finally:
+        reg._REGISTRY["gn"] = builtin_gn
+        reg._PLUGINS_LOADED = True  # the other plugins stay registered as they were

@@ -198,15 +198,12 @@ def norm_takes_ghost_batches(norm: Any, norm_args: dict[str, Any] | None = None)
     """Whether this norm's statistics depend on the batch and it can split them into ghost
     batches (BN, BRN, CBN): probed on one layer of 64 channels. False for batch-free norms and
     for those that cannot (SyncBN), and when the layer cannot be built (validation says why)."""
-    from ..norms import create_norm, ghost_batch_capable
+    from ..norms import probe_norm
 
-    if norm is None:
-        norm = "bn"
     try:
-        layer = create_norm(norm, 64, **(norm_args or {}))
+        return probe_norm(norm or "bn", **(norm_args or {})).ghost_batches
     except Exception:  # reported by validate_cells with the CLI's own message
         return False
-    return ghost_batch_capable(layer)
 
 
 def _fail(path: Path, key: str, message: str) -> GridSpecError:

@@ -2,9 +2,16 @@
 
 from .base import (
     BatchStatsError,
+    NormLayer,
+    NormTraits,
+    batch_free_norms,
+    builtin_norms,
     check_batch_stats,
+    compile_unsafe_layers,
     ghost_batch_capable,
+    layer_diagnostics,
     local_buffer_names,
+    probe_norm,
     set_norm_batch,
     uses_batch_statistics,
 )
@@ -27,14 +34,17 @@ from .registry import (
 )
 from .timm_extras import evonorm_s0, frn
 
+# The one list of built-in norms: registration order is the display order of tables, plots and
+# `smallbatch norms`; every other list (batch-free, ghost-capable, compile-safe) is derived from
+# the layers themselves (``base.builtin_norms``, ``base.probe_norm``).
 _BUILTINS = {
     "bn": (BatchNorm2d, "BatchNorm: per-device batch statistics (torch kernel)"),
+    "syncbn": (SyncBatchNorm, "SyncBatchNorm: batch stats over all devices (CUDA DDP)"),
     "brn": (BatchRenorm2d, "Batch Renormalization: batch stats corrected by clipped r, d"),
     "cbn": (CrossIterationBatchNorm2d, "Cross-Iteration BN: k-iteration Taylor-compensated stats"),
     "gn": (GroupNorm2d, "GroupNorm: per-sample stats over channel groups (32)"),
     "ln": (LayerNorm2d, "LayerNorm for conv nets: one group over (C, H, W)"),
     "in": (InstanceNorm2d, "InstanceNorm: one channel per group"),
-    "syncbn": (SyncBatchNorm, "SyncBatchNorm: batch stats over all devices (CUDA DDP)"),
     "evonorm_s0": (evonorm_s0, "timm EvoNorm-S0: batch-free, sample-wise, built-in activation"),
     "frn": (frn, "timm Filter Response Norm + TLU: batch-free, per-channel"),
 }
@@ -52,19 +62,26 @@ __all__ = [
     "LayerNorm2d",
     "NormConfigError",
     "NormEntry",
+    "NormLayer",
+    "NormTraits",
     "RenormRamp",
     "SyncBatchNorm",
     "available_norms",
+    "batch_free_norms",
     "batch_stat_norm",
+    "builtin_norms",
     "check_batch_stats",
+    "compile_unsafe_layers",
     "create_norm",
     "evonorm_s0",
     "frn",
     "ghost_batch_capable",
     "import_object",
+    "layer_diagnostics",
     "load_plugins",
     "local_buffer_names",
     "moments",
+    "probe_norm",
     "register_norm",
     "resolve_norm",
     "set_norm_batch",

@@ -1,24 +1,68 @@
-"""Shared contract of batch-statistics norms: clear errors and which buffers stay per device."""
+"""The norm-layer contract (``NormLayer``), what the suite derives from it, and the shared
+helpers of batch-statistics norms: clear errors, ghost batches, per-device buffers."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from statistics import fmean
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .registry import NormConfigError
+from .registry import NormConfigError, available_norms, create_norm
 
-BATCH_FREE_NORMS = "gn, ln, in, evonorm_s0, frn"
+
+class NormLayer:
+    """The contract between a norm layer and the suite, as hooks with no-op defaults (in the
+    manner of Lightning's ``Callback``). Mix it into an ``nn.Module``; a plugin that does not
+    inherit it may define the same attributes, since the suite reads them with these defaults.
+
+    Attributes:
+        supports_ghost_batch: the layer normalizes independent groups of ``norm_batch``
+            samples when the suite sets ``layer.norm_batch`` (BN, BRN, CBN, MABN).
+        ddp_local_buffers: buffer names that stay per device under DDP (never broadcast).
+        needs_conv: ``swap_norms`` calls ``attach_conv(conv)`` with the Conv2d feeding it.
+        compile_safe: the layer can run under ``torch.compile`` (no Python-side state).
+        diagnostics_prefix: W&B keys of ``diagnostics()`` are ``norm/<prefix>_<key>``.
+    """
+
+    supports_ghost_batch: bool = False
+    ddp_local_buffers: tuple[str, ...] = ()
+    needs_conv: bool = False
+    compile_safe: bool = True
+    diagnostics_prefix: str | None = None
+
+    def attach_conv(self, conv: nn.Conv2d) -> None:
+        """Receive the Conv2d whose output this layer normalizes (when ``needs_conv``)."""
+
+    def set_total_steps(self, total_steps: int) -> None:
+        """Receive the run's total optimizer steps at fit start (schedules given as shares)."""
+
+    def diagnostics(self) -> dict[str, float]:
+        """Scalars from the last training step, logged every ``log_every_n_steps``."""
+        return {}
+
+    def state_bytes(self) -> int:
+        """Bytes of per-device state (the ``ddp_local_buffers``)."""
+        return sum(
+            b.numel() * b.element_size()
+            for name in self.ddp_local_buffers
+            if isinstance(b := getattr(self, name, None), Tensor)
+        )
 
 
 class BatchStatsError(NormConfigError):
     """A batch-statistics norm received too few values per channel to compute statistics."""
 
 
-class StepCounter:
+class StepCounter(NormLayer):
     """Mixin for norms with a ``step`` buffer (training forward passes): a host-side copy avoids
-    a device sync per layer and step; it is re-read after ``load_state_dict``."""
+    a device sync per layer and step; it is re-read after ``load_state_dict``. Such Python-side
+    state is what makes a layer not ``compile_safe``."""
 
+    compile_safe = False
     _host_step: int | None = None
 
     def host_step(self) -> int:
@@ -57,7 +101,7 @@ def check_batch_stats(x: Tensor, module: nn.Module, batch: int | None = None) ->
             f"{layer_label(module)} ({type(module).__name__}) got batch 1 at a 1x1 feature map in "
             "training: batch statistics need more than one value per channel. Use a per-device "
             "batch >= 2, a larger input or the CIFAR stem (--model.cifar_stem true), or a "
-            f"batch-free norm ({BATCH_FREE_NORMS})."
+            f"batch-free norm ({', '.join(batch_free_norms())})."
         )
 
 
@@ -127,6 +171,67 @@ def update_running_from_groups(
         var = var.to(dtype) * (count / max(count - 1, 1))
         running = (module.running_mean, module.running_var)
         torch._foreach_lerp_(running, (mean.to(dtype), var), momentum)
+
+
+@dataclass(frozen=True)
+class NormTraits:
+    """What the suite needs to know about a norm, probed on one layer of it."""
+
+    batch_free: bool  # its output for a sample does not depend on the rest of the batch
+    ghost_batches: bool  # it normalizes over the batch and can split it into ghost batches
+    compile_safe: bool
+
+
+def probe_norm(norm: Any, **norm_args: Any) -> NormTraits:
+    """Build one 64-channel layer of ``norm`` and read its traits from the contract."""
+    layer = create_norm(norm, 64, **norm_args)
+    return NormTraits(
+        batch_free=not uses_batch_statistics(layer),
+        ghost_batches=ghost_batch_capable(layer),
+        compile_safe=all(getattr(m, "compile_safe", True) for m in layer.modules()),
+    )
+
+
+def builtin_norms(**traits: bool) -> list[str]:
+    """Built-in norm names in registration order, optionally filtered by ``NormTraits``
+    fields (``builtin_norms(batch_free=True)``): the one list every other list derives from."""
+    names = [n for n, e in available_norms(order="registration").items() if e.source == "built-in"]
+    return [n for n in names if all(getattr(probe_norm(n), k) == v for k, v in traits.items())]
+
+
+def batch_free_norms() -> list[str]:
+    """Registered norms (built-in and plugins) that use no batch statistics."""
+    out = []
+    for name in available_norms(order="registration"):
+        try:
+            if probe_norm(name).batch_free:
+                out.append(name)
+        except Exception:  # noqa: BLE001 - a plugin that needs arguments is just not listed
+            continue
+    return out
+
+
+def layer_diagnostics(model: nn.Module) -> dict[str, float]:
+    """Every layer's ``diagnostics()``, averaged over the layers of each class, as
+    ``norm/<diagnostics_prefix>_<key>`` (no extra compute: from the last training step)."""
+    per_key: dict[str, list[float]] = {}
+    for m in model.modules():
+        hook = getattr(m, "diagnostics", None)
+        if not callable(hook) or isinstance(m, nn.Sequential):
+            continue
+        prefix = getattr(m, "diagnostics_prefix", None) or type(m).__name__.lower()
+        for key, value in hook().items():
+            per_key.setdefault(f"norm/{prefix}_{key}", []).append(float(value))
+    return {k: fmean(v) for k, v in per_key.items()}
+
+
+def compile_unsafe_layers(model: nn.Module) -> list[str]:
+    """Names of layers that declare ``compile_safe = False``."""
+    return [
+        f"{n} ({type(m).__name__})"
+        for n, m in model.named_modules()
+        if not getattr(m, "compile_safe", True)
+    ]
 
 
 def uses_batch_statistics(model: nn.Module) -> bool:

@@ -131,6 +131,7 @@ class BatchRenorm2d(StepCounter, nn.Module):
     """
 
     supports_ghost_batch = True
+    diagnostics_prefix = "brn"
     norm_batch: int | None = None
 
     def __init__(
@@ -201,6 +202,15 @@ class BatchRenorm2d(StepCounter, nn.Module):
     def last_d_clipped(self) -> float:
         """Fraction of channels (× groups) whose d was clipped in the last training step."""
         return self._clipped_fraction(3)
+
+    def diagnostics(self) -> dict[str, float]:
+        """rmax and dmax of the last step and the fraction of channels whose r, d clipped."""
+        return {
+            "rmax": self.last_rmax,
+            "dmax": self.last_dmax,
+            "r_clipped": self.last_r_clipped,
+            "d_clipped": self.last_d_clipped,
+        }
 
     def _limits_and_rd(self, mean_b: Tensor, sigma_b: Tensor, shape) -> tuple[Tensor, Tensor]:
         """Clipped r, d (no gradient) from batch and running statistics; advances the step."""

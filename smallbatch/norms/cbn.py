@@ -112,6 +112,8 @@ class _WindowNorm(torch.autograd.Function):
 class CrossIterationBatchNorm2d(StepCounter, nn.Module):
     """Cross-Iteration BN: statistics over k iterations, Taylor-compensated to current weights."""
 
+    diagnostics_prefix = "cbn"
+
     ddp_local_buffers = WINDOW_BUFFERS
     supports_ghost_batch = True
     norm_batch: int | None = None
@@ -245,12 +247,8 @@ class CrossIterationBatchNorm2d(StepCounter, nn.Module):
         self._conv_io = (inputs[0], out) if self.training and torch.is_grad_enabled() else None
 
     def window_memory_bytes(self) -> int:
-        """Bytes held by the window buffers."""
-        return sum(
-            b.numel() * b.element_size()
-            for name in self.ddp_local_buffers
-            if (b := getattr(self, name, None)) is not None
-        )
+        """Bytes held by the window buffers (``state_bytes`` of the contract)."""
+        return self.state_bytes()
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training:
@@ -329,6 +327,14 @@ class CrossIterationBatchNorm2d(StepCounter, nn.Module):
             return 0.0
         comp, keep, _ = self._diag
         return float(comp[:, :, 0].abs()[keep].mean()) if bool(keep.any()) else 0.0
+
+    def diagnostics(self) -> dict[str, float]:
+        """Whether the window was used, iterations averaged, mean |Δμ| compensation."""
+        return {
+            "window_active": float(self.last_window_active),
+            "entries_used": self.last_entries_used,
+            "compensation": self.last_compensation,
+        }
 
     def _compensation(self, n: int) -> Tensor:
         """Taylor terms moving the first ``n`` entries' (μ, ν) to the current conv weights,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from typing import Any
 from torch import nn
 
 ENTRY_POINT_GROUP = "smallbatch.norms"
+# Comma-separated norm names that plugins may replace (e.g. "gn"); any other clash is an error.
+OVERRIDE_ENV = "SMALLBATCH_NORM_OVERRIDES"
 
 NormFactory = Callable[..., nn.Module]
 NormSpecLike = str | Mapping[str, Any] | NormFactory
@@ -106,13 +109,16 @@ def load_plugins(force: bool = False) -> list[str]:
 
     Each entry point's name becomes the norm's short name; its object is the factory. A plugin
     that fails to import is reported with a warning and skipped, so one broken package cannot
-    hide the others. Returns the names registered by this call.
+    hide the others. A plugin name that is already registered from another source (a built-in
+    or another plugin) raises :class:`NormConfigError` naming both, unless the name is listed in
+    ``$SMALLBATCH_NORM_OVERRIDES``. Returns the names registered by this call.
     """
     global _PLUGINS_LOADED
     if _PLUGINS_LOADED and not force:
         return []
     _PLUGINS_LOADED = True
-    added = []
+    allowed = {n.strip().lower() for n in os.environ.get(OVERRIDE_ENV, "").split(",")}
+    added, clashes = [], []
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
             obj = ep.load()
@@ -123,15 +129,30 @@ def load_plugins(force: bool = False) -> list[str]:
             )
             continue
         dist = getattr(getattr(ep, "dist", None), "name", None) or ep.value.split(":")[0]
-        register_norm(ep.name, obj, source=f"plugin: {dist}", overwrite=True)
-        added.append(ep.name.lower())
+        source, key = f"plugin: {dist}", ep.name.lower()
+        existing = _REGISTRY.get(key)
+        if existing is not None and existing.source != source and key not in allowed:
+            clashes.append(f"{key!r} from {source} ({ep.value}) clashes with {existing.source}")
+            continue
+        register_norm(ep.name, obj, source=source, overwrite=True)
+        added.append(key)
+    if clashes:
+        _PLUGINS_LOADED = False  # every later lookup says so again
+        raise NormConfigError(
+            "norm plugin names already registered: "
+            + "; ".join(clashes)
+            + f". Rename the plugin's entry point, or set {OVERRIDE_ENV}=<name>[,<name>...] "
+            "to let the plugin replace that norm"
+        )
     return added
 
 
-def available_norms() -> dict[str, NormEntry]:
-    """Every registered norm (built-in, plugins, code), sorted by name."""
+def available_norms(order: str = "name") -> dict[str, NormEntry]:
+    """Every registered norm (built-in, plugins, code), sorted by name, or with
+    ``order="registration"`` in the order registered (built-ins first, in the table of
+    ``smallbatch.norms``: the suite's display order)."""
     load_plugins()
-    return dict(sorted(_REGISTRY.items()))
+    return dict(_REGISTRY) if order == "registration" else dict(sorted(_REGISTRY.items()))
 
 
 def import_object(path: str) -> Any:

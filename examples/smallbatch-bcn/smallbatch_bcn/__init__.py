@@ -10,9 +10,11 @@ buffers and moved toward each training batch's statistics at rate ``momentum`` w
 gradient, so the layer also works at batch 1. With ``estimated=False`` the batch step uses the
 current batch's statistics in training (BN) and the estimates in eval.
 
-Plugin contract used here: constructor ``(num_features, **kwargs)``; state in registered
-buffers (checkpointed); ghost batches: ``supports_ghost_batch`` + ``norm_batch``; clear errors
-through ``smallbatch.norms.check_batch_stats``.
+Plugin contract used here (``smallbatch.norms.NormLayer``): constructor
+``(num_features, **kwargs)``; state in registered buffers (checkpointed); ghost batches:
+``supports_ghost_batch`` + ``norm_batch``; a diagnostic of its own (``diagnostics()``, logged as
+``norm/bcn_estimate_gap``); ``compile_safe`` declared; clear errors through
+``smallbatch.norms.check_batch_stats``.
 """
 
 from __future__ import annotations
@@ -21,16 +23,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from smallbatch.norms import NormConfigError, check_batch_stats
+from smallbatch.norms import NormConfigError, NormLayer, check_batch_stats
 from smallbatch.norms.base import ghost_groups, grouped_moments, update_running_from_groups
 
 __all__ = ["BatchChannelNorm2d"]
 
 
-class BatchChannelNorm2d(nn.Module):
+class BatchChannelNorm2d(NormLayer, nn.Module):
     """Batch-Channel Normalization: estimated batch statistics per channel, then GroupNorm."""
 
     supports_ghost_batch = True
+    compile_safe = True  # no Python-side state: buffers only
+    diagnostics_prefix = "bcn"
     norm_batch: int | None = None
 
     def __init__(
@@ -56,6 +60,12 @@ class BatchChannelNorm2d(nn.Module):
         self.group_norm = nn.GroupNorm(groups, num_features, eps=eps)
         self.register_buffer("running_mean", torch.zeros(num_features))
         self.register_buffer("running_var", torch.ones(num_features))
+        self._last_gap: Tensor | None = None  # a tensor: read (synced) only when logged
+
+    def diagnostics(self) -> dict[str, float]:
+        """``estimate_gap``: mean |μ_B − μ̂|/σ̂ over channels in the last training step, how far
+        the batch's statistics were from the estimates that normalized it."""
+        return {} if self._last_gap is None else {"estimate_gap": float(self._last_gap)}
 
     def _batch_step(self, x: Tensor) -> Tensor:
         if not self.training:
@@ -67,6 +77,9 @@ class BatchChannelNorm2d(nn.Module):
             # statistics of this batch (per ghost group) only update the estimates
             groups = ghost_groups(x, self.norm_batch, self)
             _, mean, var = grouped_moments(x.detach(), groups)
+            sigma = (self.running_var + self.eps).sqrt().view(1, 1, -1, 1, 1)
+            gap = ((mean - self.running_mean.view(1, 1, -1, 1, 1)) / sigma).abs().mean()
+            self._last_gap = gap
             count = x.shape[0] // groups * x.shape[2] * x.shape[3]
             update_running_from_groups(self, mean, var, count, self.momentum)
             return F.batch_norm(

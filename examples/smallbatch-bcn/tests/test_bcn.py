@@ -94,3 +94,18 @@ def test_registered_through_entry_point_and_trains():
 def test_bad_groups_error():
     with pytest.raises(ValueError, match="3 groups do not divide 16"):
         BatchChannelNorm2d(16, num_groups=3)
+
+
+def test_logs_its_own_diagnostic_through_the_contract():
+    from smallbatch.norms import NormLayer, compile_unsafe_layers, layer_diagnostics
+
+    model = create_model("resnet8", "bcn", num_classes=10)
+    assert all(
+        isinstance(m, NormLayer) for m in model.modules() if isinstance(m, BatchChannelNorm2d)
+    )
+    assert compile_unsafe_layers(model) == []  # declared compile_safe
+    assert layer_diagnostics(model) == {}  # nothing before a training step
+    model.train()
+    model(torch.randn(4, 3, 16, 16) + 2.0)  # batch mean far from the initial estimates (0)
+    diag = layer_diagnostics(model)
+    assert set(diag) == {"norm/bcn_estimate_gap"} and diag["norm/bcn_estimate_gap"] > 0
