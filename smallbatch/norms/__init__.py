@@ -20,6 +20,7 @@ from .brn import BatchRenorm2d, RenormRamp
 from .cbn import CrossIterationBatchNorm2d
 from .functional import batch_stat_norm, moments
 from .gn import GroupNorm2d, InstanceNorm2d, LayerNorm2d
+from .mabn import MovingAverageBatchNorm2d
 from .registry import (
     ENTRY_POINT_GROUP,
     NormConfigError,
@@ -42,6 +43,7 @@ _BUILTINS = {
     "syncbn": (SyncBatchNorm, "SyncBatchNorm: batch stats over all devices (CUDA DDP)"),
     "brn": (BatchRenorm2d, "Batch Renormalization: batch stats corrected by clipped r, d"),
     "cbn": (CrossIterationBatchNorm2d, "Cross-Iteration BN: k-iteration Taylor-compensated stats"),
+    "mabn": (MovingAverageBatchNorm2d, "Moving Average BN: averaged fwd/bwd stats, no mean"),
     "gn": (GroupNorm2d, "GroupNorm: per-sample stats over channel groups (32)"),
     "ln": (LayerNorm2d, "LayerNorm for conv nets: one group over (C, H, W)"),
     "in": (InstanceNorm2d, "InstanceNorm: one channel per group"),
@@ -60,6 +62,7 @@ __all__ = [
     "GroupNorm2d",
     "InstanceNorm2d",
     "LayerNorm2d",
+    "MovingAverageBatchNorm2d",
     "NormConfigError",
     "NormEntry",
     "NormLayer",
