@@ -18,6 +18,7 @@ from .base import (
 from .bn import BatchNorm2d, SyncBatchNorm
 from .brn import BatchRenorm2d, RenormRamp
 from .cbn import CrossIterationBatchNorm2d
+from .evonorm_b0 import EvoNormB0
 from .functional import batch_stat_norm, moments
 from .gn import GroupNorm2d, InstanceNorm2d, LayerNorm2d
 from .mabn import MovingAverageBatchNorm2d
@@ -44,6 +45,7 @@ _BUILTINS = {
     "brn": (BatchRenorm2d, "Batch Renormalization: batch stats corrected by clipped r, d"),
     "cbn": (CrossIterationBatchNorm2d, "Cross-Iteration BN: k-iteration Taylor-compensated stats"),
     "mabn": (MovingAverageBatchNorm2d, "Moving Average BN: averaged fwd/bwd stats, no mean"),
+    "evonorm_b0": (EvoNormB0, "timm EvoNorm-B0: batch variance, instance std, activation"),
     "gn": (GroupNorm2d, "GroupNorm: per-sample stats over channel groups (32)"),
     "ln": (LayerNorm2d, "LayerNorm for conv nets: one group over (C, H, W)"),
     "in": (InstanceNorm2d, "InstanceNorm: one channel per group"),
@@ -59,6 +61,7 @@ __all__ = [
     "BatchRenorm2d",
     "BatchStatsError",
     "CrossIterationBatchNorm2d",
+    "EvoNormB0",
     "GroupNorm2d",
     "InstanceNorm2d",
     "LayerNorm2d",

@@ -1,0 +1,67 @@
+"""EvoNorm-B0 against its formula, timm's layer and, with ghost batches, per-group layers."""
+
+import torch
+
+from smallbatch.models import create_model
+from smallbatch.norms.evonorm_b0 import EvoNormB0
+
+
+def _formula(x, v, gamma, beta, eps):
+    """y = x / max(√(σ²_B + ε), v·x + √(σ²_I + ε))·γ + β, written out."""
+    c = (1, -1, 1, 1)
+    var_b = x.var(dim=(0, 2, 3), unbiased=False).view(c)
+    var_i = x.var(dim=(2, 3), unbiased=False, keepdim=True)
+    den = torch.maximum((var_b + eps).sqrt().expand_as(x), x * v.view(c) + (var_i + eps).sqrt())
+    return x / den * gamma.view(c) + beta.view(c)
+
+
+def _layer(c=6):
+    torch.manual_seed(0)
+    layer = EvoNormB0(c)
+    with torch.no_grad():
+        for p in (layer.weight, layer.bias, layer.v):
+            p.normal_()
+    return layer
+
+
+def test_matches_formula_and_running_variance():
+    layer = _layer()
+    x = torch.randn(4, 6, 5, 5) * 2 + 1
+    expected = _formula(x, layer.v, layer.weight, layer.bias, layer.eps)
+    torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+    unbiased = x.var(dim=(0, 2, 3), unbiased=True)
+    torch.testing.assert_close(layer.running_var, 0.9 + 0.1 * unbiased)
+
+
+def test_ghost_batches_equal_per_group_layers_with_averaged_running_variance():
+    ghost, ref = _layer(), _layer()
+    ghost.norm_batch = 2
+    x = torch.randn(6, 6, 3, 3, requires_grad=True)
+    xr = x.detach().clone().requires_grad_()
+    y = ghost(x)
+    expected = torch.cat([_formula(c, ref.v, ref.weight, ref.bias, ref.eps) for c in xr.split(2)])
+    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(y)
+    y.backward(g)
+    expected.backward(g)
+    torch.testing.assert_close(x.grad, xr.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ghost.v.grad, ref.v.grad, rtol=1e-5, atol=1e-5)
+    n = 2 * 3 * 3
+    var = torch.stack([c.var(dim=(0, 2, 3), unbiased=False) for c in xr.detach().split(2)]).mean(0)
+    torch.testing.assert_close(ghost.running_var, 0.9 + 0.1 * var * n / (n - 1))
+
+
+def test_eval_uses_running_variance_and_trains_in_a_resnet():
+    layer = _layer()
+    layer.eval()
+    x = torch.randn(2, 6, 3, 3)
+    var_i = x.var(dim=(2, 3), unbiased=False, keepdim=True)
+    c = (1, -1, 1, 1)
+    den = torch.maximum(
+        (layer.running_var + layer.eps).sqrt().view(c).expand_as(x),
+        x * layer.v.view(c) + (var_i + layer.eps).sqrt(),
+    )
+    torch.testing.assert_close(layer(x), x / den * layer.weight.view(c) + layer.bias.view(c))
+    model = create_model("resnet8", "evonorm_b0", num_classes=10)
+    model.train()
+    assert model(torch.randn(4, 3, 8, 8)).shape == (4, 10)
