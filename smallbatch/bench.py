@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .models import COMPILE_MODES, compile_backbone, create_model, to_channels_last
-from .norms import NormConfigError
+from .norms import NormConfigError, resolve_norm
 from .results import write_json_atomic
 
 
@@ -70,8 +70,9 @@ def _norm_spec(norm: str, window: int) -> Any:
 def build(backbone: str, norm: str, window: int, device: torch.device, channels_last: bool):
     torch.manual_seed(0)
     extra = {"window": window} if norm in ("cbn", REFERENCE_CBN) else {}
-    if norm == "brn":  # time BRN with live r, d (past the ramp), not its BN-like warm-up
-        extra = {"warmup": 0, "rmax_at": 0, "dmax_at": 0}
+    # time each norm in its steady regime (BRN with live r, d; MABN with its moving averages),
+    # not its BN-like warm-up: the contract's steady_state_args
+    extra |= getattr(resolve_norm(_norm_spec(norm, window))[0], "steady_state_args", {})
     model = create_model(
         backbone, _norm_spec(norm, window), num_classes=10, **BACKBONES.get(backbone, {}), **extra
     )

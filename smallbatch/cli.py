@@ -1,228 +1,64 @@
-"""``smallbatch`` entry point: Lightning CLI (fit/validate/test) plus the suite's own commands.
+"""``smallbatch`` entry point: one table of commands, each with a line of help.
 
-Every Lightning run gets a run folder (``--run_dir``, default ``runs/<name>/<time>``) that holds
-its config, checkpoints, W&B files and ``result.json``; two runs never share one unless asked.
+``fit``/``validate``/``test``/``predict`` are Lightning CLI runs (:mod:`smallbatch.lightning_cli`);
+``grid``, ``report``, ``norms`` and ``bench`` are the suite's own (:mod:`smallbatch.commands`).
+``smallbatch --help`` lists them all; ``smallbatch COMMAND --help`` shows a command's options.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import sys
-import time
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
 
-from jsonargparse import Namespace
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar, TQDMProgressBar
-from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
-
-from .data import SmallBatchDataModule
-from .module import SmallBatchModule, norm_display_name
-from .naming import run_label
-from .progress import EpochLinePrinter
-from .results import ResultWriter
-from .wandb_setup import configure_wandb_logger, finish_wandb_runs
-
-EXTRA_COMMANDS = ("norms", "grid", "report", "bench")
-_TRAINERS: list = []  # trainers of the current CLI call, to close their W&B runs
+from . import commands
 
 
-def data_args(cfg: Namespace) -> Namespace:
-    """The data module's arguments (``init_args`` in subclass mode)."""
-    return cfg.data.init_args if "init_args" in cfg.data else cfg.data
+def _lightning(subcommand: str) -> Callable[[list[str]], int]:
+    def run(argv: list[str]) -> int:
+        from .lightning_cli import lightning_main
+
+        lightning_main([subcommand, *argv])
+        return 0
+
+    return run
 
 
-def run_name(cfg: Namespace) -> str:
-    """``--name``, else ``<norm>-nb<normalization batch>[-pb<per-device batch>]-s<seed>``
-    (:mod:`smallbatch.naming`), e.g. ``brn-nb4-s0`` or, with ghost batches, ``brn-nb2-pb8-s0``."""
-    if cfg.get("name"):
-        return str(cfg.name)
-    norm = norm_display_name(cfg.model.norm)
-    batch = data_args(cfg).batch_size
-    return run_label(norm, batch, cfg.model.norm_batch, cfg.seed_everything)
+# name -> (runner, one line of help); the order is the order of `smallbatch --help`
+COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
+    "fit": (_lightning("fit"), "train one cell (Lightning CLI: --config, --model.*, --data.*)"),
+    "validate": (_lightning("validate"), "evaluate a checkpoint on the validation set"),
+    "test": (_lightning("test"), "evaluate a checkpoint on the test set"),
+    "predict": (_lightning("predict"), "run a checkpoint's predictions"),
+    "grid": (commands.grid_command, "run or resume a grid of cells (configs/grid/*.yaml)"),
+    "report": (commands.report_command, "table, CSV and plot of a grid's results"),
+    "norms": (commands.norms_command, "every registered norm, built-in or plugin"),
+    "bench": (commands.bench_command, "step time and memory per norm, ratios to BN"),
+}
 
 
-# Keys that say where and under which name a run is stored or logged, not what it computes.
-NOT_SETTINGS = ("config", "run_dir", "name", "group", "tags", "trainer.default_root_dir")
-SEED_KEY = "seed_everything"
-
-
-def _digest(data: Any) -> str:
-    blob = json.dumps(data, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def config_digest(cfg: Namespace) -> str:
-    """Stable digest of the run's config, without where it is written."""
-    data = cfg.clone().as_dict()
-    data.pop("run_dir", None)
-    data.pop("config", None)
-    trainer = data.get("trainer") or {}
-    trainer.pop("default_root_dir", None)
-    return _digest(data)
-
-
-def run_setting(cfg: Namespace) -> dict[str, Any]:
-    """The resolved config as flat ``{dotted key: value}``, without the seed, the run's name
-    and location, and the logger: runs with equal settings differ only in their seed, and
-    ``smallbatch report`` averages exactly those."""
-    flat = vars(cfg.clone().as_flat())
-    keep = {
-        k: v
-        for k, v in flat.items()
-        if k != SEED_KEY
-        and not any(k == n or k.startswith(n + ".") for n in NOT_SETTINGS)
-        and not k.startswith("trainer.logger")
-    }
-    return json.loads(json.dumps(keep, sort_keys=True, default=str))
-
-
-def code_version() -> str | None:
-    """The git commit the package runs from (``+dirty`` with uncommitted changes to tracked
-    files), or None outside a git checkout: recorded in result.json as provenance."""
-    import subprocess
-
-    root = Path(__file__).resolve().parent.parent
-    try:
-
-        def git(*args: str) -> str:
-            return subprocess.run(
-                ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10,
-                check=True,
-            ).stdout.strip()  # fmt: skip
-
-        commit = git("rev-parse", "--short=12", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no")
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return f"{commit}+dirty" if dirty else commit
-
-
-def setting_digest(setting: dict[str, Any]) -> str:
-    """Digest of :func:`run_setting`: equal for the seeds of one setting."""
-    return _digest(setting)
-
-
-class LoggedSaveConfigCallback(SaveConfigCallback):
-    """Saves config.yaml in the run folder and also records the whole config in the loggers."""
-
-    def save_config(self, trainer, pl_module, stage: str) -> None:
-        """The resolved config, nested once under ``lightning`` (not one key per leaf)."""
-        data = self.config.clone().as_dict()
-        data.pop("config", None)  # the paths of the --config files
-        nested = json.loads(json.dumps(data, default=str))
-        for logger in trainer.loggers:
-            logger.log_hyperparams({"lightning": nested})
-
-
-class SmallBatchCLI(LightningCLI):
-    """LightningCLI with run folders, cell naming, W&B defaults, results and checkpoints."""
-
-    def add_arguments_to_parser(self, parser) -> None:
-        parser.add_argument("--run_dir", type=str | None, default=None, help="run folder")
-        parser.add_argument(
-            "--name", type=str | None, default=None, help="run name (default: from the cell)"
-        )
-        parser.add_argument("--group", type=str, default="adhoc", help="W&B group (a grid's name)")
-        parser.add_argument("--tags", type=list[str], default=[], help="extra W&B tags")
-        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
-        parser.link_arguments("data.in_chans", "model.in_chans", apply_on="instantiate")
-
-    def before_instantiate_classes(self) -> None:
-        cfg = self.config[self.subcommand] if self.subcommand else self.config
-        name = run_name(cfg)
-        run_dir = cfg.run_dir or os.environ.get("SMALLBATCH_RUN_DIR")
-        if not run_dir:
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            run_dir = str(Path("runs") / name / f"{stamp}-{os.getpid()}")
-        cfg.run_dir = run_dir
-        # DDP re-launches this command per rank: every rank must use the same folder.
-        os.environ["SMALLBATCH_RUN_DIR"] = run_dir
-        cfg.trainer.default_root_dir = run_dir
-        cell = self.cell_info(cfg, name)
-        configure_wandb_logger(cfg.trainer, run_dir, name, cfg.group, cfg.tags, cell)
-        setting = run_setting(cfg)
-        self._cell = {
-            **cell,
-            "setting": setting,
-            "setting_digest": setting_digest(setting),
-            "code_version": code_version(),
-        }
-        self._digest = config_digest(cfg)
-
-    @staticmethod
-    def cell_info(cfg: Namespace, name: str) -> dict[str, Any]:
-        data = data_args(cfg)
-        devices = cfg.trainer.devices
-        return {
-            "name": name,
-            "norm": norm_display_name(cfg.model.norm),
-            "norm_args": json.loads(json.dumps(cfg.model.norm_args or {}, default=str)),
-            "batch_size": data.batch_size,
-            # the normalization batch: per-device batch, or the ghost batch when one is set
-            "norm_batch": min(cfg.model.norm_batch or data.batch_size, data.batch_size),
-            "dataset": str(cfg.data.get("class_path", "")).rsplit(".", 1)[-1] or None,
-            "devices": devices,
-            "num_nodes": cfg.trainer.num_nodes,
-            "seed": cfg.seed_everything,
-            "backbone": cfg.model.backbone,
-            "group": cfg.group,
-        }
-
-    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]):
-        run_dir = Path(config["default_root_dir"])
-        given = list(config.get("callbacks") or []) + list(callbacks)
-        if not any(isinstance(c, ModelCheckpoint) for c in given):
-            callbacks.append(
-                ModelCheckpoint(
-                    dirpath=run_dir / "checkpoints",
-                    filename="best-{epoch}-{step}",
-                    monitor="val/acc",
-                    mode="max",
-                    save_last=True,
-                )
-            )
-        if not any(isinstance(c, RichProgressBar | TQDMProgressBar) for c in given):
-            interactive = sys.stdout.isatty() and not os.environ.get("CI")
-            if interactive:
-                callbacks.append(RichProgressBar())
-            else:  # CI logs: no bar, one plain line per epoch
-                callbacks += [TQDMProgressBar(refresh_rate=0), EpochLinePrinter()]
-        callbacks.append(ResultWriter(self._digest, self._cell))
-        trainer = super()._instantiate_trainer(config, callbacks)
-        _TRAINERS.append(trainer)
-        return trainer
-
-
-def lightning_main(args: list[str] | None = None, run: bool = True) -> SmallBatchCLI:
-    """Run the Lightning CLI (``fit``/``validate``/``test``) with the suite's defaults."""
-    _TRAINERS.clear()
-    try:
-        return SmallBatchCLI(
-            SmallBatchModule,
-            SmallBatchDataModule,
-            subclass_mode_data=True,
-            save_config_callback=LoggedSaveConfigCallback,
-            save_config_kwargs={"overwrite": True},
-            args=args,
-            run=run,
-            auto_configure_optimizers=False,
-        )
-    finally:
-        if run:
-            finish_wandb_runs(_TRAINERS)
+def usage() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = [f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()]
+    return (
+        "usage: smallbatch COMMAND [options]   (smallbatch COMMAND --help for its options)\n\n"
+        "Small-batch normalization benchmark suite.\n\ncommands:\n" + "\n".join(lines)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in EXTRA_COMMANDS:
-        from . import commands
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        import difflib
 
-        return int(getattr(commands, f"{argv[0]}_command")(argv[1:]) or 0)
-    lightning_main(argv)
-    return 0
+        close = difflib.get_close_matches(name, COMMANDS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        print(f"error: unknown command {name!r}{hint}\n\n{usage()}", file=sys.stderr)
+        return 2
+    return int(COMMANDS[name][0](rest) or 0)
 
 
 if __name__ == "__main__":

@@ -159,11 +159,12 @@ class SmallBatchModule(pl.LightningModule):
     def on_fit_start(self) -> None:
         total = int(self.trainer.estimated_stepping_batches)
         schedules = set()
-        for m in self.model.modules():
-            if hasattr(m, "set_total_steps"):
+        for m in self.model.modules():  # the NormLayer contract (duck-typed for plugins)
+            if callable(getattr(m, "set_total_steps", None)):
                 m.set_total_steps(total)  # raises when step milestones lie beyond the run
-                if hasattr(m, "ramp"):
-                    schedules.add(m.ramp.describe(total))
+            summary = getattr(m, "schedule_summary", None)
+            if callable(summary) and summary():
+                schedules.add(summary())
         for line in sorted(schedules):
             rank_zero_info(f"{line} (run: {total} steps)")
         if self.hparams.diagnostics and not self.hparams.compile_mode and self._gap is None:

@@ -10,10 +10,22 @@ from typing import Any
 from urllib.parse import urlparse
 
 from jsonargparse import Namespace
+from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 
 WANDB_LOGGER = "WandbLogger"
+QUIET_WANDB_LOGGER = "smallbatch.wandb_setup.WandbLogger"
 _ANNOUNCED = False
+
+
+class WandbLogger(LightningWandbLogger):
+    """Lightning's ``WandbLogger`` without passing W&B the deprecated ``anonymous`` setting (it
+    only makes W&B print a warning on every run); same arguments and behaviour otherwise."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self._wandb_init.get("anonymous") is None:
+            self._wandb_init.pop("anonymous", None)
 
 
 def wandb_has_credentials() -> bool:
@@ -49,6 +61,8 @@ def configure_wandb_logger(
     and offline mode when no credentials exist (``wandb sync`` uploads later)."""
     global _ANNOUNCED
     for logger in _wandb_loggers(trainer_cfg):
+        if logger.class_path == "lightning.pytorch.loggers.WandbLogger":
+            logger.class_path = QUIET_WANDB_LOGGER  # a strict subclass, see WandbLogger above
         args = logger.get("init_args") or Namespace()
         args.name = args.get("name") or name
         args.group = args.get("group") or group

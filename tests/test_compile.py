@@ -10,7 +10,7 @@ from conftest import tiny_fit_args
 
 import smallbatch.bench as bench
 import smallbatch.module as module
-from smallbatch.cli import lightning_main
+from smallbatch.lightning_cli import lightning_main
 from smallbatch.models import compile_backbone, create_model
 from smallbatch.norms import NormConfigError, builtin_norms
 from smallbatch.results import read_result

@@ -13,8 +13,8 @@ import torch
 import yaml
 from conftest import HELPERS, ROOT, tiny_fit_args
 
-from smallbatch.cli import lightning_main
 from smallbatch.data import DatasetNotFoundError, FashionMNIST, ImageFolder
+from smallbatch.lightning_cli import lightning_main
 from smallbatch.norms import NormConfigError
 from smallbatch.results import read_result
 from smallbatch.wandb_setup import read_offline_run
@@ -218,5 +218,7 @@ def test_kill_and_resume_continues_brn_step_and_cbn_window(norm, fashion_dir, tm
     if norm == "cbn":
         assert any(k.endswith("win_valid") and bool(saved[k].any()) for k in saved)
     final = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
-    assert all(int(final["state_dict"][k]) == 8 for k in step_keys)
+    assert all(int(final["state_dict"][k]) == 8 for k in step_keys), [
+        int(final["state_dict"][k]) for k in step_keys
+    ]
     assert read_result(run)["status"] == "finished"

@@ -25,10 +25,10 @@ class CellJob:
         self.spec = spec
 
     def __call__(self, cell: Cell) -> dict[str, Any] | None:
-        from ..cli import lightning_main
+        from ..lightning_cli import lightning_main
 
         folder = self.spec.run_dir / "cells" / cell.folder
-        args = self.spec.command(cell)[3:]  # drop "python -m smallbatch.cli"
+        args = self.spec.cli_args(cell)
         last = folder / "checkpoints" / "last.ckpt"
         if last.exists():
             args += ["--ckpt_path", str(last)]

@@ -180,15 +180,18 @@ class GridSpec:
             for c in cells
         }
 
+    def cli_args(self, cell: Cell) -> list[str]:
+        """The cell's ``smallbatch`` arguments: ``fit --config ... --run_dir ... --name ...``."""
+        args = ["fit", "--config", str(self.base_config)]
+        for key, value in cell.overrides.items():
+            args += [f"--{key}", cli_value(value)]
+        args += ["--run_dir", str(self.run_dir / "cells" / cell.folder), "--group", self.name]
+        name = self.run_names().get(cell.digest)
+        return args + (["--name", name] if name else [])
+
     def command(self, cell: Cell, python: str | None = None) -> list[str]:
         """The exact ``smallbatch fit`` command of a cell (without resume flags)."""
-        cmd = [python or sys.executable, "-m", "smallbatch.cli", "fit"]
-        cmd += ["--config", str(self.base_config)]
-        for key, value in cell.overrides.items():
-            cmd += [f"--{key}", cli_value(value)]
-        cmd += ["--run_dir", str(self.run_dir / "cells" / cell.folder), "--group", self.name]
-        name = self.run_names().get(cell.digest)
-        return cmd + (["--name", name] if name else [])
+        return [python or sys.executable, "-m", "smallbatch.cli", *self.cli_args(cell)]
 
     def command_line(self, cell: Cell, python: str | None = None) -> str:
         return shlex.join(self.command(cell, python))
@@ -286,7 +289,7 @@ def validate_cells(spec: GridSpec) -> None:
     import contextlib
     import io
 
-    from ..cli import lightning_main
+    from ..lightning_cli import lightning_main
     from ..norms import NormConfigError, resolve_norm
 
     cells = spec.cells()
@@ -308,7 +311,7 @@ def validate_cells(spec: GridSpec) -> None:
         for key, value in zip(spec.axes, combo, strict=True):
             first.setdefault((key, json.dumps(value, sort_keys=True, default=str)), index)
     for cell in (expanded[i][1] for i in sorted(set(first.values()))):
-        args = spec.command(cell)[3:] + ["--print_config"]
+        args = spec.cli_args(cell) + ["--print_config"]
         out, err = io.StringIO(), io.StringIO()
         try:
             with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

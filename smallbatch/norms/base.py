@@ -26,6 +26,8 @@ class NormLayer:
         needs_conv: ``swap_norms`` calls ``attach_conv(conv)`` with the Conv2d feeding it.
         compile_safe: the layer can run under ``torch.compile`` (no Python-side state).
         diagnostics_prefix: W&B keys of ``diagnostics()`` are ``norm/<prefix>_<key>``.
+        steady_state_args: ``norm_args`` that put the layer in its steady regime from the first
+            step (no warm-up), for benchmarks that time a few steps.
     """
 
     supports_ghost_batch: bool = False
@@ -33,12 +35,17 @@ class NormLayer:
     needs_conv: bool = False
     compile_safe: bool = True
     diagnostics_prefix: str | None = None
+    steady_state_args: dict[str, Any] = {}  # read-only class default
 
     def attach_conv(self, conv: nn.Conv2d) -> None:
         """Receive the Conv2d whose output this layer normalizes (when ``needs_conv``)."""
 
     def set_total_steps(self, total_steps: int) -> None:
         """Receive the run's total optimizer steps at fit start (schedules given as shares)."""
+
+    def schedule_summary(self) -> str:
+        """One line on the layer's step milestones for this run (logged at fit start), or ""."""
+        return ""
 
     def diagnostics(self) -> dict[str, float]:
         """Scalars from the last training step, logged every ``log_every_n_steps``."""

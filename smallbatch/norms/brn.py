@@ -132,6 +132,7 @@ class BatchRenorm2d(StepCounter, nn.Module):
 
     supports_ghost_batch = True
     diagnostics_prefix = "brn"
+    steady_state_args = {"warmup": 0, "rmax_at": 0, "dmax_at": 0}
     norm_batch: int | None = None
 
     def __init__(
@@ -171,6 +172,9 @@ class BatchRenorm2d(StepCounter, nn.Module):
         self.ramp.milestones(int(total_steps))  # refuse before training, not at step n
         self.total_steps.fill_(int(total_steps))
         self._host_total = int(total_steps)
+
+    def schedule_summary(self) -> str:
+        return self.ramp.describe(self._host_total or None)
 
     def current_limits(self) -> tuple[float, float]:
         """(rmax, dmax) that the next training step will use."""

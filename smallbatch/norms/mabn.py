@@ -86,6 +86,8 @@ class MovingAverageBatchNorm2d(StepCounter, nn.Module):
 
     supports_ghost_batch = True
     needs_conv = True
+    diagnostics_prefix = "mabn"
+    steady_state_args = {"warmup": 0, "renorm_after": 0, "unit": "steps"}
     ddp_local_buffers = HISTORY_BUFFERS
     norm_batch: int | None = None
 
@@ -155,6 +157,12 @@ class MovingAverageBatchNorm2d(StepCounter, nn.Module):
             self.warmup, self.renorm_after = warmup * scale, renorm * scale
         else:
             self.warmup, self.renorm_after = warmup, renorm
+
+    def schedule_summary(self) -> str:
+        return (
+            f"MABN ({self.unit}): batch statistics until step {self.warmup:.0f}, moving averages "
+            f"over {self.window} batches after; r = 1 until step {self.renorm_after:.0f}"
+        )
 
     def _allocate_history(self, replicas: int) -> None:
         """Past χ and ψ of ``window − 1`` normalization batches per replica (ghost group)."""

@@ -1,0 +1,77 @@
+"""The `smallbatch` entry point: one table of commands, --help, no import cycle, no noise."""
+
+import os
+import subprocess
+import sys
+
+from smallbatch.cli import COMMANDS
+
+
+def _run(*args, code=None):
+    cmd = [sys.executable, *(code and ["-c", code] or ["-m", "smallbatch.cli", *args])]
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SILENT"}  # see W&B's warnings
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_help_lists_every_command_with_a_line():
+    proc = _run("--help")
+    assert proc.returncode == 0
+    for name in ("fit", "validate", "test", "predict", "grid", "report", "norms", "bench"):
+        assert any(line.split()[:1] == [name] for line in proc.stdout.splitlines()), name
+    assert set(COMMANDS) == {
+        "fit",
+        "validate",
+        "test",
+        "predict",
+        "grid",
+        "report",
+        "norms",
+        "bench",
+    }
+
+
+def test_unknown_command_suggests_the_closest():
+    proc = _run("gird")
+    assert proc.returncode == 2 and "did you mean 'grid'?" in proc.stderr
+
+
+def test_importing_grid_does_not_import_the_command_table():
+    code = (
+        "import sys, smallbatch.grid, smallbatch.grid.slurm; "
+        "print('smallbatch.cli' in sys.modules, 'smallbatch.commands' in sys.modules)"
+    )
+    proc = _run(code=code)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["False", "False"]
+
+
+def test_no_argv_echo_warning_on_an_ordinary_call():
+    proc = _run("fit", "--config", "configs/quickstart.yaml", "--print_config")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "LightningCLI's args parameter" not in proc.stderr
+
+
+NOISE = ("LightningCLI's args parameter", "anonymous setting", "litlogger", "LeafSpec")
+
+
+def test_ordinary_calls_print_none_of_the_known_warnings(tmp_path):
+    import conftest
+
+    norms = _run("norms")
+    assert norms.returncode == 0
+    fit = _run(
+        *conftest.tiny_fit_args(conftest_fashion(tmp_path), tmp_path / "run"),
+        "--trainer.logger",
+        '{"class_path": "lightning.pytorch.loggers.WandbLogger", "init_args": {"project": "t"}}',
+    )
+    assert fit.returncode == 0, fit.stderr[-2000:]
+    for proc in (norms, fit):
+        out = proc.stdout + proc.stderr
+        assert not [n for n in NOISE if n in out], out[-3000:]
+
+
+def conftest_fashion(tmp_path):
+    from smallbatch.data import FashionMNIST
+
+    FashionMNIST(data_dir=str(tmp_path / "data")).prepare_data()
+    return str(tmp_path / "data")
