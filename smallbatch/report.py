@@ -415,7 +415,8 @@ def plot(stats: list[CellStats], path: Path, title: str, metric: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
-    for row in _row_order(stats):
+    for i, row in enumerate(_row_order(stats)):
+        color = f"C{i % 10}"  # one colour per row, flat lines included
         pts = sorted(
             (s for s in stats if s.row == row and s.mean is not None), key=lambda s: s.norm_batch
         )
@@ -423,15 +424,15 @@ def plot(stats: list[CellStats], path: Path, title: str, metric: str) -> None:
             continue
         if pts[0].flat:  # one value for every b: a horizontal line with its 95% band
             y, err = 100 * (1 - pts[0].mean), 100 * (pts[0].ci95 or 0)
-            style = "-" if pts[0].flat == "batch-free" else "--"
-            line = ax.axhline(y, linestyle=style, linewidth=1.5, label=row)
+            style = "-." if pts[0].flat == "batch-free" else "--"
+            ax.axhline(y, linestyle=style, linewidth=1.5, color=color, label=row)
             if err:
-                ax.axhspan(y - err, y + err, color=line.get_color(), alpha=0.12)
+                ax.axhspan(y - err, y + err, color=color, alpha=0.12)
             continue
         xs = [s.norm_batch for s in pts]
         ys = [100 * (1 - s.mean) for s in pts]
         errs = [100 * (s.ci95 or 0) for s in pts]
-        ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=row)
+        ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, color=color, label=row)
     batches = sorted({s.norm_batch for s in stats})
     ax.set_xscale("log", base=2)
     ax.set_xticks(batches, [str(b) for b in batches])

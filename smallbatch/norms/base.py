@@ -84,10 +84,7 @@ class StepCounter(NormLayer):
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:
         super()._load_from_state_dict(*args, **kwargs)
-        # host-side caches of buffers are re-read on next use
-        for cache in ("_host_step", "_host_total", "_host_valid"):
-            if hasattr(self, cache):
-                setattr(self, cache, None)
+        self._host_step = None  # re-read from the loaded buffer on next use
 
 
 def layer_label(module: nn.Module) -> str:

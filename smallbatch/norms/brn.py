@@ -250,6 +250,7 @@ class BatchRenorm2d(StepCounter, nn.Module):
                 stacklevel=2,
             )
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._host_total = None  # re-read from the loaded buffer on next use
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training:

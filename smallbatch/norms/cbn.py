@@ -241,6 +241,7 @@ class CrossIterationBatchNorm2d(StepCounter, nn.Module):
         if self._conv is not None and saved is not None and saved.shape[0] != self.replicas:
             self._allocate_window(saved.shape[0])  # a checkpoint taken with ghost batches
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._host_valid = None  # re-read from the loaded buffer on next use
 
     def _capture_conv_io(self, conv: nn.Module, inputs: tuple[Tensor, ...], out: Tensor) -> None:
         """Forward hook of the feeding conv: remember its input and output for this layer."""
