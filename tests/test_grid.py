@@ -269,3 +269,26 @@ def test_fixed_total_batch_keeps_the_batch_and_collapses_batch_free_norms(tmp_pa
     with pytest.raises(GridSpecError, match=r"\[3\] do not divide fixed_total_batch 16"):
         axes["data.batch_size"] = [3, 4]
         load_grid(write_grid(tmp_path, fashion_dir, name="h", axes=axes, fixed_total_batch=16))
+
+
+def test_refused_second_grid_leaves_the_running_grids_manifest_untouched(tmp_path, fashion_dir):
+    from smallbatch.grid import GridBusyError
+    from smallbatch.grid.store import ResultsStore
+
+    running = load_grid(write_grid(tmp_path, fashion_dir))
+    holder = ResultsStore(running)
+    holder.lock()  # the running grid
+    try:
+        holder.write_manifest()
+        before = {p.name: p.read_bytes() for p in running.run_dir.glob("*.json")}
+        other = tmp_path / "other"
+        other.mkdir()
+        axes = {"model.norm": ["ln"], "data.batch_size": [2]}
+        second = load_grid(write_grid(other, fashion_dir, axes=axes))
+        second.run_root = running.run_root  # same name and run_root, other cells
+        with pytest.raises(GridBusyError):
+            run_grid(second)
+        after = {p.name: p.read_bytes() for p in running.run_dir.glob("*.json")}
+        assert after == before and before
+    finally:
+        holder.unlock()

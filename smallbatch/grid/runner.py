@@ -96,18 +96,18 @@ def run_grid(spec: GridSpec, dry_run: bool = False, emit: bool = False, wait: bo
             cmd = shlex.join(spec.command(s.cell) + resume_args(s))
             print(f"[{s.status}] {s.cell.folder}\n  {cmd}")
         return 0
-    store.write_manifest()
-    if emit:
-        path = emit_cells(spec, store)
-        n = sum(1 for _ in path.open())
-        print(f"wrote {n} cell commands to {path}")
-        if n:
-            print(f"submit: sbatch --array=0-{n - 1} jobs/array.sbatch {path}")
-        return 0
-    todo = [s for s in states if s.status in RUNNABLE]
-    start = time.time()
-    store.lock()
+    store.lock()  # before any write: a grid refused here changes nothing on disk
     try:
+        store.write_manifest()
+        if emit:
+            path = emit_cells(spec, store)
+            n = sum(1 for _ in path.open())
+            print(f"wrote {n} cell commands to {path}")
+            if n:
+                print(f"submit: sbatch --array=0-{n - 1} jobs/array.sbatch {path}")
+            return 0
+        todo = [s for s in states if s.status in RUNNABLE]
+        start = time.time()
         if spec.executor.get("kind") == "slurm":
             _run_slurm(spec, store, todo, wait)
         else:
