@@ -8,6 +8,7 @@ import shutil
 import tarfile
 from pathlib import Path
 
+from lightning.pytorch.utilities import rank_zero_info
 from torchvision import datasets
 from torchvision import transforms as T
 
@@ -90,6 +91,7 @@ class FashionMNIST(_TorchvisionSplits):
                 "--data.download true to download it.",
             )
         raw.mkdir(parents=True, exist_ok=True)
+        rank_zero_info(f"Fashion-MNIST: not in {raw}; copying it from {source}")
         for name in FASHION_FILES:
             target = raw / name
             if target.exists():
