@@ -31,6 +31,7 @@ from .results import ResultWriter
 from .wandb_setup import configure_wandb_logger, finish_wandb_runs
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+EVAL_COMMANDS = ("validate", "test", "predict")
 _TRAINERS: list = []  # trainers of the current CLI call, to close their W&B runs
 
 
@@ -110,6 +111,32 @@ def setting_digest(setting: dict[str, Any]) -> str:
     return _digest(setting)
 
 
+def eval_run_dir(cfg: Namespace, subcommand: str, name: str) -> tuple[str, dict[str, Any]]:
+    """A new folder for an evaluation: ``<fit run>/eval/<subcommand>-<time>`` when the fit's
+    folder is known (``--run_dir`` of a saved config, or a ``--ckpt_path`` in its
+    ``checkpoints/``), else ``runs/<name>/eval/...``; and what links the evaluation to the fit."""
+    fit_dir = cfg.run_dir
+    ckpt = cfg.get("ckpt_path")
+    if not fit_dir and ckpt and Path(str(ckpt)).parent.name == "checkpoints":
+        fit_dir = str(Path(str(ckpt)).parent.parent)
+    base = Path(fit_dir) / "eval" if fit_dir else Path("runs") / name / "eval"
+    folder = base / f"{subcommand}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    link = {
+        "name": f"{name}-{subcommand}",
+        "job_type": "eval",
+        "fit_run_dir": fit_dir,
+        "fit_run_id": fit_wandb_id(fit_dir) if fit_dir else None,
+        "ckpt_path": str(ckpt) if ckpt else None,
+    }
+    return str(folder), link
+
+
+def fit_wandb_id(fit_dir: str | os.PathLike) -> str | None:
+    """The W&B run id of a fit (its newest ``wandb/[offline-]run-<time>-<id>`` folder)."""
+    runs = sorted(Path(fit_dir).glob("wandb/*run-*-*"), key=lambda p: p.name.split("run-")[-1])
+    return runs[-1].name.rsplit("-", 1)[-1] if runs else None
+
+
 class LoggedSaveConfigCallback(SaveConfigCallback):
     """Saves config.yaml in the run folder and also records the whole config in the loggers."""
 
@@ -138,7 +165,12 @@ class SmallBatchCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         name = run_name(cfg)
-        run_dir = cfg.run_dir or os.environ.get("SMALLBATCH_RUN_DIR")
+        eval_of = None
+        run_dir = os.environ.get("SMALLBATCH_RUN_DIR")  # set: a DDP rank of this very command
+        if not run_dir and self.subcommand in EVAL_COMMANDS:
+            # never write into the fit's folder: a new one beside its files, linked to it
+            run_dir, eval_of = eval_run_dir(cfg, self.subcommand, name)
+        run_dir = run_dir or cfg.run_dir
         if not run_dir:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             run_dir = str(Path("runs") / name / f"{stamp}-{os.getpid()}")
@@ -147,7 +179,7 @@ class SmallBatchCLI(LightningCLI):
         os.environ["SMALLBATCH_RUN_DIR"] = run_dir
         cfg.trainer.default_root_dir = run_dir
         cell = self.cell_info(cfg, name)
-        configure_wandb_logger(cfg.trainer, run_dir, name, cfg.group, cfg.tags, cell)
+        configure_wandb_logger(cfg.trainer, run_dir, name, cfg.group, cfg.tags, cell, eval_of)
         setting = run_setting(cfg)
         self._cell = {
             **cell,
@@ -238,6 +270,7 @@ def _quiet_known_noise() -> None:
 def lightning_main(args: list[str] | None = None, run: bool = True) -> SmallBatchCLI:
     """Run the Lightning CLI (``fit``/``validate``/``test``) with the suite's defaults."""
     _TRAINERS.clear()
+    outer_run_dir = os.environ.get("SMALLBATCH_RUN_DIR")  # only this call's DDP ranks share it
     try:
         with warnings.catch_warnings():
             _quiet_known_noise()
@@ -245,6 +278,10 @@ def lightning_main(args: list[str] | None = None, run: bool = True) -> SmallBatc
     finally:
         if run:
             finish_wandb_runs(_TRAINERS)
+        if outer_run_dir is None:
+            os.environ.pop("SMALLBATCH_RUN_DIR", None)
+        else:
+            os.environ["SMALLBATCH_RUN_DIR"] = outer_run_dir
 
 
 def _make_cli(args: list[str] | None, run: bool) -> SmallBatchCLI:

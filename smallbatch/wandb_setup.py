@@ -56,9 +56,14 @@ def configure_wandb_logger(
     group: str,
     tags: list[str],
     cell: dict[str, Any],
+    eval_of: dict[str, Any] | None = None,
 ) -> None:
     """Fill unset WandbLogger arguments: name = the cell, group, tags, save_dir = run folder,
-    and offline mode when no credentials exist (``wandb sync`` uploads later)."""
+    and offline mode when no credentials exist (``wandb sync`` uploads later).
+
+    ``eval_of`` (validate/test/predict): a run of its own in the evaluation's folder, named
+    ``<cell>-<subcommand>``, ``job_type`` eval, with the fit's run id and folder in its config,
+    whatever the fit's saved config says about name, id and save_dir."""
     global _ANNOUNCED
     for logger in _wandb_loggers(trainer_cfg):
         if logger.class_path == "lightning.pytorch.loggers.WandbLogger":
@@ -75,6 +80,10 @@ def configure_wandb_logger(
         ]
         args.tags = list(dict.fromkeys([*(args.get("tags") or []), *cell_tags, *tags]))
         args.config = {**(args.get("config") or {}), **cell}
+        if eval_of is not None:
+            args.name, args.save_dir, args.id, args.version = eval_of["name"], run_dir, None, None
+            args.job_type = eval_of["job_type"]
+            args.config = {**args.config, **{k: v for k, v in eval_of.items() if k != "name"}}
         Path(args.save_dir).mkdir(parents=True, exist_ok=True)
         if os.environ.get("WANDB_MODE") is None and not wandb_has_credentials():
             args.offline = True

@@ -222,3 +222,34 @@ def test_kill_and_resume_continues_brn_step_and_cbn_window(norm, fashion_dir, tm
         int(final["state_dict"][k]) for k in step_keys
     ]
     assert read_result(run)["status"] == "finished"
+
+
+def _tree_bytes(folder: Path) -> dict[str, bytes]:
+    """Every file in ``folder`` (links left out: W&B links its process-wide core log there)."""
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in folder.rglob("*")
+        if p.is_file() and not p.is_symlink()
+    }
+
+
+def test_validate_from_a_saved_config_writes_its_own_folder_and_linked_wandb_run(
+    fashion_dir, tmp_path
+):
+    run = tmp_path / "run"
+    lightning_main(_wandb_logger_args(tiny_fit_args(fashion_dir, run, "--group", "g")))
+    fit_run = _offline_run(run)
+    before = _tree_bytes(run)
+    ckpt = run / "checkpoints" / "last.ckpt"
+    lightning_main(["validate", "--config", str(run / "config.yaml"), "--ckpt_path", str(ckpt)])
+    after = _tree_bytes(run)
+    assert {k: v for k, v in after.items() if k in before} == before  # nothing overwritten
+    evals = list((run / "eval").glob("validate-*"))
+    assert len(evals) == 1 and (evals[0] / "config.yaml").exists()
+    assert not [k for k in after if k not in before and not k.startswith("eval/")]
+    logged = read_offline_run(next((evals[0] / "wandb").glob("offline-run-*")))
+    assert logged["name"] == "bn-nb16-s0-validate" and logged["group"] == "g"
+    assert logged["config"]["job_type"] == "eval"
+    fit_id = next((run / "wandb").glob("offline-run-*")).name.rsplit("-", 1)[-1]
+    assert logged["config"]["fit_run_id"] == fit_id and fit_run["name"] == "bn-nb16-s0"
+    assert "val/acc" in logged["summary"]
