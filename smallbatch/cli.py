@@ -17,10 +17,25 @@ def _lightning(subcommand: str) -> Callable[[list[str]], int]:
     def run(argv: list[str]) -> int:
         from .lightning_cli import lightning_main
 
-        lightning_main([subcommand, *argv])
+        lightning_main([subcommand, *[a for a in argv if a != "--debug"]])
         return 0
 
     return run
+
+
+def _run_command(name: str, argv: list[str]) -> int:
+    """Run one command; a user error ends with one ``error:`` line and exit code 2 (the full
+    traceback with ``--debug`` or ``SMALLBATCH_DEBUG=1``); programming errors still raise."""
+    from .errors import debug_enabled, first_line, innermost_user_error, report
+
+    try:
+        return int(COMMANDS[name][0](argv) or 0)
+    except Exception as exc:
+        inner = innermost_user_error(exc)
+        if inner is None or debug_enabled(argv):
+            raise
+        report(first_line(inner))
+        return 2
 
 
 # name -> (runner, one line of help); the order is the order of `smallbatch --help`
@@ -58,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         hint = f"; did you mean {close[0]!r}?" if close else ""
         print(f"error: unknown command {name!r}{hint}\n\n{usage()}", file=sys.stderr)
         return 2
-    return int(COMMANDS[name][0](rest) or 0)
+    return _run_command(name, rest)
 
 
 if __name__ == "__main__":

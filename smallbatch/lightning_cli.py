@@ -13,17 +13,19 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar, TQDMProgressBar
-from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from .data import SmallBatchDataModule
+from .errors import debug_enabled, report, summarize_parse_error
 from .module import SmallBatchModule, norm_display_name
 from .naming import run_label
 from .progress import EpochLinePrinter
@@ -33,6 +35,7 @@ from .wandb_setup import configure_wandb_logger, finish_wandb_runs
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 EVAL_COMMANDS = ("validate", "test", "predict")
 _TRAINERS: list = []  # trainers of the current CLI call, to close their W&B runs
+_NEW_RUN_DIRS: list[Path] = []  # run folders this call created
 
 
 def data_args(cfg: Namespace) -> Namespace:
@@ -149,6 +152,22 @@ class LoggedSaveConfigCallback(SaveConfigCallback):
             logger.log_hyperparams({"lightning": nested})
 
 
+class ConciseArgumentParser(LightningArgumentParser):
+    """Lightning's parser, but a bad value or option ends with one ``error:`` line (what was
+    wrong, what is accepted, a suggestion) instead of the whole usage and jsonargparse's
+    "Union subtypes" report; ``--debug`` / ``SMALLBATCH_DEBUG=1`` restores the full output."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        if debug_enabled(sys.argv):
+            super().error(message, ex)
+        options = [o for a in self._actions for o in a.option_strings]
+        sub = getattr(ex, "subcommand_parser", None)
+        if sub is not None:
+            options += [o for a in sub._actions for o in a.option_strings]
+        report(summarize_parse_error(message, ex, options))
+        sys.exit(2)
+
+
 class SmallBatchCLI(LightningCLI):
     """LightningCLI with run folders, cell naming, W&B defaults, results and checkpoints."""
 
@@ -175,6 +194,8 @@ class SmallBatchCLI(LightningCLI):
             stamp = time.strftime("%Y%m%d-%H%M%S")
             run_dir = str(Path("runs") / name / f"{stamp}-{os.getpid()}")
         cfg.run_dir = run_dir
+        if not Path(run_dir).exists():
+            _NEW_RUN_DIRS.append(Path(run_dir))  # removed again if the call fails before writing
         # DDP re-launches this command per rank: every rank must use the same folder.
         os.environ["SMALLBATCH_RUN_DIR"] = run_dir
         cfg.trainer.default_root_dir = run_dir
@@ -270,11 +291,15 @@ def _quiet_known_noise() -> None:
 def lightning_main(args: list[str] | None = None, run: bool = True) -> SmallBatchCLI:
     """Run the Lightning CLI (``fit``/``validate``/``test``) with the suite's defaults."""
     _TRAINERS.clear()
+    _NEW_RUN_DIRS.clear()
     outer_run_dir = os.environ.get("SMALLBATCH_RUN_DIR")  # only this call's DDP ranks share it
     try:
         with warnings.catch_warnings():
             _quiet_known_noise()
             return _make_cli(args, run)
+    except Exception:
+        _remove_empty_run_dirs()
+        raise
     finally:
         if run:
             finish_wandb_runs(_TRAINERS)
@@ -284,10 +309,21 @@ def lightning_main(args: list[str] | None = None, run: bool = True) -> SmallBatc
             os.environ["SMALLBATCH_RUN_DIR"] = outer_run_dir
 
 
+def _remove_empty_run_dirs() -> None:
+    """A call that failed before writing anything leaves no empty run folder behind."""
+    for folder in _NEW_RUN_DIRS:
+        if folder.is_dir() and not any(p.is_file() for p in folder.rglob("*")):
+            shutil.rmtree(folder, ignore_errors=True)
+            parent = folder.parent  # runs/<name>/ when it held only this attempt
+            if parent.is_dir() and not any(parent.iterdir()):
+                parent.rmdir()
+
+
 def _make_cli(args: list[str] | None, run: bool) -> SmallBatchCLI:
     return SmallBatchCLI(
         SmallBatchModule,
         SmallBatchDataModule,
+        parser_class=ConciseArgumentParser,
         subclass_mode_data=True,
         save_config_callback=LoggedSaveConfigCallback,
         save_config_kwargs={"overwrite": True},

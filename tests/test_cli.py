@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from smallbatch.cli import COMMANDS
 
 
@@ -75,3 +77,31 @@ def conftest_fashion(tmp_path):
 
     FashionMNIST(data_dir=str(tmp_path / "data")).prepare_data()
     return str(tmp_path / "data")
+
+
+BAD_INPUTS = [
+    (["--data.batch_size", "0"], "batch_size must be >= 1", None),
+    (["--model.norm_args", '{"windw": 4}', "--model.norm", "cbn"], "rejected arguments", "window"),
+    (["--model.norm", "gn", "--model.norm_args", '{"num_groups": 3}'], "do not divide", None),
+    (["--model.backbone", "renset18"], "unknown backbone", "resnet18"),
+    (["--model.norm", "bnn"], "unknown norm 'bnn'", "'bn'"),
+    (["--model.nrom", "bn"], "unrecognized arguments", "--model.norm"),
+    (["--data.train_subest", "5"], "'train_subest' is not accepted", "train_subset"),
+]
+
+
+@pytest.mark.parametrize(("extra", "message", "suggestion"), BAD_INPUTS, ids=lambda v: str(v)[:24])
+def test_bad_input_is_one_error_line_with_a_suggestion_and_no_run_folder(
+    extra, message, suggestion, tmp_path
+):
+    run = tmp_path / "runs" / "cell"
+    args = ["fit", "--config", "configs/quickstart.yaml", "--trainer.logger", "false"]
+    proc = _run(*args, "--run_dir", str(run), *extra)
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    assert proc.returncode == 2, lines
+    assert len(lines) <= 3, lines
+    error = next(line for line in lines if line.startswith("error: "))
+    assert message in error and (suggestion is None or suggestion in error), error
+    assert not run.exists()
+    debug = _run(*args, "--run_dir", str(run), *extra, "--debug")
+    assert debug.returncode != 0 and len(debug.stderr.splitlines()) > 3  # the full story

@@ -7,6 +7,7 @@ model), ``timm:<name>`` (any timm model, no pretrained weights).
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 import timm
@@ -75,9 +76,10 @@ def build_backbone(
             timm_name, pretrained=False, num_classes=num_classes, in_chans=in_chans
         )
         return apply_stem(model, in_chans, cifar_stem)
+    close = difflib.get_close_matches(key, known_backbones(), n=1)
     raise NormConfigError(
-        f"unknown backbone {name!r}; known: {', '.join(known_backbones())}, "
-        "or 'tv:<torchvision model>' / 'timm:<timm model>'"
+        f"unknown backbone {name!r}{f'; did you mean {close[0]!r}?' if close else ''} "
+        f"Known: {', '.join(known_backbones())}, or 'tv:<torchvision model>' / 'timm:<timm model>'"
     )
 
 

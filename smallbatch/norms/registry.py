@@ -10,6 +10,7 @@ is the usual case). A *norm spec* names one, in any of three forms:
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
 import os
@@ -202,8 +203,10 @@ def resolve_norm(spec: NormSpecLike) -> tuple[NormFactory, dict[str, Any], str]:
         return registry[key].factory, init_args, key
     if "." in spec or ":" in spec:
         return import_object(spec), init_args, spec
+    close = difflib.get_close_matches(key, list(registry), n=1)
     raise NormConfigError(
-        f"unknown norm {spec!r}; registered norms: {', '.join(registry)}. "
+        f"unknown norm {spec!r}{f'; did you mean {close[0]!r}?' if close else ''} "
+        f"Registered norms: {', '.join(registry)}. "
         "A class from your own package can be given as 'package.module.ClassName' or as "
         "{class_path: ..., init_args: {...}}"
     )
@@ -216,7 +219,15 @@ def create_norm(spec: NormSpecLike, num_features: int, **overrides: Any) -> nn.M
     try:
         return factory(num_features, **kwargs)
     except TypeError as exc:
-        accepted = ", ".join(f"{k}={v!r}" for k, v in factory_defaults(factory).items())
+        defaults = factory_defaults(factory)
+        accepted = ", ".join(f"{k}={v!r}" for k, v in defaults.items())
+        hints = [
+            f"{k!r} -> {close[0]!r}"
+            for k in kwargs
+            if k not in defaults and (close := difflib.get_close_matches(k, list(defaults), n=1))
+        ]
+        hint = f" (did you mean {', '.join(hints)}?)" if hints else ""
         raise NormConfigError(
-            f"norm {display!r} rejected arguments {kwargs!r}: {exc}. Accepted: {accepted or '-'}"
+            f"norm {display!r} rejected arguments {kwargs!r}{hint}: {exc}. "
+            f"Accepted: {accepted or '-'}"
         ) from exc

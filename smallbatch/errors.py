@@ -1,0 +1,86 @@
+"""User errors as one line: what was wrong and what is accepted, with a "did you mean" where a
+close match exists; the full traceback only with ``--debug`` or ``SMALLBATCH_DEBUG=1``."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import sys
+from collections.abc import Iterable
+
+DEBUG_ENV = "SMALLBATCH_DEBUG"
+
+
+def debug_enabled(argv: list[str] | None = None) -> bool:
+    """``--debug`` on the command line or ``SMALLBATCH_DEBUG=1``: show full tracebacks."""
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0") or "--debug" in (argv or [])
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """``"; did you mean 'x'?"`` for the closest of ``choices``, or ``""``."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean bad input (a message for the user), not a bug in the suite."""
+    from .data.base import DatasetNotFoundError
+    from .norms.registry import NormConfigError
+
+    types: list[type[BaseException]] = [NormConfigError, DatasetNotFoundError]
+    try:
+        from .grid.spec import GridSpecError
+
+        types.append(GridSpecError)
+    except ImportError:  # the grid's dependencies are optional for `python -m smallbatch.bench`
+        pass
+    return tuple(types)
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def innermost_user_error(exc: BaseException | None) -> BaseException | None:
+    """The deepest user error (or ValueError raised by the suite's own classes) in the chain of
+    causes of ``exc``: the message jsonargparse wraps in its "Given value" report."""
+    found, seen = None, set()
+    types = (*user_error_types(), ValueError)
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, types) and type(exc).__module__ != "jsonargparse._common":
+            tb = exc.__traceback__
+            frames = []
+            while tb is not None:
+                frames.append(tb.tb_frame.f_code.co_filename)
+                tb = tb.tb_next
+            if isinstance(exc, user_error_types()) or any("smallbatch" in f for f in frames):
+                found = exc
+        exc = exc.__cause__ or exc.__context__
+    return found
+
+
+_UNRECOGNIZED = re.compile(r"unrecognized arguments: (--?[\w.\-]+)")
+_NOT_ACCEPTED = re.compile(r"Option '([\w.]+)' is not accepted")
+
+
+def summarize_parse_error(message: str, ex: BaseException | None, options: Iterable[str]) -> str:
+    """One line for a command-line parse error, with a suggestion for a misspelt option."""
+    inner = innermost_user_error(ex)
+    if inner is not None:
+        return first_line(inner)
+    line = message.strip().splitlines()[0] if message.strip() else "invalid arguments"
+    match = _UNRECOGNIZED.search(line)
+    if match:
+        line += did_you_mean(match.group(1), options)
+    match = _NOT_ACCEPTED.search(line)
+    if match:  # a key inside a class's init_args: suggest among the leaf names
+        leaves = {o.lstrip("-").rsplit(".", 1)[-1] for o in options}
+        line += did_you_mean(match.group(1), leaves)
+    return line
+
+
+def report(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
