@@ -89,7 +89,7 @@ def test_registry_lists_builtins():
 
 
 def test_unknown_norm_lists_registered():
-    with pytest.raises(NormConfigError, match=r"unknown norm 'bnx'.*registered norms: .*brn"):
+    with pytest.raises(NormConfigError, match=r"unknown norm 'bnx'.*Registered norms: .*brn"):
         create_norm("bnx", 8)
 
 
