@@ -3,7 +3,8 @@
 * every layer's own ``diagnostics()`` (the ``NormLayer`` contract: BRN's rmax/dmax and clip
   rates, CBN's window use and compensation, MABN's r clip rate, a plugin's own);
 * batch-statistics layers (BN, BRN, CBN, SyncBN): the gap between batch and running
-  statistics, |μ_B − μ|/σ and |log σ_B/σ|, averaged over channels and layers.
+  statistics, |μ_B − μ|/σ and |log σ_B/σ|, per normalization group (each ghost batch), averaged
+  over groups, channels and layers.
 """
 
 from __future__ import annotations
@@ -44,7 +45,11 @@ class BatchStatGap:
         if x.dim() != 4 or x.shape[0] * x.shape[2] * x.shape[3] < 2:
             return
         with torch.no_grad():
-            var_b, mean_b = torch.var_mean(x.float(), dim=(0, 2, 3), correction=0)
+            # per normalization group: ghost batches of norm_batch samples, else the whole batch
+            b = getattr(module, "norm_batch", None)
+            groups = x.shape[0] // b if b and x.shape[0] > b and x.shape[0] % b == 0 else 1
+            xg = x.float().view(groups, x.shape[0] // groups, *x.shape[1:])
+            var_b, mean_b = torch.var_mean(xg, dim=(1, 3, 4), correction=0)  # (G, C)
             eps = getattr(module, "eps", 1e-5)
             sigma = (module.running_var.float() + eps).sqrt()
             sigma_b = (var_b + eps).sqrt()
