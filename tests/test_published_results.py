@@ -8,7 +8,7 @@ from conftest import ROOT
 
 from smallbatch.report import main as report_main
 
-PUBLISHED = sorted(p.parent for p in (ROOT / "docs" / "results").glob("*/report/results.md"))
+PUBLISHED = sorted(p.parents[1] for p in (ROOT / "docs" / "results").glob("*/report/results.md"))
 
 
 @pytest.mark.parametrize("folder", PUBLISHED, ids=lambda p: p.name)
