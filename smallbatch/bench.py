@@ -24,10 +24,9 @@ from .results import write_json_atomic
 def default_norms() -> list[str]:
     """Every built-in norm that runs on one device as it would per device under DDP (ghost
     batches or batch-free): all but SyncBN."""
-    from .norms.base import builtin_norms
+    from .norms.base import builtin_norms, probe_norm
 
-    ghost, free = builtin_norms(ghost_batches=True), builtin_norms(batch_free=True)
-    return [n for n in builtin_norms() if n in ghost or n in free]
+    return [n for n in builtin_norms() if (t := probe_norm(n)).ghost_batches or t.batch_free]
 
 
 REFERENCE_CBN = "cbn_autograd"

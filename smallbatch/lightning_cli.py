@@ -9,7 +9,6 @@ use it without an import cycle.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -27,12 +26,11 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from .data import SmallBatchDataModule
 from .errors import debug_enabled, report, summarize_parse_error
 from .module import SmallBatchModule, norm_display_name
-from .naming import run_label
+from .naming import normalization_batch, run_label, stable_digest
 from .progress import EpochLinePrinter
 from .results import ResultWriter
 from .wandb_setup import configure_wandb_logger, finish_wandb_runs
 
-LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 EVAL_COMMANDS = ("validate", "test", "predict")
 _TRAINERS: list = []  # trainers of the current CLI call, to close their W&B runs
 _NEW_RUN_DIRS: list[Path] = []  # run folders this call created
@@ -58,9 +56,9 @@ NOT_SETTINGS = ("config", "run_dir", "name", "group", "tags", "trainer.default_r
 SEED_KEY = "seed_everything"
 
 
-def _digest(data: Any) -> str:
-    blob = json.dumps(data, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+def _jsonable(data: Any) -> Any:
+    """``data`` with anything JSON cannot hold (paths, ...) turned into strings."""
+    return json.loads(json.dumps(data, default=str))
 
 
 def config_digest(cfg: Namespace) -> str:
@@ -70,7 +68,7 @@ def config_digest(cfg: Namespace) -> str:
     data.pop("config", None)
     trainer = data.get("trainer") or {}
     trainer.pop("default_root_dir", None)
-    return _digest(data)
+    return stable_digest(data)
 
 
 def run_setting(cfg: Namespace) -> dict[str, Any]:
@@ -85,7 +83,7 @@ def run_setting(cfg: Namespace) -> dict[str, Any]:
         and not any(k == n or k.startswith(n + ".") for n in NOT_SETTINGS)
         and not k.startswith("trainer.logger")
     }
-    return json.loads(json.dumps(keep, sort_keys=True, default=str))
+    return _jsonable(keep)
 
 
 def code_version() -> str | None:
@@ -111,7 +109,7 @@ def code_version() -> str | None:
 
 def setting_digest(setting: dict[str, Any]) -> str:
     """Digest of :func:`run_setting`: equal for the seeds of one setting."""
-    return _digest(setting)
+    return stable_digest(setting)
 
 
 def eval_run_dir(cfg: Namespace, subcommand: str, name: str) -> tuple[str, dict[str, Any]]:
@@ -147,9 +145,8 @@ class LoggedSaveConfigCallback(SaveConfigCallback):
         """The resolved config, nested once under ``lightning`` (not one key per leaf)."""
         data = self.config.clone().as_dict()
         data.pop("config", None)  # the paths of the --config files
-        nested = json.loads(json.dumps(data, default=str))
         for logger in trainer.loggers:
-            logger.log_hyperparams({"lightning": nested})
+            logger.log_hyperparams({"lightning": _jsonable(data)})
 
 
 class ConciseArgumentParser(LightningArgumentParser):
@@ -217,10 +214,9 @@ class SmallBatchCLI(LightningCLI):
         return {
             "name": name,
             "norm": norm_display_name(cfg.model.norm),
-            "norm_args": json.loads(json.dumps(cfg.model.norm_args or {}, default=str)),
+            "norm_args": _jsonable(cfg.model.norm_args or {}),
             "batch_size": data.batch_size,
-            # the normalization batch: per-device batch, or the ghost batch when one is set
-            "norm_batch": min(cfg.model.norm_batch or data.batch_size, data.batch_size),
+            "norm_batch": normalization_batch(cfg.model.norm_batch, data.batch_size),
             "dataset": str(cfg.data.get("class_path", "")).rsplit(".", 1)[-1] or None,
             "devices": devices,
             "num_nodes": cfg.trainer.num_nodes,

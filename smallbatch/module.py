@@ -15,6 +15,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from .diagnostics import BatchStatGap, layer_diagnostics
 from .models import compile_backbone, create_model, to_channels_last
+from .naming import normalization_batch
 from .norms import local_buffer_names, resolve_norm, set_norm_batch, uses_batch_statistics
 
 SCHEDULES = ("cosine", "step", "constant")
@@ -163,8 +164,9 @@ class SmallBatchModule(pl.LightningModule):
             if callable(getattr(m, "set_total_steps", None)):
                 m.set_total_steps(total)  # raises when step milestones lie beyond the run
             summary = getattr(m, "schedule_summary", None)
-            if callable(summary) and summary():
-                schedules.add(summary())
+            line = summary() if callable(summary) else ""
+            if line:
+                schedules.add(line)
         for line in sorted(schedules):
             rank_zero_info(f"{line} (run: {total} steps)")
         if self.hparams.diagnostics and not self.hparams.compile_mode and self._gap is None:
@@ -182,8 +184,7 @@ class SmallBatchModule(pl.LightningModule):
             "backbone": self.hparams.backbone,
             "dataset": type(dm).__name__ if dm is not None else None,
             "batch_size": self.per_device_batch(),
-            "norm_batch": min(self.hparams.norm_batch or self.per_device_batch(),
-                              self.per_device_batch()),
+            "norm_batch": normalization_batch(self.hparams.norm_batch, self.per_device_batch()),
             "batch_free": self.batch_free,
             "devices": self.trainer.num_devices,
             "num_nodes": self.trainer.num_nodes,

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import json
 import math
 import os
@@ -24,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import fmean, stdev
 from typing import Any
+
+from .naming import normalization_batch, stable_digest
 
 METRICS = {
     "final": ("final_val_acc", "final evaluation"),
@@ -101,10 +102,6 @@ def setting_of(result: dict[str, Any]) -> dict[str, Any]:
     return {f"cell.{k}": result.get(k) for k in keys}
 
 
-def _digest(data: Any) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def _expand(flat: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """Dict values become dotted keys too (``model.norm_args.momentum``)."""
     out: dict[str, Any] = {}
@@ -136,7 +133,6 @@ class CellStats:
     norm: str
     norm_batch: int
     batch_sizes: set[int]
-    ghost: bool
     values: list[float]
     diverged: int
     failed: int
@@ -171,8 +167,7 @@ class _Setting:
 
     @property
     def norm_batch(self) -> int:
-        r = self.first
-        return int(min(r.get("norm_batch") or r["batch_size"], r["batch_size"]))
+        return normalization_batch(self.first.get("norm_batch"), self.first["batch_size"])
 
     @property
     def ghost(self) -> bool:
@@ -229,7 +224,7 @@ def aggregate(results: list[dict[str, Any]], metric: str = DEFAULT_METRIC) -> li
     settings: dict[str, _Setting] = {}
     for r in results:
         setting = setting_of(r)
-        digest = r.get("setting_digest") or _digest(setting)
+        digest = r.get("setting_digest") or stable_digest(setting)
         settings.setdefault(digest, _Setting(_expand(setting))).results.append(r)
     by_norm: dict[str, list[_Setting]] = {}
     for s in settings.values():
@@ -261,7 +256,7 @@ def aggregate(results: list[dict[str, Any]], metric: str = DEFAULT_METRIC) -> li
         label = f"{norm} ({', '.join(parts)})" if parts else norm
         flat = flats.get(row_id, ("", ""))[0]
         for s in group:
-            cell = CellStats(label, norm, s.norm_batch, set(), ghost, [], 0, 0, modes[row_id], flat)
+            cell = CellStats(label, norm, s.norm_batch, set(), [], 0, 0, modes[row_id], flat)
             for r in s.results:
                 cell.batch_sizes.add(r["batch_size"])
                 if r["status"] == "diverged":

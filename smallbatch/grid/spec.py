@@ -28,7 +28,6 @@ cell per seed (at b = T) instead of one per b.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import shlex
@@ -39,7 +38,7 @@ from typing import Any
 
 import yaml
 
-from ..naming import run_label
+from ..naming import run_label, stable_digest
 
 TOP_KEYS = {
     "name",
@@ -89,8 +88,7 @@ class Cell:
 
     @property
     def digest(self) -> str:
-        blob = json.dumps(self.overrides, sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:10]
+        return stable_digest(self.overrides, length=10)
 
     @property
     def label(self) -> str:

@@ -221,7 +221,7 @@ def layer_diagnostics(model: nn.Module) -> dict[str, float]:
     per_key: dict[str, list[float]] = {}
     for m in model.modules():
         hook = getattr(m, "diagnostics", None)
-        if not callable(hook) or isinstance(m, nn.Sequential):
+        if not callable(hook):
             continue
         prefix = getattr(m, "diagnostics_prefix", None) or type(m).__name__.lower()
         for key, value in hook().items():
@@ -238,14 +238,20 @@ def compile_unsafe_layers(model: nn.Module) -> list[str]:
     ]
 
 
+def _batch_statistics_layer(m: nn.Module) -> bool:
+    """A layer whose batch statistics ``set_norm_batch`` must split or refuse: it takes ghost
+    batches, or it keeps a running mean."""
+    return getattr(m, "supports_ghost_batch", False) or isinstance(
+        getattr(m, "running_mean", None), Tensor
+    )
+
+
 def uses_batch_statistics(model: nn.Module) -> bool:
     """True when some layer normalizes with statistics over the batch in training (it keeps
     running statistics or takes ghost batches); False for batch-free norms (GN, LN, IN,
     EvoNorm-S0, FRN), whose output for a sample does not depend on the rest of the batch."""
     return any(
-        getattr(m, "supports_ghost_batch", False)
-        or isinstance(getattr(m, "running_mean", None), Tensor)
-        or isinstance(getattr(m, "running_var", None), Tensor)
+        _batch_statistics_layer(m) or isinstance(getattr(m, "running_var", None), Tensor)
         for m in model.modules()
     )
 
@@ -253,12 +259,7 @@ def uses_batch_statistics(model: nn.Module) -> bool:
 def ghost_batch_capable(model: nn.Module) -> bool:
     """True when every batch-statistics layer of ``model`` supports ghost batches (and there is
     at least one): ``set_norm_batch`` will accept it."""
-    stats = [
-        m
-        for m in model.modules()
-        if getattr(m, "supports_ghost_batch", False)
-        or isinstance(getattr(m, "running_mean", None), Tensor)
-    ]
+    stats = [m for m in model.modules() if _batch_statistics_layer(m)]
     return bool(stats) and all(getattr(m, "supports_ghost_batch", False) for m in stats)
 
 
@@ -275,7 +276,7 @@ def set_norm_batch(model: nn.Module, norm_batch: int | None) -> list[str]:
         if getattr(module, "supports_ghost_batch", False):
             module.norm_batch = norm_batch
             names.append(name)
-        elif norm_batch and isinstance(getattr(module, "running_mean", None), Tensor):
+        elif norm_batch and _batch_statistics_layer(module):
             unsupported.append(f"{name} ({type(module).__name__})")
     if unsupported:
         raise NormConfigError(

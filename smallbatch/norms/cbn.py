@@ -247,10 +247,6 @@ class CrossIterationBatchNorm2d(StepCounter, nn.Module):
         """Forward hook of the feeding conv: remember its input and output for this layer."""
         self._conv_io = (inputs[0], out) if self.training and torch.is_grad_enabled() else None
 
-    def window_memory_bytes(self) -> int:
-        """Bytes held by the window buffers (``state_bytes`` of the contract)."""
-        return self.state_bytes()
-
     def forward(self, x: Tensor) -> Tensor:
         if not self.training:
             return normalize_with_running_stats(self, x)
