@@ -1,6 +1,7 @@
 """EvoNorm-B0 against its formula, timm's layer and, with ghost batches, per-group layers."""
 
 import torch
+from timm.layers import EvoNorm2dB0
 
 from smallbatch.models import create_model
 from smallbatch.norms.evonorm_b0 import EvoNormB0
@@ -31,6 +32,23 @@ def test_matches_formula_and_running_variance():
     torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
     unbiased = x.var(dim=(0, 2, 3), unbiased=True)
     torch.testing.assert_close(layer.running_var, 0.9 + 0.1 * unbiased)
+
+
+def test_whole_batch_matches_timms_layer_with_gradients():
+    ours = _layer()
+    theirs = EvoNorm2dB0(6)
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(4, 6, 5, 5, requires_grad=True)
+    xt = x.detach().clone().requires_grad_()
+    y, expected = ours(x), theirs(xt)
+    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(y)
+    y.backward(g)
+    expected.backward(g)
+    torch.testing.assert_close(x.grad, xt.grad, rtol=1e-4, atol=1e-5)
+    for a, b in zip(ours.parameters(), theirs.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(ours.running_var, theirs.running_var)
 
 
 def test_ghost_batches_equal_per_group_layers_with_averaged_running_variance():

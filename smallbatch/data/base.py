@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
 
@@ -126,6 +128,21 @@ class SmallBatchDataModule(pl.LightningDataModule):
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
+
+    batch_transform: Callable[[Tensor, bool], Tensor] | None = None
+    """Applied to each uint8 image batch after it reaches the device: (images, training) →
+    float inputs (augmentation in training, normalization always); None when the datasets'
+    own transforms produce the inputs."""
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        transform = self.batch_transform
+        if transform is None or not isinstance(batch, list | tuple):
+            return batch
+        images, *rest = batch
+        if not isinstance(images, Tensor) or images.dtype != torch.uint8:
+            return batch
+        training = self.trainer is not None and self.trainer.training
+        return [transform(images, training), *rest]
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, self.batch_size, True)

@@ -12,6 +12,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torchvision import datasets
 from torchvision import transforms as T
 
+from .augment import CropFlipNormalize, image_tensor_dataset
 from .base import SmallBatchDataModule, data_search_dirs, not_found
 
 FASHION_FILES = (
@@ -23,39 +24,33 @@ FASHION_FILES = (
 DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
-def crop_flip_transforms(size: int, padding: int, mean, std) -> tuple[T.Compose, T.Compose]:
-    """Standard small-image augmentation: (random crop with padding + flip, plain) transforms,
-    both ending in ToTensor and Normalize(mean, std)."""
-    tail = [T.ToTensor(), T.Normalize(mean, std)]
-    train = T.Compose([T.RandomCrop(size, padding=padding), T.RandomHorizontalFlip(), *tail])
-    return train, T.Compose(tail)
-
-
 def _has_files(folder: Path, names: tuple[str, ...]) -> bool:
     return all((folder / n).exists() or (folder / f"{n}.gz").exists() for n in names)
 
 
 class _TorchvisionSplits(SmallBatchDataModule):
-    """A torchvision dataset class with train/test splits in ``data_dir`` and the standard
-    random-crop (``image_size``, ``crop_padding``) + flip augmentation."""
+    """A torchvision dataset class with train/test splits in ``data_dir``, held in memory as uint8
+    tensors; the standard random-crop (``image_size``, ``crop_padding``) + flip augmentation and
+    the normalization run on whole batches (``CropFlipNormalize``)."""
 
     dataset_cls: type
     image_size: int
     crop_padding: int
 
+    @property
+    def batch_transform(self) -> CropFlipNormalize:
+        return CropFlipNormalize(self.image_size, self.crop_padding, self.mean, self.std)
+
     def build_datasets(self):
         self.prepare_data()
-        train_tf, val_tf = crop_flip_transforms(
-            self.image_size, self.crop_padding, self.mean, self.std
-        )
         return (
-            self.dataset_cls(self.data_dir, train=True, transform=train_tf),
-            self.dataset_cls(self.data_dir, train=False, transform=val_tf),
+            image_tensor_dataset(self.dataset_cls(self.data_dir, train=True)),
+            image_tensor_dataset(self.dataset_cls(self.data_dir, train=False)),
         )
 
     def build_train_for_eval(self):
-        _, val_tf = crop_flip_transforms(self.image_size, self.crop_padding, self.mean, self.std)
-        return self.dataset_cls(self.data_dir, train=True, transform=val_tf)
+        # the same tensors: whether a batch is augmented depends on the loop, not the dataset
+        return image_tensor_dataset(self.dataset_cls(self.data_dir, train=True))
 
 
 class FashionMNIST(_TorchvisionSplits):

@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import check_batch_stats, ghost_groups, grouped_moments, update_running_from_groups
+from .base import check_batch_stats, ghost_groups, update_running_from_groups
+from .functional import batch_moments, batch_stat_norm, fold_groups, unfold_groups
 
 
 class BatchNorm2d(nn.BatchNorm2d):
@@ -29,14 +30,16 @@ class BatchNorm2d(nn.BatchNorm2d):
         groups = ghost_groups(x, self.norm_batch, self)
         if groups == 1 or not self.track_running_stats:
             return super().forward(x)
-        xg, mean, var = grouped_moments(x, groups)
-        count = xg.shape[1] * x.shape[2] * x.shape[3]
-        update_running_from_groups(self, mean, var, count, self.momentum)
+        # the groups side by side as channels: one fused kernel call (see functional.py)
+        xt = fold_groups(x, groups)
+        mean, var = batch_moments(xt)  # (G·C,)
+        update_running_from_groups(self, mean, var, xt[:, 0].numel(), self.momentum)
         self.num_batches_tracked.add_(1)
-        y = (xg - mean) * torch.rsqrt(var + self.eps)
         if self.affine:
-            y = y * self.weight.view(1, 1, -1, 1, 1) + self.bias.view(1, 1, -1, 1, 1)
-        return y.view_as(x)
+            weight, bias = self.weight.repeat(groups), self.bias.repeat(groups)
+        else:
+            weight, bias = torch.ones_like(mean), torch.zeros_like(mean)
+        return unfold_groups(batch_stat_norm(xt, weight, bias, mean, var, self.eps), groups)
 
 
 class SyncBatchNorm(nn.SyncBatchNorm):

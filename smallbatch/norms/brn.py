@@ -22,13 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import (
-    StepCounter,
-    check_batch_stats,
-    ghost_groups,
-    grouped_moments,
-)
-from .functional import batch_stat_norm, moments
+from .base import StepCounter, check_batch_stats, ghost_groups
+from .functional import batch_moments, batch_stat_norm, fold_groups, unfold_groups
 from .registry import NormConfigError
 
 UNITS = ("auto", "steps", "fraction")
@@ -265,8 +260,7 @@ class BatchRenorm2d(StepCounter, nn.Module):
             return self._ghost_forward(x, groups)
         with torch.no_grad():
             # E[x²] − E[x]²: two plain reductions (see functional.moments), biased variance
-            mean_b, sqmean_b = moments(x, (0, 2, 3))
-            var_b = torch.addcmul(sqmean_b, mean_b, mean_b, value=-1).clamp_min_(0)
+            mean_b, var_b = batch_moments(x)
             invstd_b = torch.rsqrt(var_b + self.eps)
             sigma_b = invstd_b.reciprocal()
             r, d = self._limits_and_rd(mean_b, sigma_b, (-1,))
@@ -276,16 +270,23 @@ class BatchRenorm2d(StepCounter, nn.Module):
         return batch_stat_norm(x, weight, bias, mean_b, var_b, self.eps, r=r, d=d, invstd=invstd_b)
 
     def _ghost_forward(self, x: Tensor, groups: int) -> Tensor:
-        xg, mean_b, var_b = grouped_moments(x, groups)  # (G, 1, C, 1, 1), with gradient
-        sigma_b = (var_b + self.eps).sqrt()
+        # the groups side by side as channels (G·C of them): one fused kernel call
+        xt = fold_groups(x, groups)
         with torch.no_grad():
-            r, d = self._limits_and_rd(mean_b, sigma_b, (1, 1, -1, 1, 1))
+            mean_b, var_b = batch_moments(xt)
+            invstd_b = torch.rsqrt(var_b + self.eps)
+            sigma_b = invstd_b.reciprocal()
             c = self.num_features
+            r, d = self._limits_and_rd(mean_b.view(-1, c), sigma_b.view(-1, c), (1, -1))
             self._update_running(mean_b.view(-1, c).mean(0), sigma_b.view(-1, c).mean(0))
-        y = (xg - mean_b) / sigma_b * r + d
         if self.weight is not None:
-            y = y * self.weight.view(1, 1, -1, 1, 1) + self.bias.view(1, 1, -1, 1, 1)
-        return y.view_as(x)
+            weight, bias = self.weight.repeat(groups), self.bias.repeat(groups)
+        else:
+            weight, bias = torch.ones_like(mean_b), torch.zeros_like(mean_b)
+        y = batch_stat_norm(
+            xt, weight, bias, mean_b, var_b, self.eps, r=r.flatten(), d=d.flatten(), invstd=invstd_b
+        )
+        return unfold_groups(y, groups)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, ramp={self.ramp}"

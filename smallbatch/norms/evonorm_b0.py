@@ -12,6 +12,7 @@ groups' average.
 
 from __future__ import annotations
 
+import torch
 from timm.layers import EvoNorm2dB0
 from torch import Tensor
 
@@ -34,18 +35,26 @@ class EvoNormB0(NormLayer, EvoNorm2dB0):
             return super().forward(x)
         check_batch_stats(x, self, self.norm_batch)
         groups = ghost_groups(x, self.norm_batch, self)
-        if groups == 1:
-            return super().forward(x)
-        xg = x.view(groups, x.shape[0] // groups, *x.shape[1:])
-        shape = (1, 1, -1, 1, 1)
-        var = xg.float().var(dim=(1, 3, 4), unbiased=False, keepdim=True)  # σ²_B per group
-        n = xg.shape[1] * x.shape[2] * x.shape[3]
-        self.running_var.lerp_(
-            var.detach().mean(dim=0).view(-1) * (n / max(n - 1, 1)), self.momentum
+        n, c = x.shape[:2]
+        # every variance from the per-sample moments over (H, W): σ²_I = E_i[x²] − E_i[x]²,
+        # σ²_B of a group = E_g[x²] − E_g[x]² (two reductions over x instead of four)
+        xf = x.float()
+        mean_i, sqmean_i = xf.mean(dim=(2, 3)), xf.square().mean(dim=(2, 3))  # (N, C)
+        mean_g = mean_i.view(groups, -1, c).mean(dim=1)
+        var_b = (sqmean_i.view(groups, -1, c).mean(dim=1) - mean_g.square()).clamp_min(0)
+        count = x[: n // groups, 0].numel()  # values per channel in a group
+        with torch.no_grad():
+            unbiased = var_b.mean(dim=0) * (count / max(count - 1, 1))
+            self.running_var.lerp_(unbiased.to(self.running_var.dtype), self.momentum)
+        var_i = (sqmean_i - mean_i.square()).clamp_min(0)
+        left = var_b.add(self.eps).sqrt().repeat_interleave(n // groups, dim=0)  # (N, C)
+        shape = (1, -1, 1, 1)
+        right = torch.addcmul(
+            var_i.add(self.eps).sqrt().to(x.dtype)[..., None, None],
+            x,
+            self.v.to(x.dtype).view(shape),
         )
-        left = var.add(self.eps).sqrt().to(x.dtype)
-        inst = xg.float().var(dim=(3, 4), unbiased=False, keepdim=True).add(self.eps).sqrt()
-        right = xg * self.v.to(x.dtype).view(shape) + inst.to(x.dtype)
-        y = xg / left.expand_as(xg).maximum(right)
-        y = y * self.weight.to(x.dtype).view(shape) + self.bias.to(x.dtype).view(shape)
-        return y.view_as(x)
+        y = x / torch.maximum(left.to(x.dtype)[..., None, None], right)
+        return torch.addcmul(
+            self.bias.to(x.dtype).view(shape), y, self.weight.to(x.dtype).view(shape)
+        )

@@ -85,6 +85,32 @@ def _memory_format(x: Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
+def fold_groups(x: Tensor, groups: int) -> Tensor:
+    """(G·b, C, ...) → (b, G·C, ...): sample i·b + j's channel c becomes sample j's channel
+    g·C + c (g = i), so one per-channel kernel call normalizes G ghost groups separately.
+
+    A view when b = 1; otherwise one copy (autograd copies the gradient back)."""
+    n, c, rest = x.shape[0], x.shape[1], x.shape[2:]
+    b = n // groups
+    if b == 1:
+        return x.reshape(1, n * c, *rest)
+    return x.reshape(groups, b, c, *rest).transpose(0, 1).reshape(b, groups * c, *rest)
+
+
+def unfold_groups(y: Tensor, groups: int) -> Tensor:
+    """Inverse of ``fold_groups``: (b, G·C, ...) → (G·b, C, ...)."""
+    b, c, rest = y.shape[0], y.shape[1] // groups, y.shape[2:]
+    if b == 1:
+        return y.reshape(groups, c, *rest)
+    return y.reshape(b, groups, c, *rest).transpose(0, 1).reshape(groups * b, c, *rest)
+
+
+def batch_moments(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and biased variance (E[x²] − E[x]², no gradient) of (N, C, ...) x."""
+    mean, sqmean = moments(x, (0, *range(2, x.dim())))
+    return mean, torch.addcmul(sqmean, mean, mean, value=-1).clamp_min_(0)
+
+
 def batch_stat_norm(
     x: Tensor,
     weight: Tensor,
