@@ -26,9 +26,10 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
 def user_error_types() -> tuple[type[BaseException], ...]:
     """Exceptions that mean bad input (a message for the user), not a bug in the suite."""
     from .data.base import DatasetNotFoundError
+    from .models.backbones import BackboneError
     from .norms.registry import NormConfigError
 
-    types: list[type[BaseException]] = [NormConfigError, DatasetNotFoundError]
+    types: list[type[BaseException]] = [NormConfigError, DatasetNotFoundError, BackboneError]
     try:
         from .grid.spec import GridSpecError
 

@@ -26,7 +26,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from .data import SmallBatchDataModule
 from .errors import debug_enabled, report, summarize_parse_error
 from .module import SmallBatchModule, norm_display_name
-from .naming import normalization_batch, run_label, stable_digest
+from .naming import is_setting_key, normalization_batch, run_label, stable_digest
 from .progress import EpochLinePrinter
 from .results import ResultWriter
 from .wandb_setup import configure_wandb_logger, finish_wandb_runs
@@ -52,8 +52,6 @@ def run_name(cfg: Namespace) -> str:
 
 
 # Keys that say where and under which name a run is stored or logged, not what it computes.
-NOT_SETTINGS = ("config", "run_dir", "name", "group", "tags", "trainer.default_root_dir")
-SEED_KEY = "seed_everything"
 
 
 def _jsonable(data: Any) -> Any:
@@ -76,19 +74,12 @@ def run_setting(cfg: Namespace) -> dict[str, Any]:
     and location, and the logger: runs with equal settings differ only in their seed, and
     ``smallbatch report`` averages exactly those."""
     flat = vars(cfg.clone().as_flat())
-    keep = {
-        k: v
-        for k, v in flat.items()
-        if k != SEED_KEY
-        and not any(k == n or k.startswith(n + ".") for n in NOT_SETTINGS)
-        and not k.startswith("trainer.logger")
-    }
-    return _jsonable(keep)
+    return _jsonable({k: v for k, v in flat.items() if is_setting_key(k)})
 
 
 def code_version() -> str | None:
-    """The git commit the package runs from (``+dirty`` with uncommitted changes to tracked
-    files), or None outside a git checkout: recorded in result.json as provenance."""
+    """The git commit the package runs from (``+dirty`` with uncommitted changes to the
+    package's tracked files), or None outside a git checkout: recorded in result.json."""
     import subprocess
 
     root = Path(__file__).resolve().parent.parent
@@ -101,7 +92,9 @@ def code_version() -> str | None:
             ).stdout.strip()  # fmt: skip
 
         commit = git("rev-parse", "--short=12", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no")
+        # the package's own files: a grid rewriting its manifest in the checkout is no change
+        # to the code (configs are recorded in full in the result's setting)
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", "smallbatch")
     except (OSError, subprocess.SubprocessError):
         return None
     return f"{commit}+dirty" if dirty else commit

@@ -31,10 +31,12 @@ class SmallBatchModule(pl.LightningModule):
     """Image classifier for the small-batch benchmark.
 
     Args:
-        backbone: see :func:`smallbatch.models.build_backbone` (``resnet20``, ``resnet18``,
-            ``timm:<name>``, ...).
+        backbone: see :func:`smallbatch.models.build_backbone` (``resnet8``, ``resnet20``,
+            ``resnet18``, ``timm/<name>``, ...).
         norm: registered name, dotted class path, or ``{class_path, init_args}``.
         norm_args: extra keyword arguments for the norm (e.g. ``{window: 4}`` for CBN).
+        backbone_args: extra keyword arguments for the backbone's constructor (e.g.
+            ``{width: 32}`` for a CIFAR ResNet, ``{drop_path_rate: 0.1}`` for a timm model).
         num_classes / in_chans: linked from the data module by the CLI.
         cifar_stem: 3×3 stride-1 stem without max-pool for 28–32 px inputs.
         lr: base learning rate at ``reference_batch``; the optimizer uses
@@ -63,6 +65,7 @@ class SmallBatchModule(pl.LightningModule):
         backbone: str = "resnet20",
         norm: str | dict[str, Any] = "bn",
         norm_args: dict[str, Any] | None = None,
+        backbone_args: dict[str, Any] | None = None,
         num_classes: int = 10,
         in_chans: int = 3,
         cifar_stem: bool = False,
@@ -90,7 +93,7 @@ class SmallBatchModule(pl.LightningModule):
         self.save_hyperparameters(logger=False)
         self.norm_name = norm_display_name(norm)
         self.model = create_model(
-            backbone, norm, num_classes, in_chans, cifar_stem, **(norm_args or {})
+            backbone, norm, num_classes, in_chans, cifar_stem, backbone_args, **(norm_args or {})
         )
         set_norm_batch(self.model, norm_batch)
         # batch-free norms (GN, LN, ...) compute the same thing for every normalization batch

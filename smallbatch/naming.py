@@ -11,6 +11,18 @@ import hashlib
 import json
 from typing import Any
 
+# config keys that say where or under which name a run is, not what it computes
+NOT_SETTINGS = (
+    "config", "run_dir", "name", "group", "tags", "trainer.default_root_dir",
+    "trainer.logger", "data.data_dir", "data.init_args.data_dir",
+)  # fmt: skip
+SEED_KEY = "seed_everything"
+
+
+def is_setting_key(key: str) -> bool:
+    """Whether a flat config key belongs to a run's setting (what seeds of one setting share)."""
+    return key != SEED_KEY and not any(key == n or key.startswith(n + ".") for n in NOT_SETTINGS)
+
 
 def normalization_batch(norm_batch: int | None, batch_size: int) -> int:
     """Samples each normalization sees: the ghost batch, capped at the per-device batch (a

@@ -24,7 +24,7 @@ from pathlib import Path
 from statistics import fmean, stdev
 from typing import Any
 
-from .naming import normalization_batch, stable_digest
+from .naming import is_setting_key, normalization_batch, stable_digest
 
 METRICS = {
     "final": ("final_val_acc", "final evaluation"),
@@ -94,10 +94,12 @@ def load_results(run_dir: str | Path) -> Loaded:
 
 
 def setting_of(result: dict[str, Any]) -> dict[str, Any]:
-    """The run's setting (flat resolved config without the seed); for results written before
-    settings were recorded, their identity fields."""
+    """The run's setting (flat resolved config without the seed, location and null values); for
+    results written before settings were recorded, their identity fields."""
     if isinstance(result.get("setting"), dict):
-        return result["setting"]
+        # null values are dropped, so an option added later with default None (absent from older
+        # results) does not split a setting; so are keys that stopped counting as settings
+        return {k: v for k, v in result["setting"].items() if v is not None and is_setting_key(k)}
     keys = ("norm", "norm_args", "batch_size", "norm_batch", "devices", "backbone", "dataset")
     return {f"cell.{k}": result.get(k) for k in keys}
 
@@ -224,7 +226,7 @@ def aggregate(results: list[dict[str, Any]], metric: str = DEFAULT_METRIC) -> li
     settings: dict[str, _Setting] = {}
     for r in results:
         setting = setting_of(r)
-        digest = r.get("setting_digest") or stable_digest(setting)
+        digest = stable_digest(setting)
         settings.setdefault(digest, _Setting(_expand(setting))).results.append(r)
     by_norm: dict[str, list[_Setting]] = {}
     for s in settings.values():
@@ -444,45 +446,32 @@ def plot(stats: list[CellStats], path: Path, title: str, metric: str) -> None:
     os.replace(tmp, path)
 
 
-def log_to_wandb(stats: list[CellStats], png: Path, project: str, group: str, metric: str) -> str:
-    """A W&B summary run in the grid's group: the table, a line plot and the PNG."""
-    import wandb
+def log_to_wandb(
+    stats: list[CellStats], png: Path, project: str, group: str, metric: str, workspace: bool
+) -> str:
+    """Update the grid's one W&B summary run and, with a key, save its workspace view
+    (``smallbatch.dashboard``); returns what to tell the user."""
+    from .dashboard import log_summary_run, save_workspace
 
-    from .wandb_setup import wandb_has_credentials
-
-    mode = os.environ.get("WANDB_MODE") or ("online" if wandb_has_credentials() else "offline")
-    run = wandb.init(
-        project=project,
-        group=group,
-        name=f"{group}-summary",
-        job_type="report",
-        mode=mode,
-        dir=str(png.parent),
-        config={"metric": metric},
-    )
-    rows = [[s.row, s.norm, s.norm_batch, s.mean, s.ci95, len(s.values)] for s in stats]
-    columns = ["row", "norm", "norm_batch", "acc_mean", "acc_ci95", "n"]
-    table = wandb.Table(columns=columns, data=rows)
-    labels = _row_order(stats)
-    batches = sorted({s.norm_batch for s in stats})
-    by_key = {(s.row, s.norm_batch): s for s in stats}
-    ys = [[(c.mean if (c := by_key.get((r, b))) else None) for b in batches] for r in labels]
-    run.log(
+    rows = [
         {
-            "results": table,
-            "accuracy_vs_batch": wandb.plot.line_series(
-                xs=batches,
-                ys=ys,
-                keys=labels,
-                title="top-1 accuracy vs normalization batch",
-                xname="norm_batch",
-            ),
-            "plot": wandb.Image(str(png)),
+            "row": s.row,
+            "norm": s.norm,
+            "norm_batch": s.norm_batch,
+            "mean": 100 * s.mean,
+            "ci95": None if s.ci95 is None else 100 * s.ci95,
+            "n": len(s.values),
         }
-    )
-    run_dir = run.dir
-    run.finish()
-    return run_dir
+        for s in stats
+        if s.mean is not None
+    ]
+    run = log_summary_run(rows, png, project, group, metric)
+    lines = [f"W&B summary run {run.id} in project {project!r}: {run.dir}"]
+    if workspace:
+        lines.append(f"W&B workspace view: {save_workspace(project, group)}")
+    else:
+        lines.append("W&B workspace view: not saved (offline; it needs a W&B key)")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -496,8 +485,16 @@ def main(argv: list[str] | None = None) -> int:
         "best: best evaluation, selected on the evaluation data (optimistic)",
     )
     parser.add_argument("--out", default=None, help="output folder (default RUN_DIR/report)")
-    parser.add_argument("--wandb", action="store_true", help="log a summary run to W&B")
-    parser.add_argument("--project", default="smallbatch", help="W&B project for --wandb")
+    parser.add_argument(
+        "--wandb",
+        action="store_true",
+        help="update the grid's W&B summary run and, with a W&B key, save its workspace view",
+    )
+    parser.add_argument(
+        "--project",
+        default=None,
+        help="W&B project for --wandb (default: the one the grid's cells logged to)",
+    )
     args = parser.parse_args(argv)
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
@@ -522,5 +519,11 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     print(f"table: {md}\ncsv:   {out / 'results.csv'}\nplot:  {png}")
     if args.wandb:
-        print(f"W&B summary run: {log_to_wandb(stats, png, args.project, name, args.metric)}")
+        from .dashboard import grid_project
+        from .wandb_setup import wandb_has_credentials
+
+        base = json.loads(grid_file.read_text()).get("base_config") if grid_file.exists() else None
+        project = args.project or grid_project(loaded.results, base and Path(base)) or "smallbatch"
+        online = os.environ.get("WANDB_MODE", "online") == "online" and wandb_has_credentials()
+        print(log_to_wandb(stats, png, project, name, args.metric, workspace=online))
     return 0

@@ -104,10 +104,21 @@ class ResultWriter(Callback):
             "devices": trainer.num_devices,
             "num_nodes": trainer.num_nodes,
         }
+        runs = [
+            {"project": run.project, "id": run.id, "group": run.group}
+            for logger in trainer.loggers
+            if type(logger).__name__ == "WandbLogger"
+            and (run := getattr(logger, "experiment", None)) is not None
+            and getattr(run, "id", None)
+        ]
+        if runs:  # where `smallbatch report --wandb` finds the grid's project
+            result["wandb"] = runs[0]
         write_json_atomic(Path(trainer.default_root_dir) / RESULT_FILE, result)
         for logger in trainer.loggers:
             summary = getattr(getattr(logger, "experiment", None), "summary", None)
             if summary is not None and history:
                 summary["val/acc_best"] = result["best_val_acc"]
                 summary["val/acc_final"] = result["final_val_acc"]
+                # the dashboard's y axis (smallbatch.dashboard): final top-1 error in %
+                summary["val/error_final"] = 100 * (1 - result["final_val_acc"])
                 summary["status"] = status

@@ -85,8 +85,12 @@ def configure_wandb_logger(
             args.job_type = eval_of["job_type"]
             args.config = {**args.config, **{k: v for k, v in eval_of.items() if k != "name"}}
         Path(args.save_dir).mkdir(parents=True, exist_ok=True)
+        # Offline runs go through W&B's own offline mode (WANDB_MODE). Lightning's `offline`
+        # flag is set too unless checkpoints are to be logged: Lightning refuses log_model with
+        # it, while W&B keeps artifacts of an offline run and uploads them with `wandb sync`.
+        keep_artifacts = bool(args.get("log_model"))
         if os.environ.get("WANDB_MODE") is None and not wandb_has_credentials():
-            args.offline = True
+            args.offline = not keep_artifacts
             os.environ["WANDB_MODE"] = "offline"
             if not _ANNOUNCED:
                 _ANNOUNCED = True
@@ -95,7 +99,7 @@ def configure_wandb_logger(
                     "(upload later with `wandb sync <that folder>/offline-run-*`)"
                 )
         elif os.environ.get("WANDB_MODE") == "offline":
-            args.offline = True
+            args.offline = not keep_artifacts
         logger.init_args = args
 
 
@@ -127,8 +131,9 @@ def _offline_records(path: Path):
 
 
 def read_offline_run(run_folder: str | Path, wait_s: float = 30.0) -> dict[str, Any]:
-    """Read an offline W&B run folder back: name, group, tags, config, summary and the keys
-    logged in history. For tests and for checking a run before ``wandb sync``.
+    """Read an offline W&B run folder back: name, group, tags, id, project, config, summary, the
+    keys logged in history and the artifacts logged (type, name, files). For tests and for
+    checking a run before ``wandb sync``.
 
     W&B's service process may still be writing the file when ``run.finish()`` has returned, so
     this waits up to ``wait_s`` seconds for the run's exit record (its last) before parsing.
@@ -154,6 +159,7 @@ def _parse_offline_run(path: Path) -> dict[str, Any]:
         "summary": {},
         "history_keys": set(),
         "history": [],
+        "artifacts": [],
         "finished": False,
     }
     for raw in _offline_records(path):
@@ -161,7 +167,13 @@ def _parse_offline_run(path: Path) -> dict[str, Any]:
         rec.ParseFromString(raw)
         kind = rec.WhichOneof("record_type")
         if kind == "run":
-            out.update(name=rec.run.display_name, group=rec.run.run_group, tags=list(rec.run.tags))
+            out.update(
+                name=rec.run.display_name,
+                group=rec.run.run_group,
+                tags=list(rec.run.tags),
+                id=rec.run.run_id,
+                project=rec.run.project,
+            )
             for item in rec.run.config.update:
                 out["config"][item.key] = json.loads(item.value_json)
         elif kind == "config":
@@ -176,6 +188,11 @@ def _parse_offline_run(path: Path) -> dict[str, Any]:
             }
             out["history"].append(row)
             out["history_keys"].update(row)
+        elif kind == "artifact":
+            files = [entry.path for entry in rec.artifact.manifest.contents]
+            out["artifacts"].append(
+                {"type": rec.artifact.type, "name": rec.artifact.name, "files": files}
+            )
         elif kind == "exit":
             out["finished"] = True
     return out

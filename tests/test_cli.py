@@ -75,6 +75,7 @@ def test_ordinary_calls_print_none_of_the_known_warnings(tmp_path):
 def conftest_fashion(tmp_path):
     from smallbatch.data import FashionMNIST
 
+    (tmp_path / "data").mkdir(exist_ok=True)
     FashionMNIST(data_dir=str(tmp_path / "data")).prepare_data()
     return str(tmp_path / "data")
 
@@ -87,6 +88,8 @@ BAD_INPUTS = [
     (["--model.norm", "bnn"], "unknown norm 'bnn'", "'bn'"),
     (["--model.nrom", "bn"], "unrecognized arguments", "--model.norm"),
     (["--data.train_subest", "5"], "'train_subest' is not accepted", "train_subset"),
+    (["--data.data_dir", "/nonexistent/fashion"], "data_dir '/nonexistent/fashion' does not", None),
+    (["--model.backbone", "timm/resnet10tt"], "unknown timm model", "resnet10t"),
 ]
 
 
@@ -106,3 +109,37 @@ def test_bad_input_is_one_error_line_with_a_suggestion_and_no_run_folder(
     if extra == BAD_INPUTS[0][0]:  # --debug brings back the full story (checked once: slow)
         debug = _run(*args, "--run_dir", str(run), *extra, "--debug")
         assert debug.returncode != 0 and len(debug.stderr.splitlines()) > 3
+
+
+GRID_BAD_INPUTS = [
+    ({"axes": {"data.train_subest": [5]}}, "train_subest", "train_subset"),
+    ({"axes": {"model.norm": ["bnn"]}}, "unknown norm 'bnn'", "'bn'"),
+    ({"axes": {"model.backbone": ["renset18"]}}, "unknown backbone", "resnet18"),
+    ({"axes": {"data.batch_size": [0]}}, "data.batch_size", None),
+    ({"exeuctor": {"kind": "local"}}, "exeuctor", "executor"),
+    ({"axes": {"model.norm": ["cbn"], "model.norm_args": [{"windw": 4}]}}, "windw", "window"),
+    ({"axes": {"model.norm": ["brn"], "model.norm_args": [{"rmax": 0.5}]}}, "rmax", None),
+]
+
+
+@pytest.mark.parametrize(("change", "message", "suggestion"), GRID_BAD_INPUTS, ids=str)
+def test_bad_grid_file_is_one_error_line_and_writes_nothing(change, message, suggestion, tmp_path):
+    import yaml
+
+    spec = {
+        "name": "bad",
+        "base_config": os.path.abspath("configs/quickstart.yaml"),
+        "axes": {"model.norm": ["bn"], "data.batch_size": [4]},
+        "run_root": str(tmp_path / "runs"),
+    }
+    for key, value in change.items():
+        spec[key] = {**spec[key], **value} if key == "axes" else value
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    proc = _run("grid", "--config", str(path))
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    assert proc.returncode == 2, lines
+    assert len(lines) <= 3, lines
+    error = next(line for line in lines if line.startswith("error: "))
+    assert message in error and (suggestion is None or suggestion in error), error
+    assert not (tmp_path / "runs").exists()

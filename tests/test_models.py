@@ -5,7 +5,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from smallbatch.models import CifarResNet, build_backbone, create_model, swap_norms
+from smallbatch.models import (
+    BackboneError,
+    CifarResNet,
+    build_backbone,
+    create_model,
+    known_backbones,
+    swap_norms,
+)
 from smallbatch.norms import (
     BatchStatsError,
     CrossIterationBatchNorm2d,
@@ -36,6 +43,37 @@ def test_cifar_stem_and_channels():
     assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
     timm_model = build_backbone("timm:resnet18", num_classes=5, in_chans=3, cifar_stem=True)
     assert timm_model(torch.randn(2, 3, 32, 32)).shape == (2, 5)
+
+
+def test_backbone_names_timm_hub_convention_plain_timm_names_and_arguments():
+    # timm/<name> (the hub's convention) and a plain name torchvision does not have are timm's
+    hub = build_backbone("timm/resnet10t", num_classes=4, in_chans=1)
+    plain = build_backbone("resnet10t", num_classes=4, in_chans=1)
+    assert type(hub) is type(plain) and type(hub).__module__.startswith("timm")
+    assert plain(torch.randn(2, 1, 32, 32)).shape == (2, 4)
+    # resnet18 stays torchvision's; tv: forces torchvision
+    assert type(build_backbone("resnet18")).__module__.startswith("torchvision")
+    # backbone_args reach the constructor of each kind
+    wide = build_backbone("resnet8", backbone_args={"width": 8})
+    assert wide.conv1.out_channels == 8
+    assert build_backbone("timm/resnet10t", backbone_args={"drop_rate": 0.5}).drop_rate == 0.5
+    assert build_backbone("tv:resnet18", backbone_args={"zero_init_residual": True}) is not None
+    assert "resnet8" in known_backbones()
+
+
+@pytest.mark.parametrize(
+    "name, args, match",
+    [
+        ("renset18", None, "unknown backbone 'renset18'; did you mean 'resnet18'"),
+        ("resnet21", None, "6n\\+2"),
+        ("timm/resnet10tt", None, "unknown timm model 'resnet10tt'; did you mean 'resnet10t'"),
+        ("tv:resnet19", None, "unknown torchvision model 'resnet19'"),
+        ("resnet8", {"widht": 8}, "rejects backbone_args"),
+    ],
+)
+def test_backbone_errors_are_backbone_errors_with_suggestions(name, args, match):
+    with pytest.raises(BackboneError, match=match):
+        build_backbone(name, backbone_args=args)
 
 
 @pytest.mark.parametrize("backbone", ["resnet20", "resnet18", "timm:resnet18"])
@@ -134,8 +172,3 @@ def test_batch_one_at_one_by_one_is_clear_error(norm):
     model(torch.randn(2, 3, 32, 32))  # batch 2 works
     model.eval()
     model(torch.randn(1, 3, 32, 32))  # eval uses running stats: fine
-
-
-def test_unknown_backbone():
-    with pytest.raises(NormConfigError, match="unknown backbone 'vgg7'.*resnet20"):
-        build_backbone("vgg7")

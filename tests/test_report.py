@@ -115,6 +115,18 @@ def test_settings_that_differ_beyond_the_seed_are_separate_rows(tmp_path, capsys
     ]
 
 
+def test_data_location_and_options_added_later_with_null_default_do_not_split_a_setting(
+    tmp_path, capsys
+):
+    """Seed 0 ran before an option with default None existed and with its data elsewhere."""
+    run = tmp_path / "grid"
+    write_result(run, "bn-s0", "bn", 4, 0, 0.80, **{"data.init_args.data_dir": "data"})
+    write_result(run, "bn-s1", "bn", 4, 1, 0.82, **{"model.backbone_args": None})
+    assert report_main([str(run)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| bn")]
+    assert rows == ["| bn | 80.00 ± 12.71 | 2 |"]
+
+
 def test_unrelated_runs_in_one_folder_are_not_averaged(tmp_path, capsys):
     run = tmp_path / "runs"
     write_result(run, "a", "bn", 8, 0, 0.40, epochs=1)
@@ -165,18 +177,54 @@ def test_invalid_results_are_named_not_dropped(tmp_path, capsys):
     assert "'batch_size' must be an integer >= 1, got 'eight'" in out
 
 
-def test_report_wandb_summary_run_offline(tmp_path, capsys, monkeypatch):
+def test_report_wandb_keeps_one_summary_run_per_grid_in_the_cells_project(
+    tmp_path, capsys, monkeypatch
+):
     monkeypatch.setenv("WANDB_MODE", "offline")
     run = make_run(tmp_path)
-    assert report_main([str(run), "--wandb", "--project", "t"]) == 0
+    for cell in (run / "cells").iterdir():  # the cells logged to project "cells-project"
+        result = json.loads((cell / "result.json").read_text())
+        result["wandb"] = {"project": "cells-project", "id": cell.name, "group": "fixture"}
+        (cell / "result.json").write_text(json.dumps(result))
+    assert report_main([str(run), "--wandb"]) == 0
+    assert report_main([str(run), "--wandb"]) == 0  # a second report updates the same run
+    out = capsys.readouterr().out
+    assert "workspace view: not saved (offline" in out
     from smallbatch.wandb_setup import read_offline_run
 
-    folders = list((run / "report" / "wandb").glob("offline-run-*"))
-    assert len(folders) == 1
-    logged = read_offline_run(folders[0])
-    assert logged["group"] == "fixture" and logged["name"] == "fixture-summary"
-    assert any(k.startswith("results") for k in logged["history_keys"])
-    assert any(k.startswith("accuracy_vs_batch") for k in logged["history_keys"])
+    folders = sorted((run / "report" / "wandb").glob("offline-run-*"))
+    logged = [read_offline_run(f) for f in folders]
+    assert len(logged) == 2 and logged[0]["id"] == logged[1]["id"]
+    assert all(r["project"] == "cells-project" for r in logged)
+    last = logged[-1]
+    assert last["group"] == "fixture" and last["name"] == "fixture-summary"
+    assert {"results", "error_vs_batch"} <= {k.split("/")[0] for k in last["history_keys"]}, last[
+        "history_keys"
+    ]
+    # final accuracies are best - 0.01: bn at b=2 over seeds 0.49, 0.59 -> error 46 %
+    assert abs(last["summary"]["error/bn/nb2"] - 46.0) < 1e-6
+    assert last["summary"]["error_ci95/bn/nb2"] > 0
+
+
+def test_workspace_view_charts_every_cells_error_against_its_normalization_batch():
+    from smallbatch.dashboard import ERROR_KEY, PLOT_KEY, workspace_spec
+
+    spec = workspace_spec("team", "proj", "fashion_repro")._to_model()
+    body = spec.model_dump(by_alias=True, exclude_none=True)
+    sections = body["spec"]["section"]["panelBankConfig"]["sections"]
+    panels = {p["viewType"]: p["config"] for s in sections for p in s["panels"]}
+    scatter = panels["Scatter Plot"]
+    assert scatter["xAxis"] == "config:norm_batch.value" and scatter["xAxisLogScale"] is True
+    assert scatter["yAxis"] == f"summary:{ERROR_KEY}"
+    assert panels["Media Browser"]["mediaKeys"] == [PLOT_KEY]
+    curves = [p["config"] for s in sections for p in s["panels"] if "Line Plot" in p["viewType"]]
+    assert {c["metrics"][0] for c in curves} == {"val/acc", "train/loss_step"}
+    assert all(c["groupBy"] == "norm.value" and c["groupArea"] == "stderr" for c in curves)
+    runset = body["spec"]["section"]["runSets"][0]
+    assert runset["filters"]["filters"] == [
+        {"key": {"section": "run", "name": "group"}, "op": "=", "value": "fashion_repro",
+         "disabled": False}
+    ]  # fmt: skip
 
 
 def test_fixed_total_batch_table_draws_batch_free_and_synced_rows_flat(tmp_path, capsys):

@@ -105,6 +105,19 @@ def test_wandb_offline_run_records_accuracy_config_and_group(fashion_dir, tmp_pa
     assert "norm/brn_rmax" in logged["history_keys"]
 
 
+def test_wandb_checkpoints_become_model_artifacts_with_log_model(fashion_dir, tmp_path):
+    run = tmp_path / "run"
+    args = _wandb_logger_args(tiny_fit_args(fashion_dir, run))
+    lightning_main([*args, "--trainer.logger.init_args.log_model", "true"])
+    logged = _offline_run(run)
+    models = [a for a in logged["artifacts"] if a["type"] == "model"]
+    assert models and all("model.ckpt" in a["files"] for a in models), logged["artifacts"]
+    # the dashboard's y axis and the project `report --wandb` reads from result.json
+    acc = read_result(run)["final_val_acc"]
+    assert logged["summary"]["val/error_final"] == pytest.approx(100 * (1 - acc))
+    assert read_result(run)["wandb"]["project"] == logged["project"]
+
+
 def test_wandb_config_of_class_path_norm_and_ghost_batches(fashion_dir, tmp_path):
     run = tmp_path / "run"
     norm = json.dumps({"class_path": "smallbatch.norms.BatchRenorm2d", "init_args": {"rmax": 2}})
@@ -157,6 +170,9 @@ def test_missing_dataset_gives_clear_error(tmp_path, monkeypatch):
     missing = tmp_path / "nowhere"
     monkeypatch.setattr(ds, "data_search_dirs", lambda d: [Path(d)])
     monkeypatch.setattr(ds, "DEBIAN_FASHION_DIR", tmp_path / "no-debian")
+    with pytest.raises(DatasetNotFoundError, match=r"data_dir '.*nowhere' does not exist"):
+        FashionMNIST(data_dir=str(missing)).prepare_data()  # given explicitly: a typo
+    missing.mkdir()
     with pytest.raises(
         DatasetNotFoundError, match=r"(?s)Fashion-MNIST not found.*nowhere.*apt-get"
     ):

@@ -13,6 +13,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
 
+DEFAULT_DATA_DIR = "data"
+
+
 class DatasetNotFoundError(FileNotFoundError):
     """A dataset is not on disk; the message lists where we looked and how to get it."""
 
@@ -47,7 +50,9 @@ class SmallBatchDataModule(pl.LightningDataModule):
 
     Args:
         batch_size: per-device batch: the normalization batch of batch-dependent norms.
-        data_dir: where datasets are found or written.
+        data_dir: where datasets are found or written. Default (None): ``./data``, created when
+            the dataset is found elsewhere (``shared/data``, a Debian package) and copied in; a
+            folder given explicitly must exist (unless ``download``), so a typo is an error.
         num_workers: DataLoader workers per device.
         train_subset / val_subset: use only this many (fixed) samples, for quick runs.
         holdout: evaluate on this many training images, held out of training (a fixed split),
@@ -57,11 +62,12 @@ class SmallBatchDataModule(pl.LightningDataModule):
 
     num_classes: int = 10
     in_chans: int = 3
+    data_dir_must_exist: bool = False  # an explicit data_dir is where the data is, not a target
 
     def __init__(
         self,
         batch_size: int = 32,
-        data_dir: str = "data",
+        data_dir: str | None = None,
         num_workers: int = 2,
         train_subset: int | None = None,
         val_subset: int | None = None,
@@ -77,7 +83,8 @@ class SmallBatchDataModule(pl.LightningDataModule):
         self.holdout = holdout
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size or max(batch_size, 64)
-        self.data_dir = data_dir
+        self.data_dir_given = data_dir is not None
+        self.data_dir = data_dir if data_dir is not None else DEFAULT_DATA_DIR
         self.num_workers = num_workers
         self.train_subset = train_subset
         self.val_subset = val_subset
@@ -85,6 +92,18 @@ class SmallBatchDataModule(pl.LightningDataModule):
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
+        if self.data_dir_must_exist:
+            self.check_data_dir()  # at construction: before the trainer starts anything
+
+    def check_data_dir(self) -> None:
+        """An explicitly given ``data_dir`` that does not exist is a mistake, not a place to
+        create: say so instead of finding the data elsewhere."""
+        if self.data_dir_given and not self.download and not Path(self.data_dir).is_dir():
+            raise DatasetNotFoundError(
+                f"data_dir {str(self.data_dir)!r} does not exist. Create it (the dataset is then "
+                f"found offline and copied there), leave data_dir unset to use ./{DEFAULT_DATA_DIR}, "
+                "or pass --data.download true"
+            )
 
     def build_datasets(self) -> tuple[Dataset, Dataset]:
         """(train, validation) datasets with transforms; subclasses implement."""

@@ -36,6 +36,7 @@ class _TorchvisionSplits(SmallBatchDataModule):
     dataset_cls: type
     image_size: int
     crop_padding: int
+    data_dir_must_exist = True
 
     @property
     def batch_transform(self) -> CropFlipNormalize:
@@ -70,6 +71,7 @@ class FashionMNIST(_TorchvisionSplits):
         return [*dirs, DEBIAN_FASHION_DIR]
 
     def prepare_data(self) -> None:
+        self.check_data_dir()
         raw = Path(self.data_dir) / "FashionMNIST" / "raw"
         if all((raw / n).exists() for n in FASHION_FILES):
             return
@@ -111,6 +113,7 @@ class CIFAR10(_TorchvisionSplits):
     image_size, crop_padding = 32, 4
 
     def prepare_data(self) -> None:
+        self.check_data_dir()
         if (Path(self.data_dir) / self.folder).exists():
             return
         if not self.download:

@@ -308,6 +308,7 @@ def validate_cells(spec: GridSpec) -> None:
     for index, (combo, _) in enumerate(expanded):
         for key, value in zip(spec.axes, combo, strict=True):
             first.setdefault((key, json.dumps(value, sort_keys=True, default=str)), index)
+    built: set[str] = set()
     for cell in (expanded[i][1] for i in sorted(set(first.values()))):
         args = spec.cli_args(cell) + ["--print_config"]
         out, err = io.StringIO(), io.StringIO()
@@ -322,3 +323,22 @@ def validate_cells(spec: GridSpec) -> None:
                     f"{spec.source}: cell {cell.label} ({cell.overrides}) is rejected by the "
                     f"CLI: {detail}"
                 ) from None
+        model_args = (yaml.safe_load(out.getvalue()) or {}).get("model") or {}
+        key = json.dumps(model_args, sort_keys=True, default=str)
+        if key not in built:  # the model each distinct model section builds: names, arguments
+            built.add(key)
+            _check_model_builds(spec, cell, model_args)
+
+
+def _check_model_builds(spec: GridSpec, cell: Cell, model_args: dict[str, Any]) -> None:
+    """Build the cell's model once (no data, no trainer): unknown backbones, norm arguments a
+    layer rejects and the like fail here, before any cell runs."""
+    from ..errors import first_line, user_error_types
+    from ..module import SmallBatchModule
+
+    try:
+        SmallBatchModule(**model_args)
+    except (*user_error_types(), ValueError, TypeError) as exc:
+        raise GridSpecError(
+            f"{spec.source}: cell {cell.label} ({cell.overrides}): {first_line(exc)}"
+        ) from exc

@@ -1,6 +1,7 @@
 """Backbones and norm swapping."""
 
 from .backbones import (
+    BackboneError,
     apply_stem,
     build_backbone,
     create_model,
@@ -12,6 +13,7 @@ from .compiled import COMPILE_MODES, compile_backbone
 from .swap import find_feeding_convs, swap_norms
 
 __all__ = [
+    "BackboneError",
     "COMPILE_MODES",
     "CifarResNet",
     "apply_stem",

@@ -1,0 +1,137 @@
+"""The grid's W&B dashboard (``smallbatch report RUN --wandb``).
+
+- **One summary run per grid**: a fixed id derived from (project, group), resumed and updated
+  by every report, never a second run. It holds the report's table, its plot (top-1 error
+  against the normalization batch b on a log2 axis, largest b left, with the 95 % intervals) and
+  one summary number per table cell (``error/<row>/nb<b>``, ``error_ci95/<row>/nb<b>``).
+- **A workspace view of the grid's group** (online only: it is saved on the W&B server through
+  ``wandb-workspaces``): every cell run's final error against its ``norm_batch`` (log2 axis),
+  the summary run's plot with the intervals, and the training curves averaged per norm with a
+  standard-error band. ``workspace_spec`` builds it without a network, so it is tested offline.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .naming import stable_digest
+
+ERROR_KEY = "val/error_final"  # each cell run's summary: final top-1 error in % (results.py)
+PLOT_KEY = "error_vs_batch"  # the summary run's image of the report's plot
+NORM_BATCH_KEY = "norm_batch"  # each cell run's config (wandb_setup)
+NORM_KEY = "norm"
+CURVES = (("validation top-1 accuracy", "val/acc"), ("training loss", "train/loss_step"))
+
+
+def summary_run_id(project: str, group: str) -> str:
+    """The summary run's id: the same for every report of one grid in one project."""
+    return f"summary-{stable_digest([project, group], 12)}"
+
+
+def workspace_spec(entity: str, project: str, group: str, max_runs: int = 500):
+    """The workspace view of ``group`` (a ``wandb_workspaces`` Workspace, not yet saved)."""
+    import wandb_workspaces.reports.v2 as wr
+    import wandb_workspaces.workspaces as ws
+
+    error_panels = [
+        wr.ScatterPlot(
+            title="final top-1 error (%) of every cell vs normalization batch (log2)",
+            x=wr.Config(NORM_BATCH_KEY),
+            y=wr.SummaryMetric(ERROR_KEY),
+            log_x=True,
+        ),
+        wr.MediaBrowser(
+            title="mean ± 95% interval over seeds, largest batch left (smallbatch report)",
+            media_keys=[PLOT_KEY],
+        ),
+    ]
+    curve_panels = [
+        wr.LinePlot(
+            title=f"{title}, mean ± s.e. over the runs of each norm",
+            x="trainer/global_step",
+            y=[key],
+            groupby=wr.Config(NORM_KEY),
+            groupby_aggfunc="mean",
+            groupby_rangefunc="stderr",
+        )
+        for title, key in CURVES
+    ]
+    return ws.Workspace(
+        entity=entity,
+        project=project,
+        name=f"{group}: error vs normalization batch",
+        sections=[
+            ws.Section(name="Error vs normalization batch", panels=error_panels, is_open=True),
+            ws.Section(name="Training curves by norm", panels=curve_panels, is_open=True),
+        ],
+        settings=ws.WorkspaceSettings(max_runs=max_runs),
+        runset_settings=ws.RunsetSettings(filters=[ws.Metric("Group") == group]),
+    )
+
+
+def grid_project(results: Sequence[dict[str, Any]], base_config: Path | None) -> str | None:
+    """The W&B project the grid's cells logged to: recorded in their result.json, else the
+    base config's WandbLogger ``project``; None when neither says."""
+    projects = [r["wandb"]["project"] for r in results if isinstance(r.get("wandb"), dict)]
+    if projects:
+        return max(set(projects), key=projects.count)
+    if base_config is not None and base_config.is_file():
+        import yaml
+
+        cfg = yaml.safe_load(base_config.read_text()) or {}
+        loggers = (cfg.get("trainer") or {}).get("logger")
+        for logger in loggers if isinstance(loggers, list) else [loggers]:
+            if isinstance(logger, dict) and str(logger.get("class_path", "")).endswith("Logger"):
+                project = (logger.get("init_args") or {}).get("project")
+                if project:
+                    return str(project)
+    return None
+
+
+def log_summary_run(
+    rows: Sequence[dict[str, Any]], png: Path, project: str, group: str, metric: str
+) -> Any:
+    """Create or update the grid's summary run; returns the (finished) run.
+
+    ``rows``: one dict per table cell with ``row``, ``norm``, ``norm_batch``, ``mean`` and
+    ``ci95`` (accuracy in %) and ``n`` (seeds)."""
+    import wandb
+
+    from .wandb_setup import wandb_has_credentials
+
+    mode = os.environ.get("WANDB_MODE") or ("online" if wandb_has_credentials() else "offline")
+    run = wandb.init(
+        project=project,
+        group=group,
+        id=summary_run_id(project, group),
+        resume="allow",
+        name=f"{group}-summary",
+        job_type="report",
+        mode=mode,
+        dir=str(png.parent),
+        config={"metric": metric, "grid": group},
+    )
+    columns = ["row", "norm", "norm_batch", "error_mean", "error_ci95", "seeds"]
+    data = [
+        [r["row"], r["norm"], r["norm_batch"], 100 - r["mean"], r["ci95"], r["n"]] for r in rows
+    ]
+    run.log({"results": wandb.Table(columns=columns, data=data), PLOT_KEY: wandb.Image(str(png))})
+    for r in rows:
+        run.summary[f"error/{r['row']}/nb{r['norm_batch']}"] = 100 - r["mean"]
+        if r["ci95"] is not None:
+            run.summary[f"error_ci95/{r['row']}/nb{r['norm_batch']}"] = r["ci95"]
+    run.finish()
+    return run
+
+
+def save_workspace(project: str, group: str) -> str:
+    """Save the workspace view on the W&B server (needs a key); returns its URL."""
+    import wandb
+
+    entity = wandb.Api().default_entity
+    workspace = workspace_spec(entity, project, group)
+    workspace.save()
+    return workspace.url
