@@ -164,7 +164,83 @@ def test_failing_cell_is_retried_and_reported_without_stopping_others(tmp_path, 
     assert ok[0]["status"] == "finished"
     assert bad[0]["status"] == "failed" and "deliberate failure" in bad[0]["error"]
     assert out.count("start FailingNorm") == 2  # first try + 1 retry (retries: 1)
-    assert "failed: FailingNorm" in out and "deliberate failure" in out
+    assert "failed beyond retries: FailingNorm" in out and "deliberate failure" in out
+
+
+def test_cell_killed_after_a_checkpoint_resumes_in_the_same_run_and_bad_files_are_set_aside(
+    tmp_path, fashion_dir
+):
+    marker = tmp_path / "killed-once"
+    kill = {"class_path": "sb_test_helpers.KillOnceAtStep", "init_args": {"step": 20}}
+    kill["init_args"]["marker"] = str(marker)
+    path = write_grid(
+        tmp_path,
+        fashion_dir,
+        axes={"model.norm": ["bn"], "data.batch_size": [4]},
+        args={"trainer.max_epochs": 2, "trainer.callbacks": [kill]},
+        executor={"kind": "local", "max_parallel": 1, "retries": 0},
+    )
+    # 16 steps an epoch: killed at step 20, after epoch 1's checkpoint; with retries 0 the
+    # attempt counts only because it made no progress, so the cell must be resumed and finish
+    proc = grid_proc(path)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out + err[-2000:]
+    assert marker.exists() and out.count("[grid] start bn-nb4") == 2
+    spec = load_grid(path)
+    (cell,) = spec.run_dir.glob("cells/*")
+    result = json.loads((cell / "result.json").read_text())
+    assert result["status"] == "finished" and result["global_step"] == 32
+    attempts = json.loads((cell / "attempts.json").read_text())
+    assert attempts["attempts"] == 0 and attempts["history"][0]["progress"] is True
+    assert attempts["history"][0]["error"] == "killed by SIGKILL"
+
+    # a garbage result.json and a truncated last.ckpt: both kept aside, named; the cell falls
+    # back to its other (best) checkpoint and finishes again
+    (cell / "result.json").write_text("{not json")
+    last = cell / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:1000])
+    proc = grid_proc(path)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out + err[-2000:]
+    assert "invalid result:" in out and "runs again" in out
+    assert "last.ckpt is unreadable" in out and "resuming from best-" in out
+    assert len(list(cell.glob("result.json.invalid-*"))) == 1
+    assert len(list((cell / "checkpoints").glob("unreadable-*-last.ckpt"))) == 1
+    assert json.loads((cell / "result.json").read_text())["status"] == "finished"
+
+
+def test_unfinished_cells_are_named_with_their_last_error_line(tmp_path, fashion_dir):
+    failing = {"class_path": "sb_test_helpers.FailingNorm"}
+    path = write_grid(
+        tmp_path,
+        fashion_dir,
+        axes={"model.norm": [failing], "data.batch_size": [4]},
+        executor={"kind": "local", "max_parallel": 1, "retries": 0},
+    )
+    proc = grid_proc(path)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 1
+    (line,) = [x for x in out.splitlines() if "failed beyond retries:" in x]
+    assert "RuntimeError: FailingNorm: deliberate failure" in line and "stderr.log" not in line
+
+
+def test_disk_errors_end_the_grid_with_one_line(tmp_path, fashion_dir, monkeypatch, capsys):
+    import errno
+
+    import smallbatch.grid.store as store
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    failing = {"class_path": "sb_test_helpers.FailingNorm"}
+    path = write_grid(tmp_path, fashion_dir, axes={"model.norm": [failing], "data.batch_size": [4]})
+    monkeypatch.setenv("PYTHONPATH", str(HELPERS))
+    spec = load_grid(path)
+    monkeypatch.setattr(store, "write_json_atomic", full)
+    assert run_grid(spec) == 1
+    err = capsys.readouterr().err
+    (line,) = [x for x in err.splitlines() if x.startswith("error:")]
+    assert "json: No space left on device" in line and "run the grid again" in line
 
 
 def test_slurm_path_through_submitit_debug_executor(tmp_path, fashion_dir):

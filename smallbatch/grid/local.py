@@ -50,6 +50,7 @@ class Running:
     proc: subprocess.Popen
     gpus: list[str]
     started: float = field(default_factory=time.time)
+    checkpoint_mtime: float | None = None  # of last.ckpt when the run started (progress check)
 
 
 def resume_args(state: CellState) -> list[str]:
@@ -99,7 +100,16 @@ class LocalExecutor:
         threads = self.spec.executor.get("threads_per_job")
         if threads:  # e.g. 2 single-threaded cells on 2 cores beat 1 cell on 2 threads
             env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(int(threads))
-        cmd = self.spec.command(state.cell) + resume_args(state)
+        aside = self.store.set_aside_invalid_result(state)
+        if aside is not None:
+            print(f"[grid] {state.cell.folder}: invalid result.json ({state.invalid_result}) "
+                  f"kept as {aside.name}; running the cell again", flush=True)  # fmt: skip
+        checkpoint = self.store.resume_checkpoint(state, say=lambda m: print(m, flush=True))
+        cmd = self.spec.command(state.cell) + (
+            ["--ckpt_path", str(checkpoint)] if checkpoint else []
+        )
+        last = state.folder / "checkpoints" / "last.ckpt"
+        mtime = last.stat().st_mtime if last.exists() else None
         with (
             open(state.folder / "stdout.log", "ab") as out,
             open(state.folder / "stderr.log", "ab") as err,
@@ -107,7 +117,7 @@ class LocalExecutor:
             out.write(f"\n$ {' '.join(cmd)}\n".encode())
             out.flush()
             proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, preexec_fn=_child_setup)
-        return Running(state, proc, gpus)
+        return Running(state, proc, gpus, checkpoint_mtime=mtime)
 
     def _stop_all(self, running: list[Running]) -> None:
         for run in running:
@@ -146,11 +156,16 @@ class LocalExecutor:
                     self._release(run)
                     if self.stopping:
                         break
-                    if code != 0:
-                        self.store.record_attempt(run.state.cell)
                     state = self.store.state(run.state.cell)
+                    if state.status != "done":
+                        self.store.record_attempt(
+                            run.state.cell, code, run.started, run.checkpoint_mtime
+                        )
+                        state = self.store.state(run.state.cell)
                     on_event("finish", state)
-                    if state.status == "failed":  # retry (bounded by `retries`) after the rest
+                    # again after the rest: resumed while it makes progress, and at most
+                    # `retries` more times without progress
+                    if state.status in ("failed", "resumable"):
                         queue.append(state)
                 time.sleep(0.2)
         finally:

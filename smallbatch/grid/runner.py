@@ -96,7 +96,11 @@ def run_grid(spec: GridSpec, dry_run: bool = False, emit: bool = False, wait: bo
             cmd = shlex.join(spec.command(s.cell) + resume_args(s))
             print(f"[{s.status}] {s.cell.folder}\n  {cmd}")
         return 0
+    for s in states:
+        if s.invalid_result:
+            print(f"  invalid result: {s.folder / 'result.json'}: {s.invalid_result} (runs again)")
     store.lock()  # before any write: a grid refused here changes nothing on disk
+    start = time.time()
     try:
         store.write_manifest()
         if emit:
@@ -107,7 +111,6 @@ def run_grid(spec: GridSpec, dry_run: bool = False, emit: bool = False, wait: bo
                 print(f"submit: sbatch --array=0-{n - 1} jobs/array.sbatch {path}")
             return 0
         todo = [s for s in states if s.status in RUNNABLE]
-        start = time.time()
         if spec.executor.get("kind") == "slurm":
             _run_slurm(spec, store, todo, wait)
         else:
@@ -117,6 +120,14 @@ def run_grid(spec: GridSpec, dry_run: bool = False, emit: bool = False, wait: bo
     except KeyboardInterrupt as exc:
         print(f"\n{exc or 'interrupted'}", file=sys.stderr)
         return 130
+    except OSError as exc:  # disk full, permissions, ...: one line; finished cells are kept
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(
+            f"error: grid {spec.name} stopped: {where}{exc.strerror or exc}. Cells with results "
+            "are kept; fix this and run the grid again to continue",
+            file=sys.stderr,
+        )
+        return 1
     finally:
         store.unlock()
     final = Counter(s.status for s in store.states())
@@ -125,9 +136,12 @@ def run_grid(spec: GridSpec, dry_run: bool = False, emit: bool = False, wait: bo
         f"{final['exhausted']} failed beyond retries, {time.time() - start:.0f}s"
     )
     for s in store.states():
-        if s.status == "exhausted":
-            err = (s.result or {}).get("error") or f"see {s.folder / 'stderr.log'}"
-            print(f"  failed: {s.cell.folder}: {err}")
+        if s.status != "done":
+            why = s.last_error or (s.result or {}).get("error") or "not run"
+            what = (
+                "failed beyond retries" if s.status == "exhausted" else f"not finished ({s.status})"
+            )
+            print(f"  {what}: {s.cell.folder}: {why}")
     return 0 if final["done"] == len(states) else 1
 
 

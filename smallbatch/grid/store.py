@@ -1,17 +1,27 @@
 """Results store: ``<run_root>/<grid>/`` with ``grid.json``, ``cells.json`` and one folder per
 cell (``cells/<label>-<digest>/``) holding config, logs, checkpoints, ``result.json`` and
-``attempts.json``. Every JSON file is replaced atomically, so a killed grid corrupts nothing."""
+``attempts.json``. Every JSON file is replaced atomically, so a killed grid corrupts nothing.
+
+Attempts: every run of a cell that ends without a result is recorded with its exit code, its
+last error line and whether it made progress (wrote a newer ``last.ckpt``). Only attempts
+*without* progress count against ``retries``: a cell that is killed now and then but keeps
+advancing is resumed until it finishes.
+"""
 
 from __future__ import annotations
 
 import fcntl
 import json
 import os
+import signal
+import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..results import read_result, write_json_atomic
+from ..report import InvalidResult, validate_result
+from ..results import RESULT_FILE, write_json_atomic
 from .spec import Cell, GridSpec
 
 DONE_STATUSES = ("finished", "diverged")  # a diverged run is a result, not a failure
@@ -26,13 +36,50 @@ class CellState:
     cell: Cell
     folder: Path
     status: str  # done | failed | resumable | new | exhausted
-    attempts: int  # failed attempts (a grid that was killed does not count against its cells)
+    attempts: int  # attempts without progress (a killed grid does not count against its cells)
     result: dict[str, Any] | None
+    invalid_result: str | None = None  # why result.json could not be used (it was moved aside)
+    last_error: str | None = None  # the last attempt's error line
 
     @property
     def last_checkpoint(self) -> Path | None:
         path = self.folder / "checkpoints" / "last.ckpt"
         return path if path.exists() else None
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be a checkpoint to resume from (torch's zip format: truncated or
+    corrupt files fail here), or None when it reads back whole."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return f"corrupt member {bad}" if bad else None
+
+
+def last_error_line(folder: Path, returncode: int | None) -> str:
+    """The line that says why a cell's run ended: result.json's error, else the last line of
+    its stderr.log that names an error, else how the process ended."""
+    with_error = None
+    try:
+        result = json.loads((folder / RESULT_FILE).read_text())
+        with_error = result.get("error") if isinstance(result, dict) else None
+    except (OSError, ValueError):
+        pass
+    if with_error:
+        return str(with_error).splitlines()[0]
+    try:
+        lines = (folder / "stderr.log").read_text(errors="replace").splitlines()
+    except OSError:
+        lines = []
+    for line in reversed(lines[-200:]):
+        text = line.strip()
+        if text.startswith("error:") or ("Error" in text.split(":")[0] and ":" in text):
+            return text
+    if returncode is not None and returncode < 0:
+        return f"killed by {signal.Signals(-returncode).name}"
+    return f"exit code {returncode} with no error message (see {folder / 'stderr.log'})"
 
 
 class ResultsStore:
@@ -72,21 +119,108 @@ class ResultsStore:
             ],
         )
 
-    def attempts(self, cell: Cell) -> int:
+    def _attempts_file(self, cell: Cell) -> dict[str, Any]:
         try:
-            return int(json.loads((self.cell_dir(cell) / "attempts.json").read_text())["attempts"])
-        except (OSError, ValueError, KeyError):
+            data = json.loads((self.cell_dir(cell) / "attempts.json").read_text())
+            return data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def attempts(self, cell: Cell) -> int:
+        """Attempts without progress (what ``retries`` bounds)."""
+        try:
+            return int(self._attempts_file(cell).get("attempts", 0))
+        except (TypeError, ValueError):
             return 0
 
-    def record_attempt(self, cell: Cell) -> int:
-        n = self.attempts(cell) + 1
-        write_json_atomic(self.cell_dir(cell) / "attempts.json", {"attempts": n})
+    def record_attempt(
+        self,
+        cell: Cell,
+        returncode: int | None = None,
+        started: float | None = None,
+        checkpoint_before: float | None = None,
+    ) -> int:
+        """Record a run of ``cell`` that ended without a result; returns the attempts without
+        progress. Progress: ``last.ckpt`` is newer than it was when the run started."""
+        folder = self.cell_dir(cell)
+        data = self._attempts_file(cell)
+        ckpt = folder / "checkpoints" / "last.ckpt"
+        mtime = ckpt.stat().st_mtime if ckpt.exists() else None
+        progress = mtime is not None and (checkpoint_before is None or mtime > checkpoint_before)
+        history = list(data.get("history", []))[-20:]
+        history.append(
+            {
+                "started": started,
+                "ended": time.time(),
+                "returncode": returncode,
+                "progress": progress,
+                "error": last_error_line(folder, returncode),
+            }
+        )
+        n = self.attempts(cell) + (0 if progress else 1)
+        write_json_atomic(folder / "attempts.json", {"attempts": n, "history": history})
         return n
+
+    def resume_checkpoint(self, state: CellState, say=print) -> Path | None:
+        """The checkpoint to resume ``state``'s cell from: ``last.ckpt`` when it reads back
+        whole; an unreadable one is moved aside (kept, renamed, reported) and the newest
+        readable other checkpoint of the cell is used, else the cell starts afresh."""
+        folder = state.folder / "checkpoints"
+        last = folder / "last.ckpt"
+        if not last.exists():
+            return None
+        problem = checkpoint_problem(last)
+        if problem is None:
+            return last
+        aside = folder / f"unreadable-{time.strftime('%Y%m%d-%H%M%S')}-last.ckpt"
+        last.replace(aside)
+        say(f"[grid] {state.cell.folder}: last.ckpt is unreadable ({problem}); moved to {aside}")
+        others = sorted(
+            (p for p in folder.glob("*.ckpt") if not p.name.startswith("unreadable-")),
+            key=lambda p: p.stat().st_mtime,
+            reverse=True,
+        )
+        for path in others:
+            problem = checkpoint_problem(path)
+            if problem is None:
+                say(f"[grid] {state.cell.folder}: resuming from {path.name} instead")
+                return path
+            moved = folder / f"unreadable-{time.strftime('%Y%m%d-%H%M%S')}-{path.name}"
+            path.replace(moved)
+            say(f"[grid] {state.cell.folder}: {path.name} is unreadable too; moved to {moved}")
+        say(f"[grid] {state.cell.folder}: no readable checkpoint; starting afresh")
+        return None
+
+    @staticmethod
+    def read_cell_result(folder: Path) -> tuple[dict[str, Any] | None, str | None]:
+        """(the cell's result, None), or (None, why its result.json cannot be used)."""
+        path = folder / RESULT_FILE
+        if not path.exists():
+            return None, None
+        try:
+            return validate_result(json.loads(path.read_text())), None
+        except (ValueError, InvalidResult) as exc:  # JSONDecodeError is a ValueError
+            return None, str(exc).splitlines()[0]
+        except OSError as exc:
+            return None, f"unreadable: {exc}"
+
+    @staticmethod
+    def set_aside_invalid_result(state: CellState) -> Path | None:
+        """Keep an invalid result.json as ``result.json.invalid-<time>`` before the cell runs
+        again (its run would overwrite it)."""
+        path = state.folder / RESULT_FILE
+        if state.invalid_result is None or not path.exists():
+            return None
+        aside = path.with_name(f"{RESULT_FILE}.invalid-{time.strftime('%Y%m%d-%H%M%S')}")
+        path.replace(aside)
+        return aside
 
     def state(self, cell: Cell) -> CellState:
         folder = self.cell_dir(cell)
-        result = read_result(folder)
+        result, invalid = self.read_cell_result(folder)
         attempts = self.attempts(cell)
+        history = self._attempts_file(cell).get("history") or [{}]
+        last_error = history[-1].get("error") if isinstance(history[-1], dict) else None
         retries = int(self.spec.executor.get("retries", 1))
         if result and result.get("status") in DONE_STATUSES:
             status = "done"
@@ -96,7 +230,7 @@ class ResultsStore:
             status = "resumable"
         else:
             status = "failed" if attempts else "new"
-        return CellState(cell, folder, status, attempts, result)
+        return CellState(cell, folder, status, attempts, result, invalid, last_error)
 
     def states(self) -> list[CellState]:
         return [self.state(c) for c in self.spec.cells()]

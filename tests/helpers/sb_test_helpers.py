@@ -48,3 +48,16 @@ class FailingNorm(nn.BatchNorm2d):
         if self.training:
             raise RuntimeError("FailingNorm: deliberate failure for the grid retry test")
         return super().forward(x)
+
+
+class KillOnceAtStep(Callback):
+    """SIGKILL this process at ``step`` the first time only (``marker`` remembers it): a cell
+    killed after its first checkpoint, which its next attempt can resume."""
+
+    def __init__(self, step: int, marker: str) -> None:
+        self.step, self.marker = step, marker
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step >= self.step and not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
