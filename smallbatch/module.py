@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+import random
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
@@ -25,6 +27,35 @@ def norm_display_name(norm: str | dict[str, Any]) -> str:
     """Short name for run names and tables: ``brn``, or a class path's last component."""
     _, _, display = resolve_norm(norm)
     return display.rsplit(".", 1)[-1] if "." in display else display
+
+
+def rng_states() -> dict[str, Any]:
+    """Every random-number state a training step draws from: torch (CPU and each CUDA device),
+    numpy and Python's ``random``. The sampler's order and the batch augmentation draw from
+    torch's, so restoring these at an epoch boundary replays the rest of the run exactly."""
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": _numpy_state(),
+        "python": random.getstate(),
+    }
+
+
+def _numpy_state() -> tuple:
+    """numpy's state with its key array as a tensor: checkpoints load with weights_only."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Restore what :func:`rng_states` captured (CUDA states only where the devices match)."""
+    torch.set_rng_state(states["torch"])
+    cuda = states.get("cuda") or []
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+    name, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(states["python"])
 
 
 class SmallBatchModule(pl.LightningModule):
@@ -253,7 +284,13 @@ class SmallBatchModule(pl.LightningModule):
 
     # ----------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["smallbatch"] = {"val_history": list(self.val_history)}
+        checkpoint["smallbatch"] = {"val_history": list(self.val_history), "rng": rng_states()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.val_history = list(checkpoint.get("smallbatch", {}).get("val_history", []))
+        saved = checkpoint.get("smallbatch", {})
+        self.val_history = list(saved.get("val_history", []))
+        single = self._trainer is None or self.trainer.world_size == 1
+        if saved.get("rng") is not None and single:
+            # the data order and augmentation of the next epoch continue as if never stopped
+            # (checkpoints hold rank 0's states only: under DDP each rank keeps its own seed)
+            set_rng_states(saved["rng"])

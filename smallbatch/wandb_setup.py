@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import netrc
 import os
+import secrets
 import time
 from pathlib import Path
 from typing import Any
@@ -18,14 +19,84 @@ QUIET_WANDB_LOGGER = "smallbatch.wandb_setup.WandbLogger"
 _ANNOUNCED = False
 
 
+RUN_ID_FILE = "wandb_run_id"  # in the run folder: every attempt of a cell logs to this run
+RESUME_WAIT_S = 90.0
+
+
 class WandbLogger(LightningWandbLogger):
     """Lightning's ``WandbLogger`` without passing W&B the deprecated ``anonymous`` setting (it
-    only makes W&B print a warning on every run); same arguments and behaviour otherwise."""
+    only makes W&B print a warning on every run), and, for a run resumed into the W&B run of an
+    earlier attempt (``id`` + ``resume="allow"``), without logging a global step twice: steps
+    that W&B already holds from earlier attempts (the resumed run's summary online, the earlier
+    offline run files offline) are skipped; with the checkpoint's RNG states the resumed steps
+    recompute the same values. Same arguments otherwise."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if self._wandb_init.get("anonymous") is None:
             self._wandb_init.pop("anonymous", None)
+        self._logged_up_to: int | None = None
+
+    @property
+    def experiment(self) -> Any:
+        # a resumed attempt may start while W&B's service of the killed one still holds the run
+        # id ("run ID ... is in use") for a few seconds: wait for it rather than fail the run
+        deadline = time.monotonic() + RESUME_WAIT_S
+        while True:
+            try:
+                return super().experiment
+            except Exception as exc:  # noqa: BLE001 - W&B raises a private error type here
+                if "is in use" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(2)
+
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        if self._logged_up_to is None:
+            self._logged_up_to = logged_up_to(self.experiment)
+        if step is not None and step <= self._logged_up_to:
+            return  # W&B has this step from an earlier attempt of this run
+        super().log_metrics(metrics, step)
+
+
+def logged_up_to(run: Any) -> int:
+    """The last ``trainer/global_step`` W&B holds for ``run`` from earlier attempts (-1: none):
+    the resumed run's summary online; offline, the other offline runs with its id beside it
+    (W&B writes what it received before a process was killed)."""
+    step = -1
+    summary = getattr(run, "summary", None)
+    try:
+        value = summary.get("trainer/global_step") if summary is not None else None
+        step = int(value) if value is not None else -1
+    except (TypeError, ValueError, AttributeError):
+        pass
+    files_dir = getattr(run, "dir", None)
+    run_id = getattr(run, "id", None)
+    if files_dir and run_id:
+        here = Path(files_dir).parent
+        for other in here.parent.glob(f"offline-run-*-{run_id}"):
+            if other == here:
+                continue
+            try:
+                rows = _parse_offline_run(next(other.glob("run-*.wandb")))["history"]
+            except (StopIteration, OSError, ValueError):
+                continue
+            steps = [r["trainer/global_step"] for r in rows if "trainer/global_step" in r]
+            step = max([step, *map(int, steps)])
+    return step
+
+
+def cell_run_id(run_dir: str | Path) -> str:
+    """The W&B run id of the run folder: created by its first attempt, reused by the rest."""
+    path = Path(run_dir) / RUN_ID_FILE
+    try:
+        return path.read_text().strip()
+    except OSError:
+        pass
+    run_id = secrets.token_hex(6)  # W&B ids: letters and digits
+    tmp = path.with_name(f".{RUN_ID_FILE}.{os.getpid()}.tmp")
+    tmp.write_text(run_id)
+    os.replace(tmp, path)
+    return run_id
 
 
 def wandb_has_credentials() -> bool:
@@ -85,6 +156,9 @@ def configure_wandb_logger(
             args.job_type = eval_of["job_type"]
             args.config = {**args.config, **{k: v for k, v in eval_of.items() if k != "name"}}
         Path(args.save_dir).mkdir(parents=True, exist_ok=True)
+        if eval_of is None and not args.get("id") and not args.get("version"):
+            args.id = cell_run_id(args.save_dir)  # one W&B run per cell, across attempts
+            args.resume = "allow"
         # Offline runs go through W&B's own offline mode (WANDB_MODE). Lightning's `offline`
         # flag is set too unless checkpoints are to be logged: Lightning refuses log_model with
         # it, while W&B keeps artifacts of an offline run and uploads them with `wandb sync`.

@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 from contextlib import redirect_stdout
@@ -116,6 +117,50 @@ def test_wandb_checkpoints_become_model_artifacts_with_log_model(fashion_dir, tm
     acc = read_result(run)["final_val_acc"]
     assert logged["summary"]["val/error_final"] == pytest.approx(100 * (1 - acc))
     assert read_result(run)["wandb"]["project"] == logged["project"]
+
+
+def test_killed_run_resumes_exactly_into_the_same_wandb_run_without_repeating_steps(
+    fashion_dir, tmp_path
+):
+    """Killed mid-epoch 2 (SIGKILL) and resumed from the epoch-1 checkpoint: the same metrics
+    as an uninterrupted run (RNG states are in the checkpoint), one W&B run id across both
+    attempts, and no global step logged twice."""
+    import subprocess
+    import sys
+
+    from conftest import HELPERS
+
+    def fit(run, *extra):
+        args = _wandb_logger_args(tiny_fit_args(fashion_dir, run, *extra))
+        args[args.index("--trainer.max_epochs") + 1] = "2"
+        args += ["--trainer.log_every_n_steps", "4", "--model.norm", "brn"]
+        env = {**os.environ, "PYTHONPATH": str(HELPERS), "WANDB_MODE": "offline"}
+        env.pop("WANDB_SERVICE", None)  # this pytest process's W&B service, if a test started one
+        cmd = [sys.executable, "-m", "smallbatch.cli", *args]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert fit(whole).returncode == 0
+    kill = {"class_path": "sb_test_helpers.KillOnceAtStep", "init_args": {"step": 22}}
+    kill["init_args"]["marker"] = str(tmp_path / "killed")
+    callbacks = ["--trainer.callbacks", json.dumps([kill])]
+    assert fit(cut, *callbacks).returncode == -signal.SIGKILL  # 16 steps an epoch
+    last = cut / "checkpoints" / "last.ckpt"
+    resumed = fit(cut, *callbacks, "--ckpt_path", str(last))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = read_result(whole), read_result(cut)
+    assert b["global_step"] == a["global_step"] == 32
+    assert b["val_acc_history"] == a["val_acc_history"]  # bit-exact on CPU
+    folders = sorted((cut / "wandb").glob("offline-run-*"))
+    assert len(folders) == 2 and len({f.name.rsplit("-", 1)[1] for f in folders}) == 1  # one id
+    # W&B keeps what a killed process had handed it, possibly nothing; whatever it kept is not
+    # logged again, and the resumed attempt logs the rest
+    runs = [read_offline_run(f, wait_s=2) for f in folders]
+    steps = [
+        row["trainer/global_step"] for r in runs for row in r["history"] if "train/loss_step" in row
+    ]
+    assert len(steps) == len(set(steps))
+    assert {19, 23, 27, 31} <= set(steps) <= {3, 7, 11, 15, 19, 23, 27, 31}
 
 
 def test_wandb_config_of_class_path_norm_and_ghost_batches(fashion_dir, tmp_path):

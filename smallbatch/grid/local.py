@@ -95,6 +95,9 @@ class LocalExecutor:
         state.folder.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
         env.pop("SMALLBATCH_RUN_DIR", None)
+        # each cell its own W&B service: one shared with a killed attempt would still hold its
+        # run ("run ID is in use") when the cell is resumed into the same W&B run
+        env.pop("WANDB_SERVICE", None)
         if self.gpus:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
         threads = self.spec.executor.get("threads_per_job")
