@@ -5,9 +5,11 @@
   against the normalization batch b on a log2 axis, largest b left, with the 95 % intervals) and
   one summary number per table cell (``error/<row>/nb<b>``, ``error_ci95/<row>/nb<b>``).
 - **A workspace view of the grid's group** (online only: it is saved on the W&B server through
-  ``wandb-workspaces``): every cell run's final error against its ``norm_batch`` (log2 axis),
-  the summary run's plot with the intervals, and the training curves averaged per norm with a
-  standard-error band. ``workspace_spec`` builds it without a network, so it is tested offline.
+  ``wandb-workspaces``): the final error against ``norm_batch`` (log2 axis) averaged over the
+  runs of each norm with a standard-error band (each cell run logs one history row holding
+  both), every cell run's error as a point, the summary run's plot with the 95 % intervals, and
+  the training curves averaged per norm. ``workspace_spec`` builds it without a network, so it
+  is tested offline.
 """
 
 from __future__ import annotations
@@ -37,6 +39,15 @@ def workspace_spec(entity: str, project: str, group: str, max_runs: int = 500):
     import wandb_workspaces.workspaces as ws
 
     error_panels = [
+        wr.LinePlot(
+            title="final top-1 error (%) vs normalization batch (log2), mean ± s.e. over seeds",
+            x=NORM_BATCH_KEY,
+            y=[ERROR_KEY],
+            log_x=True,
+            groupby=wr.Config(NORM_KEY),
+            groupby_aggfunc="mean",
+            groupby_rangefunc="stderr",
+        ),
         wr.ScatterPlot(
             title="final top-1 error (%) of every cell vs normalization batch (log2)",
             x=wr.Config(NORM_BATCH_KEY),

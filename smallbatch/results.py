@@ -120,5 +120,15 @@ class ResultWriter(Callback):
                 summary["val/acc_best"] = result["best_val_acc"]
                 summary["val/acc_final"] = result["final_val_acc"]
                 # the dashboard's y axis (smallbatch.dashboard): final top-1 error in %
-                summary["val/error_final"] = 100 * (1 - result["final_val_acc"])
+                error = 100 * (1 - result["final_val_acc"])
+                summary["val/error_final"] = error
                 summary["status"] = status
+                # one history row with the normalization batch, so W&B line plots can put it on
+                # the x axis and average the runs of each norm (the dashboard's main panel)
+                logger.experiment.log(
+                    {
+                        "norm_batch": self.cell.get("norm_batch"),
+                        "val/error_final": error,
+                        "trainer/global_step": trainer.global_step,
+                    }
+                )

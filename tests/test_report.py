@@ -213,11 +213,15 @@ def test_workspace_view_charts_every_cells_error_against_its_normalization_batch
     body = spec.model_dump(by_alias=True, exclude_none=True)
     sections = body["spec"]["section"]["panelBankConfig"]["sections"]
     panels = {p["viewType"]: p["config"] for s in sections for p in s["panels"]}
+    main = sections[0]["panels"][0]["config"]  # the GN paper's figure, from the cell runs
+    assert main["xAxis"] == "norm_batch" and main["metrics"] == [ERROR_KEY]
+    assert main["groupBy"] == "norm.value" and main["groupAgg"] == "mean"
+    assert main["xLogScale"] is True
     scatter = panels["Scatter Plot"]
     assert scatter["xAxis"] == "config:norm_batch.value" and scatter["xAxisLogScale"] is True
     assert scatter["yAxis"] == f"summary:{ERROR_KEY}"
     assert panels["Media Browser"]["mediaKeys"] == [PLOT_KEY]
-    curves = [p["config"] for s in sections for p in s["panels"] if "Line Plot" in p["viewType"]]
+    curves = [p["config"] for p in sections[1]["panels"] if "Line Plot" in p["viewType"]]
     assert {c["metrics"][0] for c in curves} == {"val/acc", "train/loss_step"}
     assert all(c["groupBy"] == "norm.value" and c["groupArea"] == "stderr" for c in curves)
     runset = body["spec"]["section"]["runSets"][0]

@@ -116,6 +116,8 @@ def test_wandb_checkpoints_become_model_artifacts_with_log_model(fashion_dir, tm
     # the dashboard's y axis and the project `report --wandb` reads from result.json
     acc = read_result(run)["final_val_acc"]
     assert logged["summary"]["val/error_final"] == pytest.approx(100 * (1 - acc))
+    (row,) = [r for r in logged["history"] if "norm_batch" in r]  # the dashboard's x axis
+    assert row["norm_batch"] == 16 and row["val/error_final"] == pytest.approx(100 * (1 - acc))
     assert read_result(run)["wandb"]["project"] == logged["project"]
 
 
