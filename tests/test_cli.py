@@ -119,6 +119,10 @@ GRID_BAD_INPUTS = [
     ({"exeuctor": {"kind": "local"}}, "exeuctor", "executor"),
     ({"axes": {"model.norm": ["cbn"], "model.norm_args": [{"windw": 4}]}}, "windw", "window"),
     ({"axes": {"model.norm": ["brn"], "model.norm_args": [{"rmax": 0.5}]}}, "rmax", None),
+    ({"axes": {"model.norm": ["cbn"], "model.norm_args": [{"window": 0}]}}, "window", None),
+    ({"axes": {"model.norm": ["gn"], "model.norm_args": [{"num_groups": 3}]}}, "divide", None),
+    ({"axes": {"data.train_subset": [2], "data.batch_size": [4]}}, "train_subset 2", None),
+    ({"axes": {"data.data_dir": ["/nonexistent/d"]}}, "does not exist", None),
 ]
 
 

@@ -170,29 +170,30 @@ def test_failing_cell_is_retried_and_reported_without_stopping_others(tmp_path, 
 def test_cell_killed_after_a_checkpoint_resumes_in_the_same_run_and_bad_files_are_set_aside(
     tmp_path, fashion_dir
 ):
-    marker = tmp_path / "killed-once"
-    kill = {"class_path": "sb_test_helpers.KillOnceAtStep", "init_args": {"step": 20}}
+    marker = tmp_path / "killed"
+    kill = {"class_path": "sb_test_helpers.KillOnceAtStep", "init_args": {"steps": [20, 36]}}
     kill["init_args"]["marker"] = str(marker)
     path = write_grid(
         tmp_path,
         fashion_dir,
         axes={"model.norm": ["bn"], "data.batch_size": [4]},
-        args={"trainer.max_epochs": 2, "trainer.callbacks": [kill]},
+        args={"trainer.max_epochs": 3, "trainer.callbacks": [kill]},
         executor={"kind": "local", "max_parallel": 1, "retries": 0},
     )
-    # 16 steps an epoch: killed at step 20, after epoch 1's checkpoint; with retries 0 the
-    # attempt counts only because it made no progress, so the cell must be resumed and finish
+    # 16 steps an epoch: SIGKILLed at step 20 and again at 36, each after a new epoch-end
+    # checkpoint; with retries 0 an attempt would count only without progress, so the cell
+    # must be resumed twice in this grid run and finish
     proc = grid_proc(path)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, out + err[-2000:]
-    assert marker.exists() and out.count("[grid] start bn-nb4") == 2
+    assert out.count("[grid] start bn-nb4") == 3
     spec = load_grid(path)
     (cell,) = spec.run_dir.glob("cells/*")
     result = json.loads((cell / "result.json").read_text())
-    assert result["status"] == "finished" and result["global_step"] == 32
+    assert result["status"] == "finished" and result["global_step"] == 48
     attempts = json.loads((cell / "attempts.json").read_text())
-    assert attempts["attempts"] == 0 and attempts["history"][0]["progress"] is True
-    assert attempts["history"][0]["error"] == "killed by SIGKILL"
+    assert attempts["attempts"] == 0 and len(attempts["history"]) == 2
+    assert all(a["progress"] and a["error"] == "killed by SIGKILL" for a in attempts["history"])
 
     # a garbage result.json and a truncated last.ckpt: both kept aside, named; the cell falls
     # back to its other (best) checkpoint and finishes again

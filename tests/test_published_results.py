@@ -18,3 +18,11 @@ def test_published_table_regenerates_exactly(folder: Path, tmp_path, capsys):
     capsys.readouterr()
     published = (folder / "report" / "results.md").read_text()
     assert (tmp_path / "results.md").read_text() == published
+
+
+@pytest.mark.parametrize("folder", PUBLISHED, ids=lambda p: p.name)
+def test_docs_results_quote_the_published_table_verbatim(folder: Path):
+    """docs/results.md shows each published table exactly as the report prints it."""
+    report = (folder / "report" / "results.md").read_text()
+    table = "\n".join(line for line in report.splitlines() if line.startswith("|"))
+    assert table in (ROOT / "docs" / "results.md").read_text(), folder.name

@@ -143,7 +143,7 @@ def test_killed_run_resumes_exactly_into_the_same_wandb_run_without_repeating_st
 
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     assert fit(whole).returncode == 0
-    kill = {"class_path": "sb_test_helpers.KillOnceAtStep", "init_args": {"step": 22}}
+    kill = {"class_path": "sb_test_helpers.KillOnceAtStep", "init_args": {"steps": [22]}}
     kill["init_args"]["marker"] = str(tmp_path / "killed")
     callbacks = ["--trainer.callbacks", json.dumps([kill])]
     assert fit(cut, *callbacks).returncode == -signal.SIGKILL  # 16 steps an epoch
@@ -224,6 +224,8 @@ def test_missing_dataset_gives_clear_error(tmp_path, monkeypatch):
         DatasetNotFoundError, match=r"(?s)Fashion-MNIST not found.*nowhere.*apt-get"
     ):
         FashionMNIST(data_dir=str(missing)).prepare_data()
+    with pytest.raises(DatasetNotFoundError, match=r"Fashion-MNIST not found"):
+        FashionMNIST(data_dir=str(missing)).check_available()  # what a grid checks up front
     with pytest.raises(DatasetNotFoundError, match=r"(?s)image folder.*Looked in.*train/ and val/"):
         ImageFolder(root=str(missing / "imgs"), data_dir=str(missing)).setup()
 

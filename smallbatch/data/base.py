@@ -78,6 +78,11 @@ class SmallBatchDataModule(pl.LightningDataModule):
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1 (per device), got {batch_size}")
+        if train_subset is not None and 0 < train_subset < batch_size:
+            raise ValueError(
+                f"train_subset {train_subset} is smaller than batch_size {batch_size}: no full "
+                "batch can be formed (training drops the last partial batch)"
+            )
         if holdout is not None and holdout < 1:
             raise ValueError(f"holdout must be >= 1 training images (or null), got {holdout}")
         self.holdout = holdout
@@ -94,6 +99,10 @@ class SmallBatchDataModule(pl.LightningDataModule):
         self.test_set: Dataset | None = None
         if self.data_dir_must_exist:
             self.check_data_dir()  # at construction: before the trainer starts anything
+
+    def check_available(self) -> None:
+        """Raise :class:`DatasetNotFoundError` when the dataset cannot be found (or downloaded)
+        without reading or copying it: for validating a grid before anything runs."""
 
     def check_data_dir(self) -> None:
         """An explicitly given ``data_dir`` that does not exist is a mistake, not a place to

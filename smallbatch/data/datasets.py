@@ -13,7 +13,7 @@ from torchvision import datasets
 from torchvision import transforms as T
 
 from .augment import CropFlipNormalize, image_tensor_dataset
-from .base import SmallBatchDataModule, data_search_dirs, not_found
+from .base import DatasetNotFoundError, SmallBatchDataModule, data_search_dirs, not_found
 
 FASHION_FILES = (
     "train-images-idx3-ubyte",
@@ -70,23 +70,38 @@ class FashionMNIST(_TorchvisionSplits):
             dirs += [base / "FashionMNIST" / "raw", base]
         return [*dirs, DEBIAN_FASHION_DIR]
 
+    def _source(self) -> Path | None:
+        """A folder holding the four files (None: nowhere; the unpacked copy counts)."""
+        raw = Path(self.data_dir) / "FashionMNIST" / "raw"
+        if all((raw / n).exists() for n in FASHION_FILES):
+            return raw
+        return next((d for d in self.candidate_dirs() if _has_files(d, FASHION_FILES)), None)
+
+    def check_available(self) -> None:
+        self.check_data_dir()
+        if self._source() is None and not self.download:
+            raise self._not_found()
+
+    def _not_found(self) -> DatasetNotFoundError:
+        return not_found(
+            "Fashion-MNIST",
+            self.candidate_dirs(),
+            "Get it with `apt-get install dataset-fashion-mnist` (Debian), put the four "
+            "idx files (.gz or unpacked) in one of these folders, or pass "
+            "--data.download true to download it.",
+        )
+
     def prepare_data(self) -> None:
         self.check_data_dir()
         raw = Path(self.data_dir) / "FashionMNIST" / "raw"
         if all((raw / n).exists() for n in FASHION_FILES):
             return
-        source = next((d for d in self.candidate_dirs() if _has_files(d, FASHION_FILES)), None)
+        source = self._source()
         if source is None:
             if self.download:
                 datasets.FashionMNIST(self.data_dir, train=True, download=True)
                 return
-            raise not_found(
-                "Fashion-MNIST",
-                self.candidate_dirs(),
-                "Get it with `apt-get install dataset-fashion-mnist` (Debian), put the four "
-                "idx files (.gz or unpacked) in one of these folders, or pass "
-                "--data.download true to download it.",
-            )
+            raise self._not_found()
         raw.mkdir(parents=True, exist_ok=True)
         rank_zero_info(f"Fashion-MNIST: not in {raw}; copying it from {source}")
         for name in FASHION_FILES:
@@ -112,17 +127,25 @@ class CIFAR10(_TorchvisionSplits):
     mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
     image_size, crop_padding = 32, 4
 
+    def check_available(self) -> None:
+        self.check_data_dir()
+        if not (Path(self.data_dir) / self.folder).exists() and not self.download:
+            raise self._not_found()
+
+    def _not_found(self) -> DatasetNotFoundError:
+        return not_found(
+            self.dataset_cls.__name__,
+            [Path(self.data_dir) / self.folder],
+            "Pass --data.download true to download it, or use the ImageFolder data module "
+            "for an image-folder copy (e.g. CIFAR-10 as JPEG).",
+        )
+
     def prepare_data(self) -> None:
         self.check_data_dir()
         if (Path(self.data_dir) / self.folder).exists():
             return
         if not self.download:
-            raise not_found(
-                self.dataset_cls.__name__,
-                [Path(self.data_dir) / self.folder],
-                "Pass --data.download true to download it, or use the ImageFolder data module "
-                "for an image-folder copy (e.g. CIFAR-10 as JPEG).",
-            )
+            raise self._not_found()
         self.dataset_cls(self.data_dir, train=True, download=True)
         self.dataset_cls(self.data_dir, train=False, download=True)
 

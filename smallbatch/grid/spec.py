@@ -323,21 +323,32 @@ def validate_cells(spec: GridSpec) -> None:
                     f"{spec.source}: cell {cell.label} ({cell.overrides}) is rejected by the "
                     f"CLI: {detail}"
                 ) from None
-        model_args = (yaml.safe_load(out.getvalue()) or {}).get("model") or {}
-        key = json.dumps(model_args, sort_keys=True, default=str)
-        if key not in built:  # the model each distinct model section builds: names, arguments
+        config = yaml.safe_load(out.getvalue()) or {}
+        key = json.dumps([config.get("model"), config.get("data")], sort_keys=True, default=str)
+        if key not in built:  # each distinct model and data section, built once
             built.add(key)
-            _check_model_builds(spec, cell, model_args)
+            _check_cell_builds(spec, cell, config)
 
 
-def _check_model_builds(spec: GridSpec, cell: Cell, model_args: dict[str, Any]) -> None:
-    """Build the cell's model once (no data, no trainer): unknown backbones, norm arguments a
-    layer rejects and the like fail here, before any cell runs."""
+def _check_cell_builds(spec: GridSpec, cell: Cell, config: dict[str, Any]) -> None:
+    """Build the cell's model and data module (no trainer, no data read): unknown backbones,
+    norm arguments a layer rejects, a batch larger than the training subset, a dataset that is
+    nowhere to be found and the like fail here, before any cell runs."""
+    import importlib
+
     from ..errors import first_line, user_error_types
     from ..module import SmallBatchModule
 
     try:
-        SmallBatchModule(**model_args)
+        SmallBatchModule(**(config.get("model") or {}))
+        data = config.get("data") or {}
+        if isinstance(data, dict) and data.get("class_path"):
+            module, _, name = data["class_path"].rpartition(".")
+            datamodule = getattr(importlib.import_module(module), name)(
+                **(data.get("init_args") or {})
+            )
+            if callable(getattr(datamodule, "check_available", None)):
+                datamodule.check_available()
     except (*user_error_types(), ValueError, TypeError) as exc:
         raise GridSpecError(
             f"{spec.source}: cell {cell.label} ({cell.overrides}): {first_line(exc)}"

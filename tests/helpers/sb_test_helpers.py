@@ -51,13 +51,15 @@ class FailingNorm(nn.BatchNorm2d):
 
 
 class KillOnceAtStep(Callback):
-    """SIGKILL this process at ``step`` the first time only (``marker`` remembers it): a cell
-    killed after its first checkpoint, which its next attempt can resume."""
+    """SIGKILL this process at each of ``steps`` the first time it gets there (a marker file
+    per step remembers it): a cell killed after a checkpoint, which its next attempt resumes."""
 
-    def __init__(self, step: int, marker: str) -> None:
-        self.step, self.marker = step, marker
+    def __init__(self, steps: list[int], marker: str) -> None:
+        self.steps, self.marker = steps, marker
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step >= self.step and not os.path.exists(self.marker):
-            open(self.marker, "w").close()
-            os.kill(os.getpid(), signal.SIGKILL)
+        for step in self.steps:
+            marker = f"{self.marker}.{step}"
+            if trainer.global_step == step and not os.path.exists(marker):
+                open(marker, "w").close()
+                os.kill(os.getpid(), signal.SIGKILL)
