@@ -312,7 +312,7 @@ def caption(stats: list[CellStats], metric: str, invalid: list[tuple[str, str]])
     )
     modes = {s.mode for s in stats if not s.flat}
     if len(modes) == 1 and (mode := modes.pop()):
-        text += f" Every row {'else ' if any(s.flat for s in stats) else ''}uses {mode}."
+        text += f" Every {'other ' if any(s.flat for s in stats) else ''}row uses {mode}."
     elif len(modes) > 1:
         text += " Rows differ in how b is formed: their labels say so."
     if any(s.flat == "batch-free" for s in stats):

@@ -246,6 +246,6 @@ def test_fixed_total_batch_table_draws_batch_free_and_synced_rows_flat(tmp_path,
     assert "| bn | 89.00 | 87.00 | 69.00 | 1 |" in out
     assert "| gn (batch-free: the same at every b) | 84.00 | 84.00 | 84.00 | 1 |" in out
     assert "| syncbn (statistics over all 32) | 90.00 | – | – | 1 |" in out
-    assert "Every row else uses ghost batches in a per-device batch of 32." in out
+    assert "Every other row uses ghost batches in a per-device batch of 32." in out
     assert "Batch-free rows compute the same thing at every b" in out
     assert "Reading: at b=2, bn 69.0% (-20.0 from b=32); batch-free gn 84.0% at every b." in out
