@@ -405,13 +405,14 @@ def write_csv(stats: list[CellStats], path: Path, metric: str) -> None:
 
 def plot(stats: list[CellStats], path: Path, title: str, metric: str) -> None:
     """Top-1 error (%) against the normalization batch, log2 axis, one line per row, 95%
-    confidence bars."""
+    confidence bars; a log error axis when the errors span more than 4× (a collapse beside
+    rows a point apart)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    fig, ax = plt.subplots(figsize=(8.8, 4.6), dpi=120)
     for i, row in enumerate(_row_order(stats)):
         color = f"C{i % 10}"  # one colour per row, flat lines included
         pts = sorted(
@@ -431,6 +432,16 @@ def plot(stats: list[CellStats], path: Path, title: str, metric: str) -> None:
         errs = [100 * (s.ci95 or 0) for s in pts]
         ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, color=color, label=row)
     batches = sorted({s.norm_batch for s in stats})
+    errors = [100 * (1 - s.mean) for s in stats if s.mean is not None]
+    if errors and min(errors) > 0 and max(errors) / min(errors) > 4:
+        # a collapse next to rows a point apart: a log axis keeps both readable
+        from matplotlib.ticker import LogLocator, ScalarFormatter
+
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_minor_formatter(ScalarFormatter())
+        ax.tick_params(axis="y", which="minor", labelsize="x-small")
     ax.set_xscale("log", base=2)
     ax.set_xticks(batches, [str(b) for b in batches])
     ax.invert_xaxis()
@@ -438,7 +449,7 @@ def plot(stats: list[CellStats], path: Path, title: str, metric: str) -> None:
     ax.set_ylabel(f"top-1 error (%), {metric}; bars: 95% CI")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
     fig.savefig(tmp)
