@@ -6,11 +6,16 @@ running statistics, updated as r ← (1 − m)·r + m·stat with the unbiased ba
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from .base import check_batch_stats, ghost_groups, update_running_from_groups
-from .functional import batch_moments, batch_stat_norm, fold_groups, unfold_groups
+from .functional import (
+    affine_params,
+    batch_moments,
+    batch_stat_norm,
+    fold_groups,
+    unfold_groups,
+)
 
 
 class BatchNorm2d(nn.BatchNorm2d):
@@ -35,10 +40,7 @@ class BatchNorm2d(nn.BatchNorm2d):
         mean, var = batch_moments(xt)  # (G·C,)
         update_running_from_groups(self, mean, var, xt[:, 0].numel(), self.momentum)
         self.num_batches_tracked.add_(1)
-        if self.affine:
-            weight, bias = self.weight.repeat(groups), self.bias.repeat(groups)
-        else:
-            weight, bias = torch.ones_like(mean), torch.zeros_like(mean)
+        weight, bias = affine_params(self, mean, groups)
         return unfold_groups(batch_stat_norm(xt, weight, bias, mean, var, self.eps), groups)
 
 

@@ -23,7 +23,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import StepCounter, check_batch_stats, ghost_groups
-from .functional import batch_moments, batch_stat_norm, fold_groups, unfold_groups
+from .functional import (
+    affine_params,
+    batch_moments,
+    batch_stat_norm,
+    fold_groups,
+    unfold_groups,
+)
 from .registry import NormConfigError
 
 UNITS = ("auto", "steps", "fraction")
@@ -265,8 +271,7 @@ class BatchRenorm2d(StepCounter, nn.Module):
             sigma_b = invstd_b.reciprocal()
             r, d = self._limits_and_rd(mean_b, sigma_b, (-1,))
             self._update_running(mean_b, sigma_b)
-        weight = self.weight if self.weight is not None else torch.ones_like(mean_b)
-        bias = self.bias if self.bias is not None else torch.zeros_like(mean_b)
+        weight, bias = affine_params(self, mean_b)
         return batch_stat_norm(x, weight, bias, mean_b, var_b, self.eps, r=r, d=d, invstd=invstd_b)
 
     def _ghost_forward(self, x: Tensor, groups: int) -> Tensor:
@@ -279,10 +284,7 @@ class BatchRenorm2d(StepCounter, nn.Module):
             c = self.num_features
             r, d = self._limits_and_rd(mean_b.view(-1, c), sigma_b.view(-1, c), (1, -1))
             self._update_running(mean_b.view(-1, c).mean(0), sigma_b.view(-1, c).mean(0))
-        if self.weight is not None:
-            weight, bias = self.weight.repeat(groups), self.bias.repeat(groups)
-        else:
-            weight, bias = torch.ones_like(mean_b), torch.zeros_like(mean_b)
+        weight, bias = affine_params(self, mean_b, groups)
         y = batch_stat_norm(
             xt, weight, bias, mean_b, var_b, self.eps, r=r.flatten(), d=d.flatten(), invstd=invstd_b
         )

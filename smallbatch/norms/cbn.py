@@ -42,7 +42,7 @@ from .base import (
     normalize_with_running_stats,
     update_running_from_groups,
 )
-from .functional import batch_stat_norm, moments
+from .functional import affine_params, batch_stat_norm, moments
 from .registry import NormConfigError
 
 _conv_backward = torch.ops.aten.convolution_backward
@@ -389,9 +389,7 @@ class CrossIterationBatchNorm2d(StepCounter, nn.Module):
             var = torch.addcmul(sqmean, mean, mean, value=-1).clamp_min_(0)
             var_t = torch.addcmul(sq_t, mean_t, mean_t, value=-1).clamp_min_(0)
             update_running_from_groups(self, mean_t, var_t, m, self.momentum)
-        c = self.num_features
-        weight = self.weight if self.weight is not None else mean.new_ones(c)
-        bias = self.bias if self.bias is not None else mean.new_zeros(c)
+        weight, bias = affine_params(self, mean)
         if groups == 1:  # torch's batch-norm kernels (functional.batch_stat_norm)
             y = batch_stat_norm(
                 x,

@@ -24,7 +24,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 _bn_backward = torch.ops.aten.native_batch_norm_backward
 
@@ -92,17 +92,22 @@ def fold_groups(x: Tensor, groups: int) -> Tensor:
     A view when b = 1; otherwise one copy (autograd copies the gradient back)."""
     n, c, rest = x.shape[0], x.shape[1], x.shape[2:]
     b = n // groups
-    if b == 1:
-        return x.reshape(1, n * c, *rest)
     return x.reshape(groups, b, c, *rest).transpose(0, 1).reshape(b, groups * c, *rest)
 
 
 def unfold_groups(y: Tensor, groups: int) -> Tensor:
     """Inverse of ``fold_groups``: (b, G·C, ...) → (G·b, C, ...)."""
     b, c, rest = y.shape[0], y.shape[1] // groups, y.shape[2:]
-    if b == 1:
-        return y.reshape(groups, c, *rest)
     return y.reshape(b, groups, c, *rest).transpose(0, 1).reshape(groups * b, c, *rest)
+
+
+def affine_params(layer: nn.Module, like: Tensor, groups: int = 1) -> tuple[Tensor, Tensor]:
+    """(γ, β) of a norm layer for the kernels here: its affine parameters, or ones and zeros
+    (of ``like``'s dtype and device) without them; tiled for ``groups`` folded ghost groups."""
+    weight, bias, n = layer.weight, layer.bias, layer.num_features
+    weight = weight if weight is not None else like.new_ones(n)
+    bias = bias if bias is not None else like.new_zeros(n)
+    return (weight, bias) if groups == 1 else (weight.repeat(groups), bias.repeat(groups))
 
 
 def batch_moments(x: Tensor) -> tuple[Tensor, Tensor]:

@@ -32,6 +32,7 @@ import torch.nn.utils.parametrize as parametrize
 from torch import Tensor, nn
 
 from .base import StepCounter, check_batch_stats, ghost_groups, layer_label
+from .functional import affine_params
 from .registry import NormConfigError
 
 UNITS = ("auto", "steps", "fraction")
@@ -231,8 +232,7 @@ class MovingAverageBatchNorm2d(StepCounter, nn.Module):
                 self.hist_gz[:, self._slot] = 0
                 self.hist_pos.fill_((self._slot + 1) % (self.window - 1))
                 self.hist_count.fill_(min(count + 1, self.window - 1))
-        weight = self.weight if self.weight is not None else torch.ones_like(self.running_var)
-        bias = self.bias if self.bias is not None else torch.zeros_like(self.running_var)
+        weight, bias = affine_params(self, self.running_var)
         y = _MABNFunction.apply(xg, weight, bias, inv_std, r, past_gz, self)
         return y.view_as(x)
 
