@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .spec import GridSpec
-from .store import CellState, ResultsStore
+from .store import CellState, ResultsStore, checkpoint_mtime
 
 PR_SET_PDEATHSIG = 1
 
@@ -111,8 +111,6 @@ class LocalExecutor:
         cmd = self.spec.command(state.cell) + (
             ["--ckpt_path", str(checkpoint)] if checkpoint else []
         )
-        last = state.folder / "checkpoints" / "last.ckpt"
-        mtime = last.stat().st_mtime if last.exists() else None
         with (
             open(state.folder / "stdout.log", "ab") as out,
             open(state.folder / "stderr.log", "ab") as err,
@@ -120,7 +118,7 @@ class LocalExecutor:
             out.write(f"\n$ {' '.join(cmd)}\n".encode())
             out.flush()
             proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, preexec_fn=_child_setup)
-        return Running(state, proc, gpus, checkpoint_mtime=mtime)
+        return Running(state, proc, gpus, checkpoint_mtime=checkpoint_mtime(state.folder))
 
     def _stop_all(self, running: list[Running]) -> None:
         for run in running:

@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from ..report import InvalidResult, validate_result
-from ..results import RESULT_FILE, write_json_atomic
+from ..results import RESULT_FILE, read_result, write_json_atomic
 from .spec import Cell, GridSpec
 
+LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 DONE_STATUSES = ("finished", "diverged")  # a diverged run is a result, not a failure
 
 
@@ -43,8 +44,23 @@ class CellState:
 
     @property
     def last_checkpoint(self) -> Path | None:
-        path = self.folder / "checkpoints" / "last.ckpt"
+        path = self.folder / LAST_CHECKPOINT
         return path if path.exists() else None
+
+
+def checkpoint_mtime(folder: Path) -> float | None:
+    """When the cell in ``folder`` last wrote ``last.ckpt`` (None: it has none)."""
+    try:
+        return (folder / LAST_CHECKPOINT).stat().st_mtime
+    except OSError:
+        return None
+
+
+def _no_progress_count(recorded: dict[str, Any]) -> int:
+    try:
+        return int(recorded.get("attempts", 0))
+    except (TypeError, ValueError):
+        return 0
 
 
 def checkpoint_problem(path: Path) -> str | None:
@@ -61,12 +77,8 @@ def checkpoint_problem(path: Path) -> str | None:
 def last_error_line(folder: Path, returncode: int | None) -> str:
     """The line that says why a cell's run ended: result.json's error, else the last line of
     its stderr.log that names an error, else how the process ended."""
-    with_error = None
-    try:
-        result = json.loads((folder / RESULT_FILE).read_text())
-        with_error = result.get("error") if isinstance(result, dict) else None
-    except (OSError, ValueError):
-        pass
+    result = read_result(folder)
+    with_error = result.get("error") if isinstance(result, dict) else None
     if with_error:
         return str(with_error).splitlines()[0]
     try:
@@ -128,10 +140,7 @@ class ResultsStore:
 
     def attempts(self, cell: Cell) -> int:
         """Attempts without progress (what ``retries`` bounds)."""
-        try:
-            return int(self._attempts_file(cell).get("attempts", 0))
-        except (TypeError, ValueError):
-            return 0
+        return _no_progress_count(self._attempts_file(cell))
 
     def record_attempt(
         self,
@@ -144,8 +153,7 @@ class ResultsStore:
         progress. Progress: ``last.ckpt`` is newer than it was when the run started."""
         folder = self.cell_dir(cell)
         data = self._attempts_file(cell)
-        ckpt = folder / "checkpoints" / "last.ckpt"
-        mtime = ckpt.stat().st_mtime if ckpt.exists() else None
+        mtime = checkpoint_mtime(folder)
         progress = mtime is not None and (checkpoint_before is None or mtime > checkpoint_before)
         history = list(data.get("history", []))[-20:]
         history.append(
@@ -157,7 +165,7 @@ class ResultsStore:
                 "error": last_error_line(folder, returncode),
             }
         )
-        n = self.attempts(cell) + (0 if progress else 1)
+        n = _no_progress_count(data) + (0 if progress else 1)
         write_json_atomic(folder / "attempts.json", {"attempts": n, "history": history})
         return n
 
@@ -166,28 +174,28 @@ class ResultsStore:
         whole; an unreadable one is moved aside (kept, renamed, reported) and the newest
         readable other checkpoint of the cell is used, else the cell starts afresh."""
         folder = state.folder / "checkpoints"
-        last = folder / "last.ckpt"
+        last = state.folder / LAST_CHECKPOINT
         if not last.exists():
             return None
-        problem = checkpoint_problem(last)
-        if problem is None:
-            return last
-        aside = folder / f"unreadable-{time.strftime('%Y%m%d-%H%M%S')}-last.ckpt"
-        last.replace(aside)
-        say(f"[grid] {state.cell.folder}: last.ckpt is unreadable ({problem}); moved to {aside}")
         others = sorted(
-            (p for p in folder.glob("*.ckpt") if not p.name.startswith("unreadable-")),
+            (
+                p
+                for p in folder.glob("*.ckpt")
+                if p != last and not p.name.startswith("unreadable-")
+            ),
             key=lambda p: p.stat().st_mtime,
             reverse=True,
         )
-        for path in others:
+        for path in [last, *others]:
             problem = checkpoint_problem(path)
             if problem is None:
-                say(f"[grid] {state.cell.folder}: resuming from {path.name} instead")
+                if path != last:
+                    say(f"[grid] {state.cell.folder}: resuming from {path.name} instead")
                 return path
-            moved = folder / f"unreadable-{time.strftime('%Y%m%d-%H%M%S')}-{path.name}"
-            path.replace(moved)
-            say(f"[grid] {state.cell.folder}: {path.name} is unreadable too; moved to {moved}")
+            aside = folder / f"unreadable-{time.strftime('%Y%m%d-%H%M%S')}-{path.name}"
+            path.replace(aside)
+            where = f"[grid] {state.cell.folder}: {path.name}"
+            say(f"{where} is unreadable ({problem}); moved to {aside}")
         say(f"[grid] {state.cell.folder}: no readable checkpoint; starting afresh")
         return None
 
@@ -218,15 +226,16 @@ class ResultsStore:
     def state(self, cell: Cell) -> CellState:
         folder = self.cell_dir(cell)
         result, invalid = self.read_cell_result(folder)
-        attempts = self.attempts(cell)
-        history = self._attempts_file(cell).get("history") or [{}]
+        recorded = self._attempts_file(cell)
+        attempts = _no_progress_count(recorded)
+        history = recorded.get("history") or [{}]
         last_error = history[-1].get("error") if isinstance(history[-1], dict) else None
         retries = int(self.spec.executor.get("retries", 1))
         if result and result.get("status") in DONE_STATUSES:
             status = "done"
         elif attempts > retries:
             status = "exhausted"
-        elif (folder / "checkpoints" / "last.ckpt").exists():
+        elif checkpoint_mtime(folder) is not None:
             status = "resumable"
         else:
             status = "failed" if attempts else "new"
