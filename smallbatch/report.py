@@ -457,11 +457,9 @@ def plot(stats: list[CellStats], path: Path, title: str, metric: str) -> None:
     os.replace(tmp, path)
 
 
-def log_to_wandb(
-    stats: list[CellStats], png: Path, project: str, group: str, metric: str, workspace: bool
-) -> str:
-    """Update the grid's one W&B summary run and, with a key, save its workspace view
-    (``smallbatch.dashboard``); returns what to tell the user."""
+def log_to_wandb(stats: list[CellStats], png: Path, project: str, group: str, metric: str) -> str:
+    """Update the grid's one W&B summary run and, when it ran online (a key), save its
+    workspace view (``smallbatch.dashboard``); returns what to tell the user."""
     from .dashboard import log_summary_run, save_workspace
 
     rows = [
@@ -478,7 +476,7 @@ def log_to_wandb(
     ]
     run = log_summary_run(rows, png, project, group, metric)
     lines = [f"W&B summary run {run.id} in project {project!r}: {run.dir}"]
-    if workspace:
+    if not run.offline:
         lines.append(f"W&B workspace view: {save_workspace(project, group)}")
     else:
         lines.append("W&B workspace view: not saved (offline; it needs a W&B key)")
@@ -516,7 +514,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"no valid result.json under {run_dir}{found}: run the grid first")
     stats = aggregate(loaded.results, args.metric)
     grid_file = run_dir / "grid.json"
-    name = json.loads(grid_file.read_text())["name"] if grid_file.exists() else run_dir.name
+    manifest = json.loads(grid_file.read_text()) if grid_file.exists() else {}
+    name = manifest["name"] if manifest else run_dir.name
     out = Path(args.out) if args.out else run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     table = markdown_table(stats, args.metric, loaded.invalid)
@@ -531,10 +530,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"table: {md}\ncsv:   {out / 'results.csv'}\nplot:  {png}")
     if args.wandb:
         from .dashboard import grid_project
-        from .wandb_setup import wandb_has_credentials
 
-        base = json.loads(grid_file.read_text()).get("base_config") if grid_file.exists() else None
+        base = manifest.get("base_config")
         project = args.project or grid_project(loaded.results, base and Path(base)) or "smallbatch"
-        online = os.environ.get("WANDB_MODE", "online") == "online" and wandb_has_credentials()
-        print(log_to_wandb(stats, png, project, name, args.metric, workspace=online))
+        print(log_to_wandb(stats, png, project, name, args.metric))
     return 0

@@ -20,7 +20,6 @@ _ANNOUNCED = False
 
 
 RUN_ID_FILE = "wandb_run_id"  # in the run folder: every attempt of a cell logs to this run
-RESUME_WAIT_S = 90.0
 
 
 class WandbLogger(LightningWandbLogger):
@@ -36,19 +35,6 @@ class WandbLogger(LightningWandbLogger):
         if self._wandb_init.get("anonymous") is None:
             self._wandb_init.pop("anonymous", None)
         self._logged_up_to: int | None = None
-
-    @property
-    def experiment(self) -> Any:
-        # a resumed attempt may start while W&B's service of the killed one still holds the run
-        # id ("run ID ... is in use") for a few seconds: wait for it rather than fail the run
-        deadline = time.monotonic() + RESUME_WAIT_S
-        while True:
-            try:
-                return super().experiment
-            except Exception as exc:  # noqa: BLE001 - W&B raises a private error type here
-                if "is in use" not in str(exc) or time.monotonic() > deadline:
-                    raise
-                time.sleep(2)
 
     def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
         if self._logged_up_to is None:
@@ -162,9 +148,7 @@ def configure_wandb_logger(
         # Offline runs go through W&B's own offline mode (WANDB_MODE). Lightning's `offline`
         # flag is set too unless checkpoints are to be logged: Lightning refuses log_model with
         # it, while W&B keeps artifacts of an offline run and uploads them with `wandb sync`.
-        keep_artifacts = bool(args.get("log_model"))
         if os.environ.get("WANDB_MODE") is None and not wandb_has_credentials():
-            args.offline = not keep_artifacts
             os.environ["WANDB_MODE"] = "offline"
             if not _ANNOUNCED:
                 _ANNOUNCED = True
@@ -172,8 +156,8 @@ def configure_wandb_logger(
                     f"W&B: no API key found, logging offline under {args.save_dir}/wandb "
                     "(upload later with `wandb sync <that folder>/offline-run-*`)"
                 )
-        elif os.environ.get("WANDB_MODE") == "offline":
-            args.offline = not keep_artifacts
+        if os.environ.get("WANDB_MODE") == "offline":
+            args.offline = not args.get("log_model")
         logger.init_args = args
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 import shutil
@@ -38,7 +39,7 @@ class _TorchvisionSplits(SmallBatchDataModule):
     crop_padding: int
     data_dir_must_exist = True
 
-    @property
+    @functools.cached_property
     def batch_transform(self) -> CropFlipNormalize:
         return CropFlipNormalize(self.image_size, self.crop_padding, self.mean, self.std)
 
@@ -78,7 +79,6 @@ class FashionMNIST(_TorchvisionSplits):
         return next((d for d in self.candidate_dirs() if _has_files(d, FASHION_FILES)), None)
 
     def check_available(self) -> None:
-        self.check_data_dir()
         if self._source() is None and not self.download:
             raise self._not_found()
 
@@ -92,11 +92,10 @@ class FashionMNIST(_TorchvisionSplits):
         )
 
     def prepare_data(self) -> None:
-        self.check_data_dir()
         raw = Path(self.data_dir) / "FashionMNIST" / "raw"
-        if all((raw / n).exists() for n in FASHION_FILES):
-            return
         source = self._source()
+        if source == raw:
+            return
         if source is None:
             if self.download:
                 datasets.FashionMNIST(self.data_dir, train=True, download=True)
@@ -128,7 +127,6 @@ class CIFAR10(_TorchvisionSplits):
     image_size, crop_padding = 32, 4
 
     def check_available(self) -> None:
-        self.check_data_dir()
         if not (Path(self.data_dir) / self.folder).exists() and not self.download:
             raise self._not_found()
 
@@ -141,11 +139,9 @@ class CIFAR10(_TorchvisionSplits):
         )
 
     def prepare_data(self) -> None:
-        self.check_data_dir()
         if (Path(self.data_dir) / self.folder).exists():
             return
-        if not self.download:
-            raise self._not_found()
+        self.check_available()
         self.dataset_cls(self.data_dir, train=True, download=True)
         self.dataset_cls(self.data_dir, train=False, download=True)
 
