@@ -210,6 +210,7 @@ def read_offline_run(run_folder: str | Path, wait_s: float = 30.0) -> dict[str, 
 def _parse_offline_run(path: Path) -> dict[str, Any]:
     import json
 
+    from google.protobuf.message import DecodeError
     from wandb.proto import wandb_internal_pb2 as pb
 
     out: dict[str, Any] = {
@@ -222,7 +223,10 @@ def _parse_offline_run(path: Path) -> dict[str, Any]:
     }
     for raw in _offline_records(path):
         rec = pb.Record()
-        rec.ParseFromString(raw)
+        try:
+            rec.ParseFromString(raw)
+        except DecodeError:  # a record W&B is still writing (or never finished): stop here
+            break
         kind = rec.WhichOneof("record_type")
         if kind == "run":
             out.update(
