@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 
@@ -30,6 +31,9 @@ def _run_command(name: str, argv: list[str]) -> int:
 
     try:
         return int(COMMANDS[name][0](argv) or 0)
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly, as `ls` does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Exception as exc:
         inner = innermost_user_error(exc)
         if inner is None or debug_enabled(argv):

@@ -123,6 +123,13 @@ GRID_BAD_INPUTS = [
     ({"axes": {"model.norm": ["gn"], "model.norm_args": [{"num_groups": 3}]}}, "divide", None),
     ({"axes": {"data.train_subset": [2], "data.batch_size": [4]}}, "train_subset 2", None),
     ({"axes": {"data.data_dir": ["/nonexistent/d"]}}, "does not exist", None),
+    # ImageNet stem on 28 px: layer4 sees 1x1 maps; batch 1, or ghost groups of 1 in a batch of 8
+    ({"axes": {"model.backbone": ["resnet18"], "data.batch_size": [1]}}, "1x1 feature map", None),
+    (
+        {"axes": {"model.backbone": ["resnet18"], "model.norm_batch": [1], "data.batch_size": [8]}},
+        "layer4.0.bn1 (BatchNorm2d) got batch 1 at a 1x1",
+        "batch-free norm",
+    ),
 ]
 
 

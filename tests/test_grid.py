@@ -244,6 +244,39 @@ def test_disk_errors_end_the_grid_with_one_line(tmp_path, fashion_dir, monkeypat
     assert "json: No space left on device" in line and "run the grid again" in line
 
 
+@pytest.mark.parametrize("where", ["read-only", "under a file"])
+def test_unwritable_run_root_ends_the_grid_with_one_line(
+    where, tmp_path, fashion_dir, monkeypatch, capsys
+):
+    """A run_root that cannot be written: one `error:` line naming it, no traceback. Tests run
+    as root here, which chmod cannot stop, so a read-only mount is simulated (EROFS from the
+    first write, the lock file); a run_root below a regular file is the real thing."""
+    import errno
+
+    import smallbatch.grid.store as store
+
+    path = write_grid(tmp_path, fashion_dir)
+    spec = load_grid(path)
+    if where == "read-only":
+        real_open = os.open
+
+        def read_only(file, flags, *args, **kwargs):
+            if str(file).startswith(str(tmp_path / "runs")) and flags & os.O_CREAT:
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(file))
+            return real_open(file, flags, *args, **kwargs)
+
+        (tmp_path / "runs" / "g").mkdir(parents=True)
+        monkeypatch.setattr(store.os, "open", read_only)
+    else:
+        (tmp_path / "runs").write_text("a file, not a folder")
+    assert run_grid(spec) == 1
+    err = capsys.readouterr().err
+    (line,) = [x for x in err.splitlines() if x.startswith("error:")]
+    reason = "Read-only file system" if where == "read-only" else "Not a directory"
+    assert str(tmp_path / "runs") in line and reason in line, err
+    assert "Traceback" not in err
+
+
 def test_slurm_path_through_submitit_debug_executor(tmp_path, fashion_dir):
     path = write_grid(
         tmp_path,
@@ -369,3 +402,22 @@ def test_refused_second_grid_leaves_the_running_grids_manifest_untouched(tmp_pat
         assert after == before and before
     finally:
         holder.unlock()
+
+
+def test_slurm_jobs_are_polled_with_squeue_where_accounting_is_off():
+    """Without accounting submitit's sacct poll fails (a warning per poll, every job UNKNOWN,
+    a job that died without a result waited on for ever); squeue's listing is used instead,
+    and a job that has left it counts as over."""
+    from smallbatch.grid.slurm import GONE, QueueWatcher
+
+    watcher = QueueWatcher()
+    watcher._accounting = False
+    for job in ("7_0", "7_1", "7_2"):
+        watcher.register_job(job)
+    command = watcher._make_command()
+    assert command[0] == "squeue" and "-r" in command
+    info = watcher.read_info(b"7_0|RUNNING|node1\n7_1|PENDING|\n")
+    assert info["7_0"]["State"] == "RUNNING" and info["7_1"]["State"] == "PENDING"
+    assert info["7_2"]["State"] == GONE
+    watcher._info_dict.update(info)
+    assert not watcher.is_done("7_0", mode="cache") and watcher.is_done("7_2", mode="cache")

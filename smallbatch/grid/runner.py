@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .local import LocalExecutor, resume_args
 from .spec import GridSpec
-from .store import CellState, ResultsStore
+from .store import CellState, ResultsStore, checkpoint_mtime
 
 RUNNABLE = ("new", "failed", "resumable")
 
@@ -99,9 +99,9 @@ def run_grid(spec: GridSpec, dry_run: bool = False, emit: bool = False, wait: bo
     for s in states:
         if s.invalid_result:
             print(f"  invalid result: {s.folder / 'result.json'}: {s.invalid_result} (runs again)")
-    store.lock()  # before any write: a grid refused here changes nothing on disk
     start = time.time()
     try:
+        store.lock()  # before any write: a grid refused here changes nothing on disk
         store.write_manifest()
         if emit:
             path = emit_cells(spec, store)
@@ -146,11 +146,13 @@ def run_grid(spec: GridSpec, dry_run: bool = False, emit: bool = False, wait: bo
 
 
 def _run_slurm(spec: GridSpec, store: ResultsStore, todo: list[CellState], wait: bool) -> None:
+    """Submit the runnable cells as one array; while any cell can run again (it failed within
+    ``retries``, or it was stopped after writing a newer checkpoint), submit those again."""
     from .slurm import submit_cells
 
-    if not todo:
-        return
     while todo:
+        before = {s.cell.digest: checkpoint_mtime(s.folder) for s in todo}
+        started = time.time()
         jobs = submit_cells(spec, [s.cell for s in todo])
         print(f"submitted {len(jobs)} cells as job array {jobs[0].job_id.split('_')[0]}")
         if not wait and spec.executor.get("cluster") not in ("debug", "local"):
@@ -160,7 +162,9 @@ def _run_slurm(spec: GridSpec, store: ResultsStore, todo: list[CellState], wait:
             try:
                 job.result()
             except Exception as exc:  # noqa: BLE001 - one failed cell must not stop the grid
-                store.record_attempt(state.cell)
-                print(f"  cell {state.cell.folder} failed: {type(exc).__name__}: {exc}")
+                first = (str(exc).strip().splitlines() or [""])[0]
+                print(f"  cell {state.cell.folder} failed: {type(exc).__name__}: {first}")
+            if store.state(state.cell).status != "done":
+                store.record_attempt(state.cell, None, started, before[state.cell.digest])
         todo = [store.state(s.cell) for s in todo]
-        todo = [s for s in todo if s.status == "failed"]  # bounded retries
+        todo = [s for s in todo if s.status in RUNNABLE]

@@ -2,20 +2,75 @@
 
 Per-job resources come from the grid file's ``executor`` (``slurm_partition``, ``nodes``,
 ``gpus_per_node`` = tasks per node, ``timeout_min``, ``cpus_per_task``, ``mem_gb``,
-``array_parallelism``, ``slurm_additional_parameters``). On timeout or pre-emption submitit
-requeues the job (``checkpoint``), and the rerun resumes from the cell's ``last.ckpt``.
-``cluster: debug`` (or ``local``) runs the same code path without SLURM, for tests.
+``array_parallelism``, ``signal_delay_s``, ``slurm_additional_parameters``). On timeout or
+pre-emption submitit requeues the job (``checkpoint``), and the rerun resumes from the cell's
+newest readable checkpoint. ``cluster: debug`` (or ``local``) runs the same code path without
+SLURM, for tests. Clusters without accounting (``sacct`` refused) are polled with ``squeue``.
 """
 
 from __future__ import annotations
 
+import getpass
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import submitit
+from submitit.slurm.slurm import SlurmInfoWatcher, SlurmJob
 
 from ..results import read_result
 from .spec import Cell, GridSpec
+from .store import ResultsStore
+
+GONE = "LEFT_QUEUE"  # a job squeue no longer lists: over; its result file says how it ended
+
+
+class QueueWatcher(SlurmInfoWatcher):
+    """submitit's job-state poller, asking ``squeue`` where accounting is off.
+
+    submitit polls ``sacct``; on a cluster without accounting storage that fails on every poll
+    with a warning ("Bypassing sacct error") and leaves every job UNKNOWN, so a job that died
+    without writing its result would be waited on for ever. Here a job that has left squeue is
+    over, and submitit then reads its result file or raises that it produced none.
+    """
+
+    def __init__(self, delay_s: int = 60) -> None:
+        super().__init__(delay_s)
+        self._accounting: bool | None = None
+
+    def accounting(self) -> bool:
+        if self._accounting is None:
+            try:
+                done = subprocess.run(
+                    ["sacct", "-n", "-X", "-j", "1"], capture_output=True, text=True, timeout=60
+                )
+                self._accounting = done.returncode == 0
+            except (OSError, subprocess.SubprocessError):
+                self._accounting = False
+        return self._accounting
+
+    def _make_command(self) -> list[str] | None:
+        if self.accounting():
+            return super()._make_command()
+        if not self._registered - self._finished:
+            return None
+        return ["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i|%T|%N"]
+
+    def read_info(self, string: bytes | str) -> dict[str, dict[str, str]]:
+        if self.accounting():
+            return super().read_info(string)
+        text = string.decode() if isinstance(string, bytes) else string
+        listed = {}
+        for line in text.splitlines():
+            job_id, state, nodes = (line.split("|") + ["", ""])[:3]
+            listed[job_id.strip()] = {"JobID": job_id.strip(), "State": state, "NodeList": nodes}
+        for job_id in self._registered - self._finished:
+            listed.setdefault(job_id, {"JobID": job_id, "State": GONE, "NodeList": ""})
+        return listed
+
+
+class CellSlurmJob(SlurmJob):
+    watcher = QueueWatcher(delay_s=60)
 
 
 class CellJob:
@@ -25,18 +80,24 @@ class CellJob:
         self.spec = spec
 
     def __call__(self, cell: Cell) -> dict[str, Any] | None:
+        import torch
+
         from ..lightning_cli import lightning_main
 
-        folder = self.spec.run_dir / "cells" / cell.folder
+        cfg = self.spec.executor  # SLURM may not pin CPUs: use the job's share, not every core
+        torch.set_num_threads(int(cfg.get("threads_per_job") or cfg.get("cpus_per_task", 8)))
+        store = ResultsStore(self.spec)
         args = self.spec.cli_args(cell)
-        last = folder / "checkpoints" / "last.ckpt"
-        if last.exists():
-            args += ["--ckpt_path", str(last)]
+        checkpoint = store.resume_checkpoint(store.state(cell))
+        if checkpoint is not None:
+            print(f"[grid] {cell.folder}: resuming from {checkpoint}", flush=True)
+            args += ["--ckpt_path", str(checkpoint)]
         lightning_main(args)
-        return read_result(folder)
+        return read_result(store.cell_dir(cell))
 
     def checkpoint(self, cell: Cell) -> submitit.helpers.DelayedSubmission:
-        """Called by submitit on timeout/pre-emption: requeue; the rerun resumes from last.ckpt."""
+        """Called by submitit on timeout/pre-emption: requeue; the rerun resumes from the
+        cell's checkpoint (last.ckpt is written at every epoch end)."""
         return submitit.helpers.DelayedSubmission(self, cell)
 
 
@@ -56,12 +117,15 @@ def slurm_executor(spec: GridSpec) -> submitit.AutoExecutor:
     if executor.cluster == "slurm":
         params["gpus_per_node"] = gpus
         params["slurm_array_parallelism"] = int(cfg.get("array_parallelism", 64))
+        if cfg.get("signal_delay_s") is not None:
+            params["slurm_signal_delay_s"] = int(cfg["signal_delay_s"])
         if cfg.get("slurm_partition"):
             params["slurm_partition"] = cfg["slurm_partition"]
         if cfg.get("mem_gb"):
             params["mem_gb"] = int(cfg["mem_gb"])
         if cfg.get("slurm_additional_parameters"):
             params["slurm_additional_parameters"] = dict(cfg["slurm_additional_parameters"])
+        executor._executor.job_class = CellSlurmJob  # squeue polling where sacct is off
     executor.update_parameters(**params)
     return executor
 

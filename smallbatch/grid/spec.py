@@ -65,6 +65,7 @@ EXECUTOR_KEYS = {
     "cpus_per_task",
     "mem_gb",
     "array_parallelism",
+    "signal_delay_s",
     "slurm_additional_parameters",
 }
 EXECUTOR_KINDS = ("local", "slurm")
@@ -340,8 +341,9 @@ def _check_cell_builds(spec: GridSpec, cell: Cell, config: dict[str, Any]) -> No
     from ..module import SmallBatchModule
 
     try:
-        SmallBatchModule(**(config.get("model") or {}))
+        model_args = dict(config.get("model") or {})
         data = config.get("data") or {}
+        datamodule = None
         if isinstance(data, dict) and data.get("class_path"):
             module, _, name = data["class_path"].rpartition(".")
             datamodule = getattr(importlib.import_module(module), name)(
@@ -349,7 +351,37 @@ def _check_cell_builds(spec: GridSpec, cell: Cell, config: dict[str, Any]) -> No
             )
             if callable(getattr(datamodule, "check_available", None)):
                 datamodule.check_available()
+            for key in ("num_classes", "in_chans"):  # linked from the data module, as by the CLI
+                if isinstance(getattr(datamodule, key, None), int):
+                    model_args[key] = getattr(datamodule, key)
+        model = SmallBatchModule(**model_args)
+        if datamodule is not None:
+            check_feature_maps(model, datamodule)
     except (*user_error_types(), ValueError, TypeError) as exc:
         raise GridSpecError(
             f"{spec.source}: cell {cell.label} ({cell.overrides}): {first_line(exc)}"
         ) from exc
+
+
+def check_feature_maps(model: Any, datamodule: Any) -> None:
+    """One training-mode forward of the backbone on the meta device (shapes only, nothing
+    computed) at the data's image size and per-device batch: a batch-statistics layer that would
+    see one value per channel (batch 1 at a 1x1 map, ghost groups included) raises
+    :class:`BatchStatsError` here instead of in the cell. Data modules without ``image_size``,
+    and layers the meta device cannot run, are left to the cell."""
+    import torch
+
+    from ..norms import BatchStatsError
+
+    size, chans = getattr(datamodule, "image_size", None), getattr(datamodule, "in_chans", None)
+    batch = getattr(datamodule, "batch_size", None)
+    if not all(isinstance(v, int) and v > 0 for v in (size, chans, batch)):
+        return
+    backbone = model.model.to("meta").train()
+    try:
+        # forward, not __call__: a compiled backbone (nn.Module.compile) is not compiled for this
+        backbone.forward(torch.empty(batch, chans, size, size, device="meta"))
+    except BatchStatsError:
+        raise
+    except Exception:  # noqa: BLE001 - not a shape problem; the cell's run will show it
+        return

@@ -2,6 +2,7 @@
 
 import os
 import signal
+import time
 
 import torch
 from lightning.pytorch.callbacks import Callback
@@ -63,3 +64,19 @@ class KillOnceAtStep(Callback):
             if trainer.global_step == step and not os.path.exists(marker):
                 open(marker, "w").close()
                 os.kill(os.getpid(), signal.SIGKILL)
+
+
+class SlowFirstAttempt(Callback):
+    """Sleep ``seconds`` after every step of a run that started from scratch, none in a resumed
+    one: a cell that outlives a short SLURM time limit on any CPU, then finishes quickly."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.fresh = True
+
+    def on_train_start(self, trainer, pl_module):
+        self.fresh = trainer.global_step == 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.fresh:
+            time.sleep(self.seconds)
