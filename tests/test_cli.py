@@ -147,7 +147,9 @@ def test_bad_grid_file_is_one_error_line_and_writes_nothing(change, message, sug
         spec[key] = {**spec[key], **value} if key == "axes" else value
     path = tmp_path / "grid.yaml"
     path.write_text(yaml.safe_dump(spec))
-    proc = _run("grid", "--config", str(path))
+    # bad cell settings (from windw on) through --dry-run, which must reject them as well
+    cell_setting = GRID_BAD_INPUTS.index((change, message, suggestion)) >= 5
+    proc = _run("grid", "--config", str(path), *(["--dry-run"] if cell_setting else []))
     lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
     assert proc.returncode == 2, lines
     assert len(lines) <= 3, lines
