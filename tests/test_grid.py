@@ -277,6 +277,39 @@ def test_unwritable_run_root_ends_the_grid_with_one_line(
     assert "Traceback" not in err
 
 
+def test_cells_run_under_a_changed_base_config_run_again_with_the_old_results_kept(
+    tmp_path, fashion_dir, capsys
+):
+    """A cell folder's digest covers the grid's args and axes, not the base config file: a
+    change to that file (not a comment) makes finished cells stale. They run again afresh, and
+    what the old run left is kept aside; a grid whose base config is unchanged skips them."""
+    base = tmp_path / "base.yaml"
+    base.write_text((ROOT / "configs" / "quickstart.yaml").read_text())
+    path = write_grid(tmp_path, fashion_dir, axes={"model.norm": ["bn"], "data.batch_size": [8]},
+                      base_config=str(base))  # fmt: skip
+    spec = load_grid(path)
+    assert run_grid(spec) == 0
+    (cell,) = spec.run_dir.glob("cells/*/")
+    first = json.loads((cell / "result.json").read_text())
+    assert json.loads((cell / "base_config.json").read_text())["digest"] == spec.base_digest()
+    base.write_text(base.read_text() + "# a comment changes nothing\n")
+    capsys.readouterr()
+    assert run_grid(load_grid(path)) == 0
+    assert "(1 done, 0 to run" in capsys.readouterr().out
+    base.write_text(base.read_text().replace("lr: 0.1", "lr: 0.05"))
+    assert run_grid(load_grid(path), dry_run=True) == 0
+    out = capsys.readouterr().out
+    assert "[stale]" in out and "--ckpt_path" not in out
+    assert run_grid(load_grid(path)) == 0
+    out = capsys.readouterr().out
+    assert "1 cells ran under another version" in out and "running the cell afresh" in out
+    second = json.loads((cell / "result.json").read_text())
+    assert first["setting"]["model.lr"] == 0.1 and second["setting"]["model.lr"] == 0.05
+    kept = {p.name.split(".stale-")[0] for p in cell.glob("*.stale-*")}
+    assert kept == {"result.json", "checkpoints"}
+    assert json.loads(next(cell.glob("result.json.stale-*")).read_text()) == first
+
+
 def test_slurm_path_through_submitit_debug_executor(tmp_path, fashion_dir):
     path = write_grid(
         tmp_path,

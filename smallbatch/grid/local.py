@@ -55,7 +55,9 @@ class Running:
 
 def resume_args(state: CellState) -> list[str]:
     """``--ckpt_path`` to the cell's last checkpoint when it has one."""
-    return ["--ckpt_path", str(state.last_checkpoint)] if state.last_checkpoint else []
+    if state.stale or not state.last_checkpoint:  # a stale checkpoint is set aside, not resumed
+        return []
+    return ["--ckpt_path", str(state.last_checkpoint)]
 
 
 class LocalExecutor:
@@ -92,7 +94,6 @@ class LocalExecutor:
             self.cpu_busy -= run.state.cell.devices
 
     def _start(self, state: CellState, gpus: list[str]) -> Running:
-        state.folder.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
         env.pop("SMALLBATCH_RUN_DIR", None)
         # each cell its own W&B service: one shared with a killed attempt would still hold its
@@ -103,10 +104,7 @@ class LocalExecutor:
         threads = self.spec.executor.get("threads_per_job")
         if threads:  # e.g. 2 single-threaded cells on 2 cores beat 1 cell on 2 threads
             env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(int(threads))
-        aside = self.store.set_aside_invalid_result(state)
-        if aside is not None:
-            print(f"[grid] {state.cell.folder}: invalid result.json ({state.invalid_result}) "
-                  f"kept as {aside.name}; running the cell again", flush=True)  # fmt: skip
+        self.store.prepare_start(state, say=lambda m: print(m, flush=True))
         checkpoint = self.store.resume_checkpoint(state, say=lambda m: print(m, flush=True))
         cmd = self.spec.command(state.cell) + (
             ["--ckpt_path", str(checkpoint)] if checkpoint else []

@@ -15,16 +15,15 @@ from .local import LocalExecutor, resume_args
 from .spec import GridSpec
 from .store import CellState, ResultsStore, checkpoint_mtime
 
-RUNNABLE = ("new", "failed", "resumable")
+RUNNABLE = ("new", "failed", "resumable", "stale")
 
 
 def emit_cells(spec: GridSpec, store: ResultsStore, python: str | None = None) -> Path:
     """Write ``cells.txt``: one shell command per runnable cell, for ``jobs/array.sbatch``."""
-    lines = [
-        shlex.join(spec.command(s.cell, python) + resume_args(s))
-        for s in store.states()
-        if s.status in RUNNABLE
-    ]
+    runnable = [s for s in store.states() if s.status in RUNNABLE]
+    for state in runnable:
+        store.prepare_start(state)
+    lines = [shlex.join(spec.command(s.cell, python) + resume_args(s)) for s in runnable]
     path = store.root / "cells.txt"
     store.root.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -57,7 +56,7 @@ class GridProgress:
 
     def _describe(self) -> str:
         c = self._counts()
-        left = c["new"] + c["failed"] + c["resumable"]
+        left = sum(c[k] for k in RUNNABLE)
         return f"running {c['running']} · failed {c['exhausted']} · left {left}"
 
     def event(self, kind: str, state: CellState) -> None:
@@ -99,6 +98,11 @@ def run_grid(spec: GridSpec, dry_run: bool = False, emit: bool = False, wait: bo
     for s in states:
         if s.invalid_result:
             print(f"  invalid result: {s.folder / 'result.json'}: {s.invalid_result} (runs again)")
+    if counts["stale"]:
+        print(
+            f"  {counts['stale']} cells ran under another version of {spec.base_config}: they "
+            "run again afresh (their old results and checkpoints are kept as *.stale-<time>)"
+        )
     start = time.time()
     try:
         store.lock()  # before any write: a grid refused here changes nothing on disk
@@ -151,6 +155,8 @@ def _run_slurm(spec: GridSpec, store: ResultsStore, todo: list[CellState], wait:
     from .slurm import submit_cells
 
     while todo:
+        for state in todo:
+            store.prepare_start(state)
         before = {s.cell.digest: checkpoint_mtime(s.folder) for s in todo}
         started = time.time()
         jobs = submit_cells(spec, [s.cell for s in todo])

@@ -131,6 +131,11 @@ class GridSpec:
     def run_dir(self) -> Path:
         return self.run_root / self.name
 
+    def base_digest(self) -> str:
+        """Digest of the base config's content (parsed: comments and layout do not count).
+        The cell folders' digests cover the grid's own args and axes, not this file."""
+        return stable_digest(yaml.safe_load(Path(self.base_config).read_text()))
+
     def cells(self) -> list[Cell]:
         """The cross product of the axes (in file order), with per-cell overrides applied;
         combinations that give the same cell (batch-free norms under ``fixed_total_batch``)

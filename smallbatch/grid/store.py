@@ -25,6 +25,7 @@ from ..results import RESULT_FILE, read_result, write_json_atomic
 from .spec import Cell, GridSpec
 
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
+BASE_STAMP = "base_config.json"  # the base config digest a cell was started under
 DONE_STATUSES = ("finished", "diverged")  # a diverged run is a result, not a failure
 
 
@@ -36,11 +37,12 @@ class GridBusyError(RuntimeError):
 class CellState:
     cell: Cell
     folder: Path
-    status: str  # done | failed | resumable | new | exhausted
+    status: str  # done | failed | resumable | new | exhausted | stale
     attempts: int  # attempts without progress (a killed grid does not count against its cells)
     result: dict[str, Any] | None
     invalid_result: str | None = None  # why result.json could not be used (it was moved aside)
     last_error: str | None = None  # the last attempt's error line
+    stale: bool = False  # its result or checkpoint came from a base config that has changed
 
     @property
     def last_checkpoint(self) -> Path | None:
@@ -101,6 +103,7 @@ class ResultsStore:
         self.spec = spec
         self.root = spec.run_dir
         self._lock_fd: int | None = None
+        self._base: str | None = None
 
     def cell_dir(self, cell: Cell) -> Path:
         return self.root / "cells" / cell.folder
@@ -223,8 +226,58 @@ class ResultsStore:
         path.replace(aside)
         return aside
 
+    def _base_digest(self) -> str:
+        if self._base is None:
+            self._base = self.spec.base_digest()
+        return self._base
+
+    def stamp_base(self, cell: Cell) -> None:
+        """Record the base config a cell is (re)started under (before it runs)."""
+        path = self.cell_dir(cell) / BASE_STAMP
+        write_json_atomic(path, {"base_config": str(self.spec.base_config),
+                                 "digest": self._base_digest()})  # fmt: skip
+
+    def _stale(self, folder: Path) -> bool:
+        """The cell was started under another base config (cells from before stamps: no)."""
+        try:
+            stamp = json.loads((folder / BASE_STAMP).read_text())
+        except (OSError, ValueError):
+            return False
+        return isinstance(stamp, dict) and stamp.get("digest") != self._base_digest()
+
+    @staticmethod
+    def set_aside_stale(state: CellState) -> list[Path]:
+        """Keep what a stale cell's earlier run left (result, checkpoints, attempts, W&B run
+        id) under ``<name>.stale-<time>``, so that the cell starts afresh under the new base
+        config: nothing of the old run is resumed or reported."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        moved = []
+        for name in (RESULT_FILE, "checkpoints", "attempts.json", "wandb_run_id"):
+            path = state.folder / name
+            if path.exists():
+                aside = path.with_name(f"{name}.stale-{stamp}")
+                path.replace(aside)
+                moved.append(aside)
+        return moved
+
+    def prepare_start(self, state: CellState, say=print) -> None:
+        """Before a cell (re)starts: set aside an invalid result.json, or everything a stale
+        run left, and stamp the base config it now runs under."""
+        state.folder.mkdir(parents=True, exist_ok=True)
+        aside = self.set_aside_invalid_result(state)
+        if aside is not None:
+            say(f"[grid] {state.cell.folder}: invalid result.json ({state.invalid_result}) "
+                f"kept as {aside.name}; running the cell again")  # fmt: skip
+        if state.stale:
+            moved = ", ".join(p.name for p in self.set_aside_stale(state)) or "nothing"
+            say(f"[grid] {state.cell.folder}: the base config changed since it ran; kept "
+                f"{moved}; running the cell afresh")  # fmt: skip
+        self.stamp_base(state.cell)
+
     def state(self, cell: Cell) -> CellState:
         folder = self.cell_dir(cell)
+        if self._stale(folder):
+            return CellState(cell, folder, "stale", 0, None, stale=True)
         result, invalid = self.read_cell_result(folder)
         recorded = self._attempts_file(cell)
         attempts = _no_progress_count(recorded)
