@@ -42,12 +42,23 @@ class CellState:
     result: dict[str, Any] | None
     invalid_result: str | None = None  # why result.json could not be used (it was moved aside)
     last_error: str | None = None  # the last attempt's error line
-    stale: bool = False  # its result or checkpoint came from a base config that has changed
+
+    @property
+    def stale(self) -> bool:
+        """Its result or checkpoint came from a base config that has changed since."""
+        return self.status == "stale"
 
     @property
     def last_checkpoint(self) -> Path | None:
         path = self.folder / LAST_CHECKPOINT
         return path if path.exists() else None
+
+
+def set_aside(path: Path, tag: str) -> Path:
+    """Rename ``path`` to ``<name>.<tag>-<time>`` beside it (kept, never read again)."""
+    aside = path.with_name(f"{path.name}.{tag}-{time.strftime('%Y%m%d-%H%M%S')}")
+    path.replace(aside)
+    return aside
 
 
 def checkpoint_mtime(folder: Path) -> float | None:
@@ -222,9 +233,7 @@ class ResultsStore:
         path = state.folder / RESULT_FILE
         if state.invalid_result is None or not path.exists():
             return None
-        aside = path.with_name(f"{RESULT_FILE}.invalid-{time.strftime('%Y%m%d-%H%M%S')}")
-        path.replace(aside)
-        return aside
+        return set_aside(path, "invalid")
 
     def _base_digest(self) -> str:
         if self._base is None:
@@ -250,15 +259,9 @@ class ResultsStore:
         """Keep what a stale cell's earlier run left (result, checkpoints, attempts, W&B run
         id) under ``<name>.stale-<time>``, so that the cell starts afresh under the new base
         config: nothing of the old run is resumed or reported."""
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        moved = []
-        for name in (RESULT_FILE, "checkpoints", "attempts.json", "wandb_run_id"):
-            path = state.folder / name
-            if path.exists():
-                aside = path.with_name(f"{name}.stale-{stamp}")
-                path.replace(aside)
-                moved.append(aside)
-        return moved
+        names = (RESULT_FILE, "checkpoints", "attempts.json", "wandb_run_id")
+        paths = [state.folder / name for name in names]
+        return [set_aside(path, "stale") for path in paths if path.exists()]
 
     def prepare_start(self, state: CellState, say=print) -> None:
         """Before a cell (re)starts: set aside an invalid result.json, or everything a stale
@@ -277,7 +280,7 @@ class ResultsStore:
     def state(self, cell: Cell) -> CellState:
         folder = self.cell_dir(cell)
         if self._stale(folder):
-            return CellState(cell, folder, "stale", 0, None, stale=True)
+            return CellState(cell, folder, "stale", 0, None)
         result, invalid = self.read_cell_result(folder)
         recorded = self._attempts_file(cell)
         attempts = _no_progress_count(recorded)
