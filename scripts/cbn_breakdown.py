@@ -19,7 +19,7 @@ import statistics
 
 import torch
 
-from smallbatch.bench import BACKBONES, Runner, _time, build
+from smallbatch.analysis.bench import BACKBONES, Runner, build, time_steps
 from smallbatch.norms import CrossIterationBatchNorm2d
 
 
@@ -80,7 +80,7 @@ def main() -> None:
     names = list(runners)
     for r in range(args.rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            times[name].append(_time(runners[name].train_step, args.steps, device))
+            times[name].append(time_steps(runners[name].train_step, args.steps, device))
     median = {name: statistics.median(t) * 1e3 for name, t in times.items()}
     print(f"{args.backbone} b={args.batch}, {torch.get_num_threads()} threads")
     for name, ms in median.items():

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from statistics import fmean
 
-from smallbatch.wandb_setup import read_offline_run
+from smallbatch.run.wandb_offline import read_offline_run
 
 
 def thirds(rows: list[dict], key: str, total: int) -> list[float | None]:

@@ -13,7 +13,7 @@ import argparse
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from smallbatch.bench import BACKBONES, Runner, build
+from smallbatch.analysis.bench import BACKBONES, Runner, build
 
 
 def main() -> None:

@@ -1,5 +1,7 @@
 """User errors as one line: what was wrong and what is accepted, with a "did you mean" where a
-close match exists; the full traceback only with ``--debug`` or ``SMALLBATCH_DEBUG=1``."""
+close match exists; the full traceback only with ``--debug`` or ``SMALLBATCH_DEBUG=1``.
+
+The bottom of the package: it imports nothing from smallbatch, and every module may import it."""
 
 from __future__ import annotations
 
@@ -23,20 +25,15 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
+class UserError(Exception):
+    """Bad input: a message for the user (what was wrong, what is accepted), not a bug in the
+    suite. Every user-error class of the package inherits it (norm, backbone, dataset and grid
+    errors); the CLI prints its first line and exits 2."""
+
+
 def user_error_types() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean bad input (a message for the user), not a bug in the suite."""
-    from .data.base import DatasetNotFoundError
-    from .models.backbones import BackboneError
-    from .norms.registry import NormConfigError
-
-    types: list[type[BaseException]] = [NormConfigError, DatasetNotFoundError, BackboneError]
-    try:
-        from .grid.spec import GridSpecError
-
-        types.append(GridSpecError)
-    except ImportError:  # the grid's dependencies are optional for `python -m smallbatch.bench`
-        pass
-    return tuple(types)
+    """Exceptions that mean bad input (kept for callers that catch a tuple)."""
+    return (UserError,)
 
 
 def first_line(exc: BaseException) -> str:
@@ -48,7 +45,7 @@ def innermost_user_error(exc: BaseException | None) -> BaseException | None:
     """The deepest user error (or ValueError raised by the suite's own classes) in the chain of
     causes of ``exc``: the message jsonargparse wraps in its "Given value" report."""
     found, seen = None, set()
-    types = (*user_error_types(), ValueError)
+    types = (UserError, ValueError)
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         if isinstance(exc, types) and type(exc).__module__ != "jsonargparse._common":
@@ -57,7 +54,7 @@ def innermost_user_error(exc: BaseException | None) -> BaseException | None:
             while tb is not None:
                 frames.append(tb.tb_frame.f_code.co_filename)
                 tb = tb.tb_next
-            if isinstance(exc, user_error_types()) or any("smallbatch" in f for f in frames):
+            if isinstance(exc, UserError) or any("smallbatch" in f for f in frames):
                 found = exc
         exc = exc.__cause__ or exc.__context__
     return found

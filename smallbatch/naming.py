@@ -1,33 +1,62 @@
-"""Run names: ``<norm>-nb<normalization batch>[-pb<per-device batch>]-s<seed>``, and the two
-facts they rest on: the normalization batch of a run and stable digests of its settings.
+"""What names a run: its label ``<norm>-nb<normalization batch>[-pb<per-device batch>]-s<seed>``,
+the one rule for the normalization batch, the norm's display name, which config keys are
+settings, and stable digests. Imports nothing from the package but :mod:`smallbatch.errors`
+(and no torch), so the grid, the CLI, the norms and the report share it.
 
-The normalization batch leads because it is the grid's axis (the per-device batch appears only
-when ghost batches make it differ), e.g. ``bn-nb4-s0`` or ``brn-nb2-pb8-s0``.
+The normalization batch leads the label because it is the grid's axis (the per-device batch
+appears only when ghost batches make it differ), e.g. ``bn-nb4-s0`` or ``brn-nb2-pb8-s0``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from typing import Any
 
 # config keys that say where or under which name a run is, not what it computes
-NOT_SETTINGS = (
+LOCATION_KEYS = (
     "config", "run_dir", "name", "group", "tags", "trainer.default_root_dir",
     "trainer.logger", "data.data_dir", "data.init_args.data_dir",
 )  # fmt: skip
+# keys a resumed run has and a fresh one does not (or has as null): the checkpoint to resume
+# from, and what the CLI links from the data module, read back from the checkpoint's
+# hyperparameters. Neither changes what the run computes.
+RESUME_KEYS = ("ckpt_path", "model.in_chans", "model.num_classes")
+NOT_SETTINGS = LOCATION_KEYS + RESUME_KEYS
 SEED_KEY = "seed_everything"
+
+
+def _under(key: str, names: tuple[str, ...]) -> bool:
+    return any(key == n or key.startswith(n + ".") for n in names)
 
 
 def is_setting_key(key: str) -> bool:
     """Whether a flat config key belongs to a run's setting (what seeds of one setting share)."""
-    return key != SEED_KEY and not any(key == n or key.startswith(n + ".") for n in NOT_SETTINGS)
+    return key != SEED_KEY and not _under(key, NOT_SETTINGS)
 
 
-def normalization_batch(norm_batch: int | None, batch_size: int) -> int:
-    """Samples each normalization sees: the ghost batch, capped at the per-device batch (a
-    batch no larger than ``norm_batch`` is normalized whole), else the per-device batch."""
-    return min(norm_batch or batch_size, batch_size)
+def is_location_key(key: str) -> bool:
+    """Whether a flat config key only says where a run is written (left out of its digest)."""
+    return _under(key, ("config", "run_dir", "trainer.default_root_dir"))
+
+
+def normalization_batch(norm_batch: int | None, batch: int) -> int:
+    """Samples per normalization group, the one rule of the suite: the ghost batch
+    ``norm_batch`` capped at the per-device batch (a batch no larger than it is normalized
+    whole), else the whole per-device batch."""
+    return min(norm_batch or batch, batch)
+
+
+def norm_label(norm: Any) -> str:
+    """A norm's short name in labels and tables: a registered name as given, or the last
+    component of a class path (``pkg.mod.MyNorm`` → ``MyNorm``), also inside a
+    ``{class_path, init_args}`` mapping; a callable's ``__name__``. Idempotent."""
+    if isinstance(norm, Mapping):
+        norm = norm.get("class_path", "custom")
+    if callable(norm):
+        return getattr(norm, "__name__", "custom")
+    return str(norm).replace(":", ".").rsplit(".", 1)[-1]
 
 
 def stable_digest(data: Any, length: int = 16) -> str:
@@ -36,10 +65,14 @@ def stable_digest(data: Any, length: int = 16) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 
-def run_label(norm: str, batch_size: Any, norm_batch: Any = None, seed: Any = None) -> str:
-    """The run name for this norm, per-device batch, normalization batch and seed."""
-    norm_batch = norm_batch or batch_size
-    label = f"{norm}-nb{norm_batch}"
-    if norm_batch != batch_size:
+def run_label(norm: Any, batch_size: Any, norm_batch: Any = None, seed: Any = None) -> str:
+    """The run name for this norm (any spec: :func:`norm_label`), per-device batch,
+    normalization batch and seed."""
+    if isinstance(batch_size, int) and (norm_batch is None or isinstance(norm_batch, int)):
+        nb = normalization_batch(norm_batch, batch_size)
+    else:  # not yet validated (a grid file's raw value): shown as given
+        nb = norm_batch or batch_size
+    label = f"{norm_label(norm)}-nb{nb}"
+    if nb != batch_size:
         label += f"-pb{batch_size}"
     return label if seed is None else f"{label}-s{seed}"

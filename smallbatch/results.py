@@ -1,37 +1,71 @@
-"""``result.json``: one small record per run, written atomically by rank 0 only."""
+"""``result.json``: the one record a run leaves, its schema, and the suite's atomic writes.
+
+A run's folder holds one ``result.json`` (written by :class:`smallbatch.run.ResultWriter`, rank
+0 only). The grid store, the report and scripts read it through :func:`read_result` and
+:func:`validate_result`; every file the suite writes goes through :func:`write_atomic`, so a
+reader sees the old file or the new one, never a partial one. No torch or Lightning here.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import tempfile
-import time
+from enum import Enum
 from pathlib import Path
-from statistics import median
 from typing import Any
 
-import lightning.pytorch as pl
-from lightning.pytorch.callbacks import Callback
-
 RESULT_FILE = "result.json"
-STATUSES = ("finished", "diverged", "failed", "interrupted")
 
 
-def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    """Write JSON via a temporary file in the same folder and ``os.replace``: readers see the
-    old file or the new one, never a partial one."""
+class Status(str, Enum):
+    """How a run ended (``result.json``'s ``status``)."""
+
+    FINISHED = "finished"
+    DIVERGED = "diverged"  # the loss became NaN/Inf: a result (the norm failed), not a crash
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+STATUSES = tuple(s.value for s in Status)
+DONE_STATUSES = (Status.FINISHED.value, Status.DIVERGED.value)  # runs that have a result
+# the accuracy fields a result may carry (numbers or null)
+ACCURACY_KEYS = ("final_val_acc", "median_last5_val_acc", "best_val_acc")
+
+
+class InvalidResult(ValueError):
+    """A result.json that cannot be read or does not have the expected shape."""
+
+
+def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder, ``fsync`` and
+    ``os.replace``. On failure (a full disk) the temporary file is removed and the error names
+    ``path``; the old file, if any, is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True, default=str)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if exc.filename is None:  # say which file could not be written
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
+    """``data`` as indented, sorted-key JSON, written with :func:`write_atomic`."""
+    write_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
 def read_result(run_dir: str | os.PathLike) -> dict[str, Any] | None:
@@ -42,93 +76,36 @@ def read_result(run_dir: str | os.PathLike) -> dict[str, Any] | None:
         return None
 
 
-class ResultWriter(Callback):
-    """Writes ``<default_root_dir>/result.json`` when a fit ends, diverges, fails or is stopped.
+def validate_result(data: Any) -> dict[str, Any]:
+    """Check the fields the report and the grid rely on; raise :class:`InvalidResult` saying
+    which."""
+    if not isinstance(data, dict):
+        raise InvalidResult(f"expected a JSON object, got {type(data).__name__}")
+    if not isinstance(data.get("norm"), str) or not data["norm"]:
+        raise InvalidResult(f"'norm' must be a name, got {data.get('norm')!r}")
+    for key in ("batch_size", "norm_batch"):
+        value = data.get(key)
+        if value is None and key == "norm_batch":
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise InvalidResult(f"{key!r} must be an integer >= 1, got {value!r}")
+    if data.get("status") not in STATUSES:
+        raise InvalidResult(f"'status' must be one of {STATUSES}, got {data.get('status')!r}")
+    eval_acc = data.get("eval_acc")
+    if eval_acc is not None and not isinstance(eval_acc, dict):
+        raise InvalidResult(f"'eval_acc' must be a mapping of mode to accuracy, got {eval_acc!r}")
+    numbers = {k: data.get(k) for k in ACCURACY_KEYS}
+    numbers.update({f"eval_acc.{k}": v for k, v in (eval_acc or {}).items()})
+    for key, value in numbers.items():
+        if value is not None and (not isinstance(value, int | float) or isinstance(value, bool)):
+            raise InvalidResult(f"{key!r} must be a number or null, got {value!r}")
+    return data
 
-    Fields: status, best/final/median-of-last-epochs validation accuracy, the per-epoch history,
-    epochs, global step, wall time, config digest, the cell's identity (norm, norm_args,
-    per-device and normalization batch, devices, seed, backbone, dataset), ``batch_free``
-    (no layer uses batch statistics), and ``setting`` / ``setting_digest`` (the flat config
-    without seed, name and location: ``smallbatch report`` averages runs of equal setting).
-    Also puts best and final accuracy in the W&B summary.
-    """
 
-    def __init__(self, config_digest: str = "", cell: dict[str, Any] | None = None) -> None:
-        self.config_digest = config_digest
-        self.cell = dict(cell or {})
-        self._start = time.time()
-        self._written = False
-
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._start = time.time()
-        self._written = False
-
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        status = "diverged" if getattr(pl_module, "diverged", False) else "finished"
-        if trainer.interrupted:
-            status = "interrupted"
-        self.write(trainer, pl_module, status)
-
-    def on_exception(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
-    ) -> None:
-        interrupted = isinstance(exception, KeyboardInterrupt | SystemExit) or (
-            type(exception).__name__ == "SIGTERMException"  # Lightning's SIGTERM handling
-        )
-        self.write(trainer, pl_module, "interrupted" if interrupted else "failed", exception)
-
-    def write(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        status: str,
-        error: BaseException | None = None,
-    ) -> None:
-        if self._written or not trainer.is_global_zero:
-            return
-        self._written = True
-        history = list(getattr(pl_module, "val_history", []))
-        result = {
-            "status": status,
-            "best_val_acc": max(history) if history else None,
-            "final_val_acc": history[-1] if history else None,
-            "median_last5_val_acc": median(history[-5:]) if history else None,
-            "val_acc_history": history,
-            "epochs": trainer.current_epoch,
-            "global_step": trainer.global_step,
-            "wall_time_s": round(time.time() - self._start, 3),
-            "config_digest": self.config_digest,
-            "error": f"{type(error).__name__}: {error}" if error else None,
-            **self.cell,
-            "batch_free": getattr(pl_module, "batch_free", None),
-            "devices": trainer.num_devices,
-            "num_nodes": trainer.num_nodes,
-        }
-        runs = [
-            {"project": run.project, "id": run.id, "group": run.group}
-            for logger in trainer.loggers
-            if type(logger).__name__ == "WandbLogger"
-            and (run := getattr(logger, "experiment", None)) is not None
-            and getattr(run, "id", None)
-        ]
-        if runs:  # where `smallbatch report --wandb` finds the grid's project
-            result["wandb"] = runs[0]
-        write_json_atomic(Path(trainer.default_root_dir) / RESULT_FILE, result)
-        for logger in trainer.loggers:
-            summary = getattr(getattr(logger, "experiment", None), "summary", None)
-            if summary is not None and history:
-                summary["val/acc_best"] = result["best_val_acc"]
-                summary["val/acc_final"] = result["final_val_acc"]
-                # the dashboard's y axis (smallbatch.dashboard): final top-1 error in %
-                error = 100 * (1 - result["final_val_acc"])
-                summary["val/error_final"] = error
-                summary["status"] = status
-                # one history row with the normalization batch, so W&B line plots can put it on
-                # the x axis and average the runs of each norm (the dashboard's main panel)
-                logger.experiment.log(
-                    {
-                        "norm_batch": self.cell.get("norm_batch"),
-                        "val/error_final": error,
-                        "trainer/global_step": trainer.global_step,
-                    }
-                )
+def load_result_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and validate one result.json; raises :class:`InvalidResult` (bad JSON included)
+    or ``OSError``."""
+    try:
+        return validate_result(json.loads(Path(path).read_text()))
+    except json.JSONDecodeError as exc:
+        raise InvalidResult(f"not valid JSON: {exc}") from exc

@@ -40,7 +40,7 @@ def test_unknown_command_suggests_the_closest():
 def test_importing_grid_does_not_import_the_command_table():
     code = (
         "import sys, smallbatch.grid, smallbatch.grid.slurm; "
-        "print('smallbatch.cli' in sys.modules, 'smallbatch.commands' in sys.modules)"
+        "print('smallbatch.cli' in sys.modules, 'smallbatch.cli.commands' in sys.modules)"
     )
     proc = _run(code=code)
     assert proc.returncode == 0, proc.stderr

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from conftest import tiny_fit_args
 
-import smallbatch.bench as bench
-import smallbatch.module as module
-from smallbatch.lightning_cli import lightning_main
+import smallbatch.analysis.bench as bench
+import smallbatch.run.module as module
+from smallbatch.cli.lightning import lightning_main
 from smallbatch.models import compile_backbone, create_model
 from smallbatch.norms import NormConfigError, builtin_norms
 from smallbatch.results import read_result

@@ -3,8 +3,8 @@
 import torch
 from torch import nn
 
-from smallbatch.diagnostics import BatchStatGap
 from smallbatch.norms import BatchNorm2d
+from smallbatch.run.diagnostics import BatchStatGap
 
 
 def _gap_by_hand(x, running_mean, running_var, eps, groups):

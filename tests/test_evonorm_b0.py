@@ -83,3 +83,40 @@ def test_eval_uses_running_variance_and_trains_in_a_resnet():
     model = create_model("resnet8", "evonorm_b0", num_classes=10)
     model.train()
     assert model(torch.randn(4, 3, 8, 8)).shape == (4, 10)
+
+
+def _reference_float64(x, v, eps, groups):
+    """EvoNorm-B0's training output and unbiased batch variance, two-pass, in float64."""
+    x = x.double()
+    xg = x.view(groups, -1, *x.shape[1:])
+    var_b = xg.var(dim=(1, 3, 4), unbiased=False, keepdim=True)
+    left = (var_b + eps).sqrt().expand_as(xg).reshape_as(x)
+    right = x * v.double().view(1, -1, 1, 1) + (x.var(dim=(2, 3), unbiased=False, keepdim=True)
+                                                 + eps).sqrt()  # fmt: skip
+    m = xg[0, :, 0].numel()
+    return x / torch.maximum(left, right), var_b.mean(0).flatten() * m / (m - 1)
+
+
+def test_variances_stay_exact_when_the_mean_dwarfs_the_spread():
+    """|mean|/std = 1000 (the channel's values 1000 ± 1): a one-pass variance E[x²] − E[x]² in
+    float32 loses every digit here; the layer's stays within 1e-2 of a float64 reference."""
+    torch.manual_seed(0)
+    layer = EvoNormB0(8, momentum=1.0)  # running_var = this batch's unbiased variance
+    with torch.no_grad():
+        layer.v.fill_(1e-3)  # outputs of ~10², as v·x + σ_I meets σ_B
+    layer.norm_batch = 4
+    x = 1000 + torch.randn(16, 8, 6, 6)
+    y = layer.train()(x)
+    ref_y, ref_var = _reference_float64(x, layer.v.detach(), layer.eps, groups=4)
+    torch.testing.assert_close(layer.running_var.double(), ref_var, atol=1e-2, rtol=0)
+    assert 50 < ref_y.abs().mean() < 1000
+    torch.testing.assert_close(y.double(), ref_y, atol=1e-2 * 100, rtol=1e-2)
+
+
+def test_one_pass_variance_would_fail_the_same_check():
+    """The check above can fail: the one-pass formula on the same input is far off."""
+    torch.manual_seed(0)
+    x = 1000 + torch.randn(16, 8, 6, 6)
+    one_pass = (x.square().mean(dim=(0, 2, 3)) - x.mean(dim=(0, 2, 3)).square()).clamp_min(0)
+    exact = x.double().var(dim=(0, 2, 3), unbiased=False)
+    assert (one_pass.double() - exact).abs().max() > 1e-2

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from smallbatch.module import SmallBatchModule
 from smallbatch.norms import builtin_norms, uses_batch_statistics
+from smallbatch.run.module import SmallBatchModule
 
 BATCH_FREE = builtin_norms(batch_free=True)
 

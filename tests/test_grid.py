@@ -377,7 +377,7 @@ def test_ghost_devices_switch_emulates_devices_with_ghost_batches(tmp_path, fash
 def test_grid_sweeping_an_argument_outside_the_name_logs_unique_wandb_runs(tmp_path, fashion_dir):
     """Two cells that share norm, batch and seed and differ in norm_args: distinct W&B run
     names (label + digest), read back from the offline runs with the right config."""
-    from smallbatch.wandb_setup import read_offline_run
+    from smallbatch.run.wandb_offline import read_offline_run
 
     wandb_logger = {"class_path": "lightning.pytorch.loggers.WandbLogger", "init_args": {}}
     axes = {"model.norm": ["brn"], "model.norm_args": [{"momentum": 0.1}, {"momentum": 0.01}]}
@@ -398,7 +398,7 @@ def test_grid_sweeping_an_argument_outside_the_name_logs_unique_wandb_runs(tmp_p
 def test_fixed_total_batch_keeps_the_batch_and_collapses_batch_free_norms(tmp_path, fashion_dir):
     axes = {
         "model.norm": ["bn", "gn", "syncbn"],
-        "data.batch_size": [1, 4, 16],
+        "model.norm_batch": [1, 4, 16],
         "seed_everything": [0],
     }
     spec = load_grid(write_grid(tmp_path, fashion_dir, axes=axes, fixed_total_batch=16))
@@ -410,8 +410,73 @@ def test_fixed_total_batch_keeps_the_batch_and_collapses_batch_free_norms(tmp_pa
     assert cells["gn-nb16-s0"]["model.norm_batch"] is None
     assert cells["syncbn-nb16-s0"]["model.norm_batch"] is None
     with pytest.raises(GridSpecError, match=r"\[3\] do not divide fixed_total_batch 16"):
-        axes["data.batch_size"] = [3, 4]
+        axes["model.norm_batch"] = [3, 4]
         load_grid(write_grid(tmp_path, fashion_dir, name="h", axes=axes, fixed_total_batch=16))
+
+
+@pytest.mark.parametrize("protocol", [{"fixed_total_batch": 16}, {"ghost_devices": 4}])
+def test_the_old_spelling_of_the_b_axis_still_runs_with_a_notice(
+    tmp_path, fashion_dir, capsys, protocol
+):
+    """Grid files from before `model.norm_batch` named the b axis `data.batch_size`: the same
+    cells (the same folders, so earlier results are found), and one line saying so."""
+    axes = {"model.norm": ["bn", "gn"], "model.norm_batch": [2, 4]}
+    new = load_grid(write_grid(tmp_path, fashion_dir, name="new", axes=axes, **protocol))
+    assert "note:" not in capsys.readouterr().err
+    old_axes = {"model.norm": ["bn", "gn"], "data.batch_size": [2, 4]}
+    rule = [{"when": {"data.batch_size": 2}, "set": {"model.lr": 0.05}}]
+    old = load_grid(write_grid(tmp_path, fashion_dir, name="old", axes=old_axes,
+                               overrides=rule, **protocol))  # fmt: skip
+    notice = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
+    assert len(notice) == 1 and "axes.data.batch_size is read as axes.model.norm_batch" in notice[0]
+    old_cells = {c.label: c.overrides for c in old.cells()}
+    assert [c.label for c in new.cells()] == list(old_cells)
+    assert {c.folder for c in new.cells()} != {c.folder for c in old.cells()}  # the override
+    assert all(o.get("model.lr") == 0.05 for label, o in old_cells.items() if "-nb2" in label
+               and label.startswith("bn"))  # fmt: skip
+
+
+def test_emit_and_dry_run_resume_through_the_same_checkpoint_check(tmp_path, fashion_dir):
+    """cells.txt never points at an unreadable last.ckpt: --emit sets it aside as the local
+    executor would (dry-run only says so and moves nothing)."""
+    path = write_grid(tmp_path, fashion_dir, axes={"model.norm": ["bn"], "data.batch_size": [4]})
+    spec = load_grid(path)
+    (cell,) = spec.cells()
+    last = spec.run_dir / "cells" / cell.folder / "checkpoints" / "last.ckpt"
+    last.parent.mkdir(parents=True)
+    last.write_bytes(b"not a checkpoint")
+    assert run_grid(spec, dry_run=True) == 0
+    assert last.exists()
+    assert run_grid(spec, emit=True) == 0
+    (line,) = (spec.run_dir / "cells.txt").read_text().splitlines()
+    assert "--ckpt_path" not in line and not last.exists()
+    assert len(list(last.parent.glob("unreadable-*-last.ckpt"))) == 1
+
+
+def test_a_killed_and_resumed_cell_is_one_row_with_its_seed(tmp_path, fashion_dir, capsys):
+    """A resumed run's config has keys a fresh one lacks (ckpt_path, and in_chans/num_classes
+    read back from the checkpoint): they are no part of the setting, so the report averages the
+    resumed seed with the others in one row."""
+    from smallbatch.analysis.report import aggregate, load_results
+
+    marker = tmp_path / "killed"
+    kill = {"class_path": "sb_test_helpers.KillOnceAtStep",
+            "init_args": {"steps": [20], "marker": str(marker)}}  # fmt: skip
+    path = write_grid(
+        tmp_path,
+        fashion_dir,
+        axes={"model.norm": ["bn"], "data.batch_size": [4], "seed_everything": [0, 1]},
+        args={"trainer.max_epochs": 2, "trainer.callbacks": [kill]},
+    )
+    proc = grid_proc(path)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out + err[-2000:]
+    assert out.count("[grid] start bn-nb4-s0") == 2  # killed once, resumed
+    run_dir = load_grid(path).run_dir
+    logs = [p.read_text() for p in run_dir.glob("cells/*/stdout.log")]
+    assert sum("--ckpt_path" in log for log in logs) == 1  # the second attempt resumed
+    (row,) = aggregate(load_results(run_dir).results)
+    assert sorted(row.seeds) == [0, 1]
 
 
 def test_refused_second_grid_leaves_the_running_grids_manifest_untouched(tmp_path, fashion_dir):

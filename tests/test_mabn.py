@@ -22,9 +22,11 @@ class _PaperMABN:
 
     def forward(self, x, gamma, beta):
         chi = (x * x).mean(dim=(0, 2, 3))
-        past = (
-            self.chis[-(self.window - 1) :] if self.step >= self.warmup and self.window > 1 else []
-        )
+        # the official switch (megvii-model/MABN, MABN.py), iterations counted from 1: the
+        # moving average once `iteration > window` (a full buffer) and `iteration >= warmup`
+        iteration = self.step + 1
+        sma = iteration > self.window and iteration >= self.warmup and self.window > 1
+        past = self.chis[-(self.window - 1) :] if sma else []
         chi_bar = torch.stack([*past, chi]).mean(0)
         sigma = (chi_bar + self.eps).sqrt()
         if self.step >= self.renorm_after:
@@ -200,3 +202,32 @@ def test_mabn_ghost_batches_equal_two_process_ddp(tmp_path):
         torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-5)
     for g_ghost, g_ddp in zip(grads, ddp["grads"], strict=True):
         torch.testing.assert_close(g_ghost, g_ddp, rtol=1e-4, atol=1e-5)
+
+
+def test_default_switch_is_the_official_iteration():
+    """megvii-model/MABN's MABN2d (warmup_iters=100, buffer 16) normalizes with the moving
+    average from training iteration 100 counted from 1: 0-based step 99, not 100."""
+    torch.manual_seed(0)
+    layer = MovingAverageBatchNorm2d(3, renorm_after=10**6, unit="steps").train()
+    first_sma = None
+    for step in range(101):
+        x = torch.randn(4, 3, 5, 5) * (1 + step % 7)  # χ differs from step to step
+        y = layer(x)
+        own = x / (x.square().mean(dim=(0, 2, 3), keepdim=True) + layer.eps).sqrt()
+        if first_sma is None and not torch.allclose(y, own, atol=1e-6):
+            first_sma = step
+    assert first_sma == 99
+
+
+def test_a_short_warmup_waits_for_a_full_window():
+    """With warmup below the window, the official code still waits until the buffer is full
+    (iteration > window), never averaging a partial window."""
+    torch.manual_seed(0)
+    layer = MovingAverageBatchNorm2d(3, window=4, warmup=1, renorm_after=10**6, unit="steps")
+    used = []
+    for step in range(6):
+        x = torch.randn(4, 3, 5, 5) * (1 + step)
+        y = layer.train()(x)
+        own = x / (x.square().mean(dim=(0, 2, 3), keepdim=True) + layer.eps).sqrt()
+        used.append(not torch.allclose(y, own, atol=1e-6))
+    assert used == [False, False, False, False, True, True]  # from iteration 5 = window + 1

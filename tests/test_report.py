@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from smallbatch.report import main as report_main
-from smallbatch.report import t975
+from smallbatch.analysis.report import main as report_main
+from smallbatch.analysis.report import t975
 
 FIXTURE = {  # (norm, batch): best accuracies over seeds 0, 1
     ("bn", 32): [0.90, 0.92],
@@ -190,7 +190,7 @@ def test_report_wandb_keeps_one_summary_run_per_grid_in_the_cells_project(
     assert report_main([str(run), "--wandb"]) == 0  # a second report updates the same run
     out = capsys.readouterr().out
     assert "workspace view: not saved (offline" in out
-    from smallbatch.wandb_setup import read_offline_run
+    from smallbatch.run.wandb_offline import read_offline_run
 
     folders = sorted((run / "report" / "wandb").glob("offline-run-*"))
     logged = [read_offline_run(f) for f in folders]
@@ -207,7 +207,7 @@ def test_report_wandb_keeps_one_summary_run_per_grid_in_the_cells_project(
 
 
 def test_workspace_view_charts_every_cells_error_against_its_normalization_batch():
-    from smallbatch.dashboard import ERROR_KEY, PLOT_KEY, workspace_spec
+    from smallbatch.analysis.dashboard import ERROR_KEY, PLOT_KEY, workspace_spec
 
     spec = workspace_spec("team", "proj", "fashion_repro")._to_model()
     body = spec.model_dump(by_alias=True, exclude_none=True)
@@ -249,3 +249,82 @@ def test_fixed_total_batch_table_draws_batch_free_and_synced_rows_flat(tmp_path,
     assert "Every other row uses ghost batches in a per-device batch of 32." in out
     assert "Batch-free rows compute the same thing at every b" in out
     assert "Reading: at b=2, bn 69.0% (-20.0 from b=32); batch-free gn 84.0% at every b." in out
+
+
+def _with_evals(run, folder, norm, b, seed, ema, precise, batch, status="finished"):
+    write_result(run, folder, norm, 32, seed, ema + 0.01, norm_batch=b, status=status)
+    path = run / "cells" / folder / "result.json"
+    result = json.loads(path.read_text())
+    result["eval_acc"] = {"ema": ema, "precise": precise, "precise_pooled": precise,
+                          "batch": batch}  # fmt: skip
+    path.write_text(json.dumps(result))
+
+
+def _eval_run(tmp_path):
+    run = tmp_path / "evals"
+    run.mkdir()
+    for seed in (0, 1):
+        _with_evals(run, f"bn-nb32-s{seed}", "bn", 32, seed, 0.90 + seed / 100, 0.91, 0.92)
+        _with_evals(run, f"bn-nb2-s{seed}", "bn", 2, seed, 0.60 + seed / 100, 0.70, 0.85)
+    return run
+
+
+def test_diverged_runs_are_counted_beside_the_mean_never_in_it(tmp_path, capsys):
+    run = tmp_path / "div"
+    for seed, acc in ((0, 0.63), (1, 0.13)):
+        write_result(run, f"gn-s{seed}", "gn", 4, seed, acc, status="finished" if seed == 0
+                     else "diverged")  # fmt: skip
+    assert report_main([str(run)]) == 0
+    table = capsys.readouterr().out
+    assert "| gn | 62.00 (1 div.) | 1 |" in table  # the diverged 12 % is not averaged in
+    assert "Diverged runs are not averaged" in table
+
+
+def test_diverged_run_keeps_its_accuracy_before_divergence(tmp_path):
+    from smallbatch.run.module import SmallBatchModule
+
+    module = SmallBatchModule(backbone="resnet8", norm="gn", num_classes=10, in_chans=1)
+    module.val_history = [0.55]
+    module.diverged = True
+
+    class Trainer:  # what on_validation_epoch_end reads
+        sanity_checking = False
+
+    module._trainer = Trainer()
+    module.val_acc.update(__import__("torch").zeros(4, 10), __import__("torch").zeros(4).long())
+    module.on_validation_epoch_end()  # an evaluation of the NaN weights
+    assert module.val_history == [0.55]
+
+
+@pytest.mark.parametrize(
+    "mode, bn32, bn2",
+    [
+        ("precise", "91.00", "70.00"),
+        ("batch", "92.00", "85.00"),
+        ("precise-pooled", "91.00", "70.00"),
+    ],
+)
+def test_eval_modes_tabulate_the_final_weights_evaluations(tmp_path, capsys, mode, bn32, bn2):
+    run = _eval_run(tmp_path)
+    assert report_main([str(run), "--eval", mode]) == 0
+    out = capsys.readouterr().out
+    assert f"| bn | {bn32} ± 0.00 | {bn2} ± 0.00 | 2 |" in out
+    suffix = mode.replace("-", "_")
+    assert (run / "report" / f"results-{suffix}.md").exists()
+    assert not (run / "report" / "results.md").exists()  # the default table is not replaced
+    assert report_main([str(run)]) == 0
+    assert "| bn | 90.50 ± 6.35 | 60.50 ± 6.35 | 2 |" in capsys.readouterr().out
+
+
+def test_paired_differences_and_attribution(tmp_path, capsys):
+    run = _eval_run(tmp_path)
+    assert report_main([str(run), "--diff", "ema", "precise", "--attribution"]) == 0
+    out = capsys.readouterr().out
+    # precise − ema per seed at b=2: 0.10 and 0.09: mean 9.50 ± t(1)·0.707/√2
+    assert "| bn | +0.50 ± 6.35 | +9.50 ± 6.35 |" in out
+    # drop at b=2: 30 pp each seed = estimate 9.5 + inconsistency 15 + remaining 5.5
+    assert (
+        "| bn | 2 | 60.50 ± 6.35 | +30.00 ± 0.00 | +9.50 ± 6.35 | +15.00 ± 0.00 | +5.50 ± 6.35 |"
+        in out
+    )
+    assert (run / "report" / "differences.md").exists()

@@ -36,13 +36,13 @@ def test_profile_step_prints_the_operator_table(norm, monkeypatch, capsys):
 
 
 def test_bench_runs_as_a_module_without_the_cli(tmp_path):
-    """``python -m smallbatch.bench`` (for machines without the CLI's dependencies)."""
+    """``python -m smallbatch.analysis.bench`` (for machines without the CLI's dependencies)."""
     out = tmp_path / "bench.json"
     args = ["--device", "cpu", "--batch-sizes", "2", "--backbones", "resnet20", "--norms", "bn"]
     args += ["--steps", "1", "--warmup", "1", "--rounds", "1", "--json", str(out)]
     code = (
         "import runpy, sys; sys.modules['jsonargparse'] = None; "  # importing it would fail
-        "runpy.run_module('smallbatch.bench', run_name='__main__')"
+        "runpy.run_module('smallbatch.analysis.bench', run_name='__main__')"
     )
     subprocess.run([sys.executable, "-c", code, *args], check=True, capture_output=True)
     assert json.loads(out.read_text())["results"][0]["norm"] == "bn"

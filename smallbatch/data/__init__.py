@@ -1,4 +1,5 @@
-"""LightningDataModules; ``batch_size`` is always the per-device batch."""
+"""LightningDataModules; ``batch_size`` is always the per-device batch (the normalization batch
+unless ``model.norm_batch`` splits it into ghost batches)."""
 
 from .augment import CropFlipNormalize, crop_flip, image_tensor_dataset
 from .base import DatasetNotFoundError, SmallBatchDataModule, data_search_dirs, fixed_subset

@@ -12,11 +12,13 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from ..errors import UserError
+
 
 DEFAULT_DATA_DIR = "data"
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(UserError, FileNotFoundError):
     """A dataset is not on disk; the message lists where we looked and how to get it."""
 
 
@@ -49,7 +51,8 @@ class SmallBatchDataModule(pl.LightningDataModule):
     """Base for the suite's data modules.
 
     Args:
-        batch_size: per-device batch: the normalization batch of batch-dependent norms.
+        batch_size: per-device batch. The normalization batch of batch-dependent norms is
+            this batch, or groups of ``model.norm_batch`` inside it (ghost batches).
         data_dir: where datasets are found or written. Default (None): ``./data``, created when
             the dataset is found elsewhere (``shared/data``, a Debian package) and copied in; a
             folder given explicitly must exist (unless ``download``), so a typo is an error.

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .spec import GridSpec
-from .store import CellState, ResultsStore, checkpoint_mtime
+from .store import CellState, CellStatus, ResultsStore, checkpoint_mtime
 
 PR_SET_PDEATHSIG = 1
 
@@ -51,13 +51,6 @@ class Running:
     gpus: list[str]
     started: float = field(default_factory=time.time)
     checkpoint_mtime: float | None = None  # of last.ckpt when the run started (progress check)
-
-
-def resume_args(state: CellState) -> list[str]:
-    """``--ckpt_path`` to the cell's last checkpoint when it has one."""
-    if state.stale or not state.last_checkpoint:  # a stale checkpoint is set aside, not resumed
-        return []
-    return ["--ckpt_path", str(state.last_checkpoint)]
 
 
 class LocalExecutor:
@@ -105,9 +98,8 @@ class LocalExecutor:
         if threads:  # e.g. 2 single-threaded cells on 2 cores beat 1 cell on 2 threads
             env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(int(threads))
         self.store.prepare_start(state, say=lambda m: print(m, flush=True))
-        checkpoint = self.store.resume_checkpoint(state, say=lambda m: print(m, flush=True))
-        cmd = self.spec.command(state.cell) + (
-            ["--ckpt_path", str(checkpoint)] if checkpoint else []
+        cmd = self.spec.command(state.cell) + self.store.resume_args(
+            state, say=lambda m: print(m, flush=True)
         )
         with (
             open(state.folder / "stdout.log", "ab") as out,
@@ -156,7 +148,7 @@ class LocalExecutor:
                     if self.stopping:
                         break
                     state = self.store.state(run.state.cell)
-                    if state.status != "done":
+                    if state.status != CellStatus.DONE:
                         self.store.record_attempt(
                             run.state.cell, code, run.started, run.checkpoint_mtime
                         )
@@ -164,7 +156,7 @@ class LocalExecutor:
                     on_event("finish", state)
                     # again after the rest: resumed while it makes progress, and at most
                     # `retries` more times without progress
-                    if state.status in ("failed", "resumable"):
+                    if state.status in (CellStatus.FAILED, CellStatus.RESUMABLE):
                         queue.append(state)
                 time.sleep(0.2)
         finally:

@@ -11,11 +11,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from .local import LocalExecutor, resume_args
+from ..results import write_atomic
+from .local import LocalExecutor
 from .spec import GridSpec
-from .store import CellState, ResultsStore, checkpoint_mtime
-
-RUNNABLE = ("new", "failed", "resumable", "stale")
+from .store import RUNNABLE, CellState, CellStatus, ResultsStore, checkpoint_mtime
 
 
 def emit_cells(spec: GridSpec, store: ResultsStore, python: str | None = None) -> Path:
@@ -23,12 +22,9 @@ def emit_cells(spec: GridSpec, store: ResultsStore, python: str | None = None) -
     runnable = [s for s in store.states() if s.status in RUNNABLE]
     for state in runnable:
         store.prepare_start(state)
-    lines = [shlex.join(spec.command(s.cell, python) + resume_args(s)) for s in runnable]
+    lines = [shlex.join(spec.command(s.cell, python) + store.resume_args(s)) for s in runnable]
     path = store.root / "cells.txt"
-    store.root.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(f"{line}\n" for line in lines))
-    tmp.replace(path)
+    write_atomic(path, "".join(f"{line}\n" for line in lines))
     return path
 
 
@@ -49,7 +45,7 @@ class GridProgress:
             disable=not self.interactive,
         )
         self.task = self.progress.add_task(self._describe(), total=len(states))
-        self.progress.update(self.task, completed=self._counts()["done"])
+        self.progress.update(self.task, completed=self._counts()[CellStatus.DONE])
 
     def _counts(self) -> Counter:
         return Counter(self.status.values())
@@ -57,12 +53,12 @@ class GridProgress:
     def _describe(self) -> str:
         c = self._counts()
         left = sum(c[k] for k in RUNNABLE)
-        return f"running {c['running']} · failed {c['exhausted']} · left {left}"
+        return f"running {c[CellStatus.RUNNING]} · failed {c[CellStatus.EXHAUSTED]} · left {left}"
 
     def event(self, kind: str, state: CellState) -> None:
-        self.status[state.cell.digest] = "running" if kind == "start" else state.status
+        self.status[state.cell.digest] = CellStatus.RUNNING if kind == "start" else state.status
         self.progress.update(
-            self.task, completed=self._counts()["done"], description=self._describe()
+            self.task, completed=self._counts()[CellStatus.DONE], description=self._describe()
         )
         if not self.interactive:
             result = state.result or {}
@@ -74,7 +70,7 @@ class GridProgress:
             c = self._counts()
             print(
                 f"[grid] {kind} {state.cell.folder}{detail} "
-                f"(done {c['done']}/{len(self.status)}, {self._describe()})",
+                f"(done {c[CellStatus.DONE]}/{len(self.status)}, {self._describe()})",
                 flush=True,
             )
 
@@ -87,21 +83,22 @@ def run_grid(spec: GridSpec, dry_run: bool = False, emit: bool = False, wait: bo
     counts = Counter(s.status for s in states)
     print(
         f"grid {spec.name}: {len(states)} cells in {store.root} "
-        f"({counts['done']} done, {sum(counts[k] for k in RUNNABLE)} to run, "
-        f"{counts['exhausted']} failed beyond retries)"
+        f"({counts[CellStatus.DONE]} done, {sum(counts[k] for k in RUNNABLE)} to run, "
+        f"{counts[CellStatus.EXHAUSTED]} failed beyond retries)"
     )
     if dry_run:
         for s in states:
-            cmd = shlex.join(spec.command(s.cell) + resume_args(s))
+            cmd = shlex.join(spec.command(s.cell) + store.resume_args(s, dry_run=True))
             print(f"[{s.status}] {s.cell.folder}\n  {cmd}")
         return 0
     for s in states:
         if s.invalid_result:
             print(f"  invalid result: {s.folder / 'result.json'}: {s.invalid_result} (runs again)")
-    if counts["stale"]:
+    if counts[CellStatus.STALE]:
         print(
-            f"  {counts['stale']} cells ran under another version of {spec.base_config}: they "
-            "run again afresh (their old results and checkpoints are kept as *.stale-<time>)"
+            f"  {counts[CellStatus.STALE]} cells ran under another version of "
+            f"{spec.base_config}: they run again afresh (their old results and checkpoints are "
+            "kept as *.stale-<time>)"
         )
     start = time.time()
     try:
@@ -136,17 +133,19 @@ def run_grid(spec: GridSpec, dry_run: bool = False, emit: bool = False, wait: bo
         store.unlock()
     final = Counter(s.status for s in store.states())
     print(
-        f"grid {spec.name}: {final['done']}/{len(states)} cells have results, "
-        f"{final['exhausted']} failed beyond retries, {time.time() - start:.0f}s"
+        f"grid {spec.name}: {final[CellStatus.DONE]}/{len(states)} cells have results, "
+        f"{final[CellStatus.EXHAUSTED]} failed beyond retries, {time.time() - start:.0f}s"
     )
     for s in store.states():
-        if s.status != "done":
+        if s.status != CellStatus.DONE:
             why = s.last_error or (s.result or {}).get("error") or "not run"
             what = (
-                "failed beyond retries" if s.status == "exhausted" else f"not finished ({s.status})"
+                "failed beyond retries"
+                if s.status == CellStatus.EXHAUSTED
+                else f"not finished ({s.status})"
             )
             print(f"  {what}: {s.cell.folder}: {why}")
-    return 0 if final["done"] == len(states) else 1
+    return 0 if final[CellStatus.DONE] == len(states) else 1
 
 
 def _run_slurm(spec: GridSpec, store: ResultsStore, todo: list[CellState], wait: bool) -> None:
@@ -170,7 +169,7 @@ def _run_slurm(spec: GridSpec, store: ResultsStore, todo: list[CellState], wait:
             except Exception as exc:  # noqa: BLE001 - one failed cell must not stop the grid
                 first = (str(exc).strip().splitlines() or [""])[0]
                 print(f"  cell {state.cell.folder} failed: {type(exc).__name__}: {first}")
-            if store.state(state.cell).status != "done":
+            if store.state(state.cell).status != CellStatus.DONE:
                 store.record_attempt(state.cell, None, started, before[state.cell.digest])
         todo = [store.state(s.cell) for s in todo]
         todo = [s for s in todo if s.status in RUNNABLE]

@@ -82,17 +82,16 @@ class CellJob:
     def __call__(self, cell: Cell) -> dict[str, Any] | None:
         import torch
 
-        from ..lightning_cli import lightning_main
+        from ..cli.lightning import lightning_main
 
         cfg = self.spec.executor  # SLURM may not pin CPUs: use the job's share, not every core
         torch.set_num_threads(int(cfg.get("threads_per_job") or cfg.get("cpus_per_task", 8)))
         store = ResultsStore(self.spec)
         args = self.spec.cli_args(cell)
-        checkpoint = store.resume_checkpoint(store.state(cell))
-        if checkpoint is not None:
-            print(f"[grid] {cell.folder}: resuming from {checkpoint}", flush=True)
-            args += ["--ckpt_path", str(checkpoint)]
-        lightning_main(args)
+        resume = store.resume_args(store.state(cell), say=lambda m: print(m, flush=True))
+        if resume:
+            print(f"[grid] {cell.folder}: resuming from {resume[1]}", flush=True)
+        lightning_main(args + resume)
         return read_result(store.cell_dir(cell))
 
     def checkpoint(self, cell: Cell) -> submitit.helpers.DelayedSubmission:

@@ -5,8 +5,8 @@ name: quickstart
 base_config: ../quickstart.yaml          # relative to this file
 axes:                                    # the cross product of these lists = the cells
   model.norm: [bn, brn, cbn, gn, ln]
-  data.batch_size: [2, 8, 32]
-  seed_everything: [0, 1]
+  data.batch_size: [2, 8, 32]            # per-device batch = normalization batch b; with
+  seed_everything: [0, 1]                # ghost_devices / fixed_total_batch: model.norm_batch
 args: {trainer.max_epochs: 2}            # the same for every cell
 overrides:                               # per-cell: applied where every `when` key matches
   - when: {model.norm: brn}
@@ -15,8 +15,12 @@ executor: {kind: local, max_parallel: 2, jobs_per_gpu: 2, retries: 1}
 run_root: runs/grid                      # results in <run_root>/<name>/
 ghost_devices: 8                         # optional: emulate 8 devices x b on one device
 fixed_total_batch: 32                    # optional, instead: per-device batch 32 in every cell,
-                                         # statistics over groups of b (data.batch_size = b)
+                                         # statistics over groups of b
 ```
+
+With ``ghost_devices`` or ``fixed_total_batch`` the batch axis is the normalization batch b and
+is named ``model.norm_batch`` (an axis named ``data.batch_size`` there, the earlier spelling, is
+read as ``model.norm_batch`` with a one-line notice); the grid sets ``data.batch_size``.
 
 ``fixed_total_batch: T`` is the constant-total-batch protocol (the MABN paper's "small
 normalization batch, regular SGD batch"): every cell trains with the same batch T, steps and LR;
@@ -38,6 +42,7 @@ from typing import Any
 
 import yaml
 
+from ..errors import UserError
 from ..naming import run_label, stable_digest
 
 TOP_KEYS = {
@@ -70,9 +75,11 @@ EXECUTOR_KEYS = {
 }
 EXECUTOR_KINDS = ("local", "slurm")
 RESERVED_KEYS = {"run_dir", "group", "config", "name"}
+NORM_BATCH = "model.norm_batch"  # the batch axis of ghost_devices / fixed_total_batch grids
+OLD_NORM_BATCH = "data.batch_size"  # its earlier spelling there
 
 
-class GridSpecError(ValueError):
+class GridSpecError(UserError, ValueError):
     """A grid file is invalid; the message names the file and the key."""
 
 
@@ -95,9 +102,6 @@ class Cell:
     def label(self) -> str:
         """``<norm>-nb<b>[-pb<per-device>]-s<seed>`` (:func:`smallbatch.naming.run_label`)."""
         norm = self.overrides.get("model.norm", "norm")
-        if isinstance(norm, dict):
-            norm = str(norm.get("class_path", "custom"))
-        norm = str(norm).rsplit(".", 1)[-1]
         batch = self.overrides.get("data.batch_size", "x")
         norm_batch = self.overrides.get("model.norm_batch")
         return run_label(norm, batch, norm_batch, self.overrides.get("seed_everything"))
@@ -156,13 +160,11 @@ class GridSpec:
             for rule in self.overrides:
                 if all(cell.get(k) == v for k, v in rule.get("when", {}).items()):
                     cell.update(rule.get("set", {}))
-            if self.ghost_devices and "data.batch_size" in cell:
+            if self.ghost_devices and NORM_BATCH in cell:
                 # emulate `ghost_devices` devices x b on one: batch G·b, statistics per b
-                b = cell["data.batch_size"]
-                cell["data.batch_size"] = self.ghost_devices * b
-                cell["model.norm_batch"] = b
-            if self.fixed_total_batch and "data.batch_size" in cell:
-                b = cell["data.batch_size"]
+                cell["data.batch_size"] = self.ghost_devices * cell[NORM_BATCH]
+            if self.fixed_total_batch and NORM_BATCH in cell:
+                b = cell[NORM_BATCH]
                 cell["data.batch_size"] = self.fixed_total_batch
                 norm = (cell.get("model.norm"), cell.get("model.norm_args"))
                 key = json.dumps(norm, sort_keys=True, default=str)
@@ -213,7 +215,26 @@ def norm_takes_ghost_batches(norm: Any, norm_args: dict[str, Any] | None = None)
         return False
 
 
-def _fail(path: Path, key: str, message: str) -> GridSpecError:
+def _rename_batch_axis(axes: dict[str, Any], overrides: list) -> tuple[dict[str, Any], list]:
+    """The earlier spelling of the b axis (``data.batch_size``) as ``model.norm_batch``, in the
+    axes (their order kept) and in the overrides' ``when`` conditions."""
+    renamed = {(NORM_BATCH if k == OLD_NORM_BATCH else k): v for k, v in axes.items()}
+    rules = [
+        {
+            **rule,
+            "when": {
+                (NORM_BATCH if k == OLD_NORM_BATCH else k): v
+                for k, v in (rule.get("when") or {}).items()
+            },
+        }  # fmt: skip
+        if isinstance(rule, dict)
+        else rule
+        for rule in overrides
+    ]
+    return renamed, rules
+
+
+def spec_error(path: Path, key: str, message: str) -> GridSpecError:
     return GridSpecError(f"{path}: {key}: {message}")
 
 
@@ -230,163 +251,79 @@ def load_grid(path: str | Path, validate_cli: bool = True) -> GridSpec:
         raise GridSpecError(f"{path}: a grid file is a mapping with keys {sorted(TOP_KEYS)}")
     unknown = set(raw) - TOP_KEYS
     if unknown:
-        raise _fail(path, ", ".join(sorted(unknown)), f"unknown key; accepted: {sorted(TOP_KEYS)}")
+        raise spec_error(
+            path, ", ".join(sorted(unknown)), f"unknown key; accepted: {sorted(TOP_KEYS)}"
+        )
     for key in ("name", "base_config", "axes"):
         if key not in raw:
-            raise _fail(path, key, "missing (required: name, base_config, axes)")
+            raise spec_error(path, key, "missing (required: name, base_config, axes)")
     name = str(raw["name"])
     if not name or "/" in name or name.startswith("."):
-        raise _fail(path, "name", f"{name!r} must be a plain folder name")
+        raise spec_error(path, "name", f"{name!r} must be a plain folder name")
     base = (path.parent / raw["base_config"]).resolve()
     if not base.exists():
-        raise _fail(path, "base_config", f"{raw['base_config']!r} not found (looked at {base})")
+        raise spec_error(
+            path, "base_config", f"{raw['base_config']!r} not found (looked at {base})"
+        )
     axes = raw["axes"]
     if not isinstance(axes, dict) or not axes:
-        raise _fail(path, "axes", "must be a non-empty mapping of dotted CLI keys to value lists")
+        raise spec_error(
+            path, "axes", "must be a non-empty mapping of dotted CLI keys to value lists"
+        )
     for key, values in axes.items():
         if key in RESERVED_KEYS:
-            raise _fail(path, f"axes.{key}", "is set by the grid itself")
+            raise spec_error(path, f"axes.{key}", "is set by the grid itself")
         if not isinstance(values, list) or not values:
-            raise _fail(path, f"axes.{key}", "must be a non-empty list of values")
+            raise spec_error(path, f"axes.{key}", "must be a non-empty list of values")
     args = raw.get("args") or {}
     if not isinstance(args, dict):
-        raise _fail(path, "args", "must be a mapping of dotted CLI keys to values")
+        raise spec_error(path, "args", "must be a mapping of dotted CLI keys to values")
     overrides = raw.get("overrides") or []
     for i, rule in enumerate(overrides):
         if not isinstance(rule, dict) or set(rule) - {"when", "set"} or "set" not in rule:
-            raise _fail(path, f"overrides[{i}]", "must be {when: {key: value}, set: {key: value}}")
+            raise spec_error(
+                path, f"overrides[{i}]", "must be {when: {key: value}, set: {key: value}}"
+            )
     executor = {"kind": "local", **(raw.get("executor") or {})}
     bad = set(executor) - EXECUTOR_KEYS
     if bad:
-        raise _fail(
+        raise spec_error(
             path, f"executor.{sorted(bad)[0]}", f"unknown; accepted: {sorted(EXECUTOR_KEYS)}"
         )
     if executor["kind"] not in EXECUTOR_KINDS:
-        raise _fail(path, "executor.kind", f"{executor['kind']!r} is not one of {EXECUTOR_KINDS}")
+        raise spec_error(
+            path, "executor.kind", f"{executor['kind']!r} is not one of {EXECUTOR_KINDS}"
+        )
     run_root = Path(raw.get("run_root", "runs/grid"))
     ghost = raw.get("ghost_devices")
+    if (ghost is not None or raw.get("fixed_total_batch") is not None) and (
+        OLD_NORM_BATCH in axes and NORM_BATCH not in axes
+    ):
+        axes, overrides = _rename_batch_axis(axes, overrides)
+        print(
+            f"note: {path}: axes.{OLD_NORM_BATCH} is read as axes.{NORM_BATCH} (the "
+            "normalization batch b under ghost_devices / fixed_total_batch); rename it",
+            file=sys.stderr,
+        )
     if ghost is not None and (not isinstance(ghost, int) or ghost < 1):
-        raise _fail(path, "ghost_devices", f"{ghost!r} must be an integer >= 1")
+        raise spec_error(path, "ghost_devices", f"{ghost!r} must be an integer >= 1")
     total = raw.get("fixed_total_batch")
     if total is not None:
         if not isinstance(total, int) or isinstance(total, bool) or total < 1:
-            raise _fail(path, "fixed_total_batch", f"{total!r} must be an integer >= 1")
+            raise spec_error(path, "fixed_total_batch", f"{total!r} must be an integer >= 1")
         if ghost is not None:
-            raise _fail(path, "fixed_total_batch", "cannot be combined with ghost_devices")
-        bad = [b for b in axes.get("data.batch_size", []) if not isinstance(b, int) or total % b]
+            raise spec_error(path, "fixed_total_batch", "cannot be combined with ghost_devices")
+        bad = [b for b in axes.get(NORM_BATCH, []) if not isinstance(b, int) or total % b]
         if bad:
-            raise _fail(
+            raise spec_error(
                 path,
-                "axes.data.batch_size",
+                f"axes.{NORM_BATCH}",
                 f"{bad} do not divide fixed_total_batch {total}: with a fixed total batch the "
                 "axis is the normalization batch b, and T/b ghost groups must be whole",
             )
     spec = GridSpec(name, base, axes, args, overrides, executor, run_root, path, ghost, total)
     if validate_cli:
+        from .validate import validate_cells
+
         validate_cells(spec)
     return spec
-
-
-def validate_cells(spec: GridSpec) -> None:
-    """Parse every cell with the Lightning CLI's own parser (no instantiation) and check norm
-    names against the registry; raise :class:`GridSpecError` naming the file and key."""
-    import contextlib
-    import io
-
-    from ..lightning_cli import lightning_main
-    from ..norms import NormConfigError, resolve_norm
-
-    cells = spec.cells()
-    for cell in cells:
-        norm = cell.overrides.get("model.norm")
-        if norm is not None:
-            try:
-                resolve_norm(norm)
-            except NormConfigError as exc:
-                raise _fail(spec.source, "model.norm", str(exc)) from exc
-        batch = cell.overrides.get("model.norm_batch") or cell.overrides.get("data.batch_size", 1)
-        if not isinstance(batch, int) or batch < 1:
-            raise _fail(spec.source, "data.batch_size", f"{batch!r} must be an integer >= 1")
-    # Parse one probe cell per axis value (the first cell holding it): every value is checked
-    # by the CLI without parsing the whole cross product.
-    expanded = spec.expand()
-    first: dict[tuple[str, str], int] = {}  # (axis key, value) -> first cell holding it
-    for index, (combo, _) in enumerate(expanded):
-        for key, value in zip(spec.axes, combo, strict=True):
-            first.setdefault((key, json.dumps(value, sort_keys=True, default=str)), index)
-    built: set[str] = set()
-    for cell in (expanded[i][1] for i in sorted(set(first.values()))):
-        args = spec.cli_args(cell) + ["--print_config"]
-        out, err = io.StringIO(), io.StringIO()
-        try:
-            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-                lightning_main(args)
-        except SystemExit as exc:
-            if exc.code not in (0, None):
-                message = err.getvalue().strip().splitlines()
-                detail = message[-1] if message else f"exit code {exc.code}"
-                raise GridSpecError(
-                    f"{spec.source}: cell {cell.label} ({cell.overrides}) is rejected by the "
-                    f"CLI: {detail}"
-                ) from None
-        config = yaml.safe_load(out.getvalue()) or {}
-        key = json.dumps([config.get("model"), config.get("data")], sort_keys=True, default=str)
-        if key not in built:  # each distinct model and data section, built once
-            built.add(key)
-            _check_cell_builds(spec, cell, config)
-
-
-def _check_cell_builds(spec: GridSpec, cell: Cell, config: dict[str, Any]) -> None:
-    """Build the cell's model and data module (no trainer, no data read): unknown backbones,
-    norm arguments a layer rejects, a batch larger than the training subset, a dataset that is
-    nowhere to be found and the like fail here, before any cell runs."""
-    import importlib
-
-    from ..errors import first_line, user_error_types
-    from ..module import SmallBatchModule
-
-    try:
-        model_args = dict(config.get("model") or {})
-        data = config.get("data") or {}
-        datamodule = None
-        if isinstance(data, dict) and data.get("class_path"):
-            module, _, name = data["class_path"].rpartition(".")
-            datamodule = getattr(importlib.import_module(module), name)(
-                **(data.get("init_args") or {})
-            )
-            if callable(getattr(datamodule, "check_available", None)):
-                datamodule.check_available()
-            for key in ("num_classes", "in_chans"):  # linked from the data module, as by the CLI
-                if isinstance(getattr(datamodule, key, None), int):
-                    model_args[key] = getattr(datamodule, key)
-        model = SmallBatchModule(**model_args)
-        if datamodule is not None:
-            check_feature_maps(model, datamodule)
-    except (*user_error_types(), ValueError, TypeError) as exc:
-        raise GridSpecError(
-            f"{spec.source}: cell {cell.label} ({cell.overrides}): {first_line(exc)}"
-        ) from exc
-
-
-def check_feature_maps(model: Any, datamodule: Any) -> None:
-    """One training-mode forward of the backbone on the meta device (shapes only, nothing
-    computed) at the data's image size and per-device batch: a batch-statistics layer that would
-    see one value per channel (batch 1 at a 1x1 map, ghost groups included) raises
-    :class:`BatchStatsError` here instead of in the cell. Data modules without ``image_size``,
-    and layers the meta device cannot run, are left to the cell."""
-    import torch
-
-    from ..norms import BatchStatsError
-
-    size, chans = getattr(datamodule, "image_size", None), getattr(datamodule, "in_chans", None)
-    batch = getattr(datamodule, "batch_size", None)
-    if not all(isinstance(v, int) and v > 0 for v in (size, chans, batch)):
-        return
-    backbone = model.model.to("meta").train()
-    try:
-        # forward, not __call__: a compiled backbone (nn.Module.compile) is not compiled for this
-        backbone.forward(torch.empty(batch, chans, size, size, device="meta"))
-    except BatchStatsError:
-        raise
-    except Exception:  # noqa: BLE001 - not a shape problem; the cell's run will show it
-        return

@@ -17,16 +17,40 @@ import signal
 import time
 import zipfile
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from ..report import InvalidResult, validate_result
-from ..results import RESULT_FILE, read_result, write_json_atomic
+from ..results import (
+    DONE_STATUSES,
+    RESULT_FILE,
+    InvalidResult,
+    load_result_file,
+    read_result,
+    write_json_atomic,
+)
 from .spec import Cell, GridSpec
 
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 BASE_STAMP = "base_config.json"  # the base config digest a cell was started under
-DONE_STATUSES = ("finished", "diverged")  # a diverged run is a result, not a failure
+
+
+class CellStatus(str, Enum):
+    """Where a grid cell stands (``RUNNING`` only in the progress display)."""
+
+    DONE = "done"  # it has a result: finished or diverged
+    NEW = "new"  # never run
+    FAILED = "failed"  # its last attempt ended without a result and without progress
+    RESUMABLE = "resumable"  # it has a checkpoint to resume from
+    EXHAUSTED = "exhausted"  # failed more than ``retries`` times without progress
+    STALE = "stale"  # started under a base config that has changed since
+    RUNNING = "running"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+RUNNABLE = (CellStatus.NEW, CellStatus.FAILED, CellStatus.RESUMABLE, CellStatus.STALE)
 
 
 class GridBusyError(RuntimeError):
@@ -37,7 +61,7 @@ class GridBusyError(RuntimeError):
 class CellState:
     cell: Cell
     folder: Path
-    status: str  # done | failed | resumable | new | exhausted | stale
+    status: CellStatus
     attempts: int  # attempts without progress (a killed grid does not count against its cells)
     result: dict[str, Any] | None
     invalid_result: str | None = None  # why result.json could not be used (it was moved aside)
@@ -46,7 +70,7 @@ class CellState:
     @property
     def stale(self) -> bool:
         """Its result or checkpoint came from a base config that has changed since."""
-        return self.status == "stale"
+        return self.status == CellStatus.STALE
 
     @property
     def last_checkpoint(self) -> Path | None:
@@ -183,13 +207,21 @@ class ResultsStore:
         write_json_atomic(folder / "attempts.json", {"attempts": n, "history": history})
         return n
 
-    def resume_checkpoint(self, state: CellState, say=print) -> Path | None:
+    def resume_args(self, state: CellState, say=print, dry_run: bool = False) -> list[str]:
+        """``--ckpt_path`` for ``state``'s cell (:meth:`resume_checkpoint`), or nothing: the one
+        path by which the local executor, SLURM, ``--emit`` and ``--dry-run`` resume a cell."""
+        checkpoint = self.resume_checkpoint(state, say, dry_run)
+        return ["--ckpt_path", str(checkpoint)] if checkpoint else []
+
+    def resume_checkpoint(self, state: CellState, say=print, dry_run: bool = False) -> Path | None:
         """The checkpoint to resume ``state``'s cell from: ``last.ckpt`` when it reads back
         whole; an unreadable one is moved aside (kept, renamed, reported) and the newest
-        readable other checkpoint of the cell is used, else the cell starts afresh."""
+        readable other checkpoint of the cell is used, else the cell starts afresh. A stale
+        cell resumes nothing (its checkpoints are set aside before it starts). ``dry_run``:
+        only say what would happen; nothing is moved."""
         folder = state.folder / "checkpoints"
         last = state.folder / LAST_CHECKPOINT
-        if not last.exists():
+        if state.stale or not last.exists():
             return None
         others = sorted(
             (
@@ -206,9 +238,12 @@ class ResultsStore:
                 if path != last:
                     say(f"[grid] {state.cell.folder}: resuming from {path.name} instead")
                 return path
+            where = f"[grid] {state.cell.folder}: {path.name}"
+            if dry_run:
+                say(f"{where} is unreadable ({problem}); it would be moved aside")
+                continue
             aside = folder / f"unreadable-{time.strftime('%Y%m%d-%H%M%S')}-{path.name}"
             path.replace(aside)
-            where = f"[grid] {state.cell.folder}: {path.name}"
             say(f"{where} is unreadable ({problem}); moved to {aside}")
         say(f"[grid] {state.cell.folder}: no readable checkpoint; starting afresh")
         return None
@@ -220,8 +255,8 @@ class ResultsStore:
         if not path.exists():
             return None, None
         try:
-            return validate_result(json.loads(path.read_text())), None
-        except (ValueError, InvalidResult) as exc:  # JSONDecodeError is a ValueError
+            return load_result_file(path), None
+        except InvalidResult as exc:
             return None, str(exc).splitlines()[0]
         except OSError as exc:
             return None, f"unreadable: {exc}"
@@ -280,7 +315,7 @@ class ResultsStore:
     def state(self, cell: Cell) -> CellState:
         folder = self.cell_dir(cell)
         if self._stale(folder):
-            return CellState(cell, folder, "stale", 0, None)
+            return CellState(cell, folder, CellStatus.STALE, 0, None)
         result, invalid = self.read_cell_result(folder)
         recorded = self._attempts_file(cell)
         attempts = _no_progress_count(recorded)
@@ -288,13 +323,13 @@ class ResultsStore:
         last_error = history[-1].get("error") if isinstance(history[-1], dict) else None
         retries = int(self.spec.executor.get("retries", 1))
         if result and result.get("status") in DONE_STATUSES:
-            status = "done"
+            status = CellStatus.DONE
         elif attempts > retries:
-            status = "exhausted"
+            status = CellStatus.EXHAUSTED
         elif checkpoint_mtime(folder) is not None:
-            status = "resumable"
+            status = CellStatus.RESUMABLE
         else:
-            status = "failed" if attempts else "new"
+            status = CellStatus.FAILED if attempts else CellStatus.NEW
         return CellState(cell, folder, status, attempts, result, invalid, last_error)
 
     def states(self) -> list[CellState]:

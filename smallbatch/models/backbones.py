@@ -23,6 +23,7 @@ import torch
 import torchvision
 from torch import nn
 
+from ..errors import UserError
 from ..norms.registry import NormSpecLike
 from .cifar_resnet import CifarResNet
 from .swap import swap_norms
@@ -32,7 +33,7 @@ TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet1
 _CIFAR_NAME = re.compile(r"resnet(\d+)")
 
 
-class BackboneError(ValueError):
+class BackboneError(UserError, ValueError):
     """An unknown backbone name or arguments its constructor rejects (a user error)."""
 
 

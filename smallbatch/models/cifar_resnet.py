@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 
 class BasicBlock(nn.Module):
-    """conv3x3-BN-ReLU-conv3x3-BN plus shortcut, then ReLU."""
+    """conv3x3-BN-ReLU-conv3x3-BN plus shortcut, then ReLU (each ReLU its own module)."""
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
         super().__init__()
@@ -16,6 +16,9 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
+        # one module per call site (as timm's blocks): a norm-activation layer replaces the
+        # bn1→relu1 pair while the ReLU after the add stays
+        self.relu1 = nn.ReLU(inplace=True)
         self.relu = nn.ReLU(inplace=True)
         self.stride = stride
         self.pad = planes - in_planes
@@ -27,7 +30,7 @@ class BasicBlock(nn.Module):
         return F.pad(x, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu1(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         return self.relu(out + self.shortcut(x))
 
@@ -60,6 +63,6 @@ class CifarResNet(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.relu(self.bn1(self.conv1(x)))  # the stem's own ReLU module
         x = self.layer3(self.layer2(self.layer1(x)))
         return self.fc(self.pool(x).flatten(1))

@@ -21,6 +21,7 @@ from .cbn import CrossIterationBatchNorm2d
 from .evonorm_b0 import EvoNormB0
 from .functional import batch_stat_norm, moments
 from .gn import GroupNorm2d, InstanceNorm2d, LayerNorm2d
+from .gn_ws import GroupNormWS, StandardizedWeight
 from .mabn import MovingAverageBatchNorm2d
 from .registry import (
     ENTRY_POINT_GROUP,
@@ -34,7 +35,7 @@ from .registry import (
     resolve_norm,
     unregister_norm,
 )
-from .timm_extras import evonorm_s0, frn
+from .timm_extras import EvoNormS0, FilterResponseNormTLU, evonorm_s0, frn
 
 # The one list of built-in norms: registration order is the display order of tables, plots and
 # `smallbatch norms`; every other list (batch-free, ghost-capable, compile-safe) is derived from
@@ -47,6 +48,7 @@ _BUILTINS = {
     "mabn": (MovingAverageBatchNorm2d, "Moving Average BN: averaged fwd/bwd stats, no mean"),
     "evonorm_b0": (EvoNormB0, "timm EvoNorm-B0: batch variance, instance std, activation"),
     "gn": (GroupNorm2d, "GroupNorm: per-sample stats over channel groups (32)"),
+    "gn_ws": (GroupNormWS, "GroupNorm + Weight Standardization of the feeding conv"),
     "ln": (LayerNorm2d, "LayerNorm for conv nets: one group over (C, H, W)"),
     "in": (InstanceNorm2d, "InstanceNorm: one channel per group"),
     "evonorm_s0": (evonorm_s0, "timm EvoNorm-S0: batch-free, sample-wise, built-in activation"),
@@ -62,7 +64,10 @@ __all__ = [
     "BatchStatsError",
     "CrossIterationBatchNorm2d",
     "EvoNormB0",
+    "EvoNormS0",
+    "FilterResponseNormTLU",
     "GroupNorm2d",
+    "GroupNormWS",
     "InstanceNorm2d",
     "LayerNorm2d",
     "MovingAverageBatchNorm2d",
@@ -71,6 +76,7 @@ __all__ = [
     "NormLayer",
     "NormTraits",
     "RenormRamp",
+    "StandardizedWeight",
     "SyncBatchNorm",
     "available_norms",
     "batch_free_norms",

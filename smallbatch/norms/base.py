@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..naming import normalization_batch
 from .registry import NormConfigError, available_norms, create_norm
 
 
@@ -28,6 +29,11 @@ class NormLayer:
         diagnostics_prefix: W&B keys of ``diagnostics()`` are ``norm/<prefix>_<key>``.
         steady_state_args: ``norm_args`` that put the layer in its steady regime from the first
             step (no warm-up), for benchmarks that time a few steps.
+        replaces_activation: a norm-activation layer (timm's norm-act convention: EvoNorm,
+            FRN + TLU). ``swap_norms`` fuses each BN→activation pair into it and builds it with
+            ``apply_act=False`` where no activation follows, so its factory takes ``apply_act``.
+        zero_init_before_add: the non-activation form on a residual block's main branch starts
+            with γ = 0 (EvoNorm's reference ResNet: ``init_zero=True``).
     """
 
     supports_ghost_batch: bool = False
@@ -36,6 +42,8 @@ class NormLayer:
     compile_safe: bool = True
     diagnostics_prefix: str | None = None
     steady_state_args: dict[str, Any] = {}  # read-only class default
+    replaces_activation: bool = False
+    zero_init_before_add: bool = False
 
     def attach_conv(self, conv: nn.Conv2d) -> None:
         """Receive the Conv2d whose output this layer normalizes (when ``needs_conv``)."""
@@ -50,6 +58,30 @@ class NormLayer:
     def diagnostics(self) -> dict[str, float]:
         """Scalars from the last training step, logged every ``log_every_n_steps``."""
         return {}
+
+    def input_diagnostics(self, x: Tensor) -> dict[str, float]:
+        """Scalars describing what the layer does to input ``x`` in training, computed eagerly
+        at the end of a fit (also for compiled models, whose forward keeps nothing), under
+        ``no_grad``; logged as ``end/<diagnostics_prefix>_<key>``."""
+        return {}
+
+    def set_eval_statistics(self, mean: Tensor, var: Tensor, sqmean: Tensor) -> None:
+        """Normalize in evaluation with these per-channel statistics of the layer's input (mean,
+        variance, mean square), replacing the running ones: population ("precise") statistics
+        and batch-statistics evaluation (:mod:`smallbatch.run.population`) go through it. The
+        default sets ``running_mean`` / ``running_var`` where the layer has them; a layer that
+        normalizes with other statistics overrides it (BRN: σ; MABN: E[x²])."""
+        with torch.no_grad():
+            for name, value in (("running_mean", mean), ("running_var", var)):
+                buffer = getattr(self, name, None)
+                if isinstance(buffer, Tensor):
+                    buffer.copy_(value)
+
+    @property
+    def uses_eval_statistics(self) -> bool:
+        """Whether evaluation normalizes with stored statistics (``set_eval_statistics``
+        applies): by default, whether the layer has a ``running_var`` buffer."""
+        return isinstance(getattr(self, "running_var", None), Tensor)
 
     def state_bytes(self) -> int:
         """Bytes of per-device state (the ``ddp_local_buffers``)."""
@@ -92,15 +124,18 @@ def layer_label(module: nn.Module) -> str:
     return getattr(module, "layer_name", None) or type(module).__name__
 
 
-def check_batch_stats(x: Tensor, module: nn.Module, batch: int | None = None) -> None:
+def check_batch_stats(
+    x: Tensor, module: nn.Module, norm_batch: int | None = None, *, batch: int | None = None
+) -> None:
     """Raise :class:`BatchStatsError` when a normalization group has one value per channel
-    (batch·H·W == 1; ``batch`` defaults to N, a ghost batch passes its group size)."""
+    (b·H·W == 1, b = :func:`smallbatch.naming.normalization_batch` of the layer's
+    ``norm_batch`` and N). ``batch=`` is the earlier name of ``norm_batch`` (still accepted)."""
     if x.dim() != 4:
         raise NormConfigError(
             f"{layer_label(module)}: expected a 4-D (N, C, H, W) input, got shape {tuple(x.shape)}"
         )
     n, _, h, w = x.shape
-    if min(batch or n, n) * h * w == 1:
+    if normalization_batch(norm_batch or batch, n) * h * w == 1:
         raise BatchStatsError(
             f"{layer_label(module)} ({type(module).__name__}) got batch 1 at a 1x1 feature map in "
             "training: batch statistics need more than one value per channel. Use a per-device "
@@ -139,14 +174,15 @@ def ghost_groups(x: Tensor, norm_batch: int | None, module: nn.Module) -> int:
     consecutive samples: the statistics G devices with b samples each would see under DDP.
     """
     n = x.shape[0]
-    if not norm_batch or n <= norm_batch:
+    b = normalization_batch(norm_batch, n)
+    if b == n:
         return 1
-    if n % norm_batch:
+    if n % b:
         raise NormConfigError(
             f"{layer_label(module)}: batch {n} is not a multiple of norm_batch {norm_batch}; "
             "ghost batches need per-device batch = (number of groups) x norm_batch"
         )
-    return n // norm_batch
+    return n // b
 
 
 def grouped_moments(x: Tensor, groups: int) -> tuple[Tensor, Tensor, Tensor]:

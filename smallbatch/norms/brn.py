@@ -208,6 +208,13 @@ class BatchRenorm2d(StepCounter, nn.Module):
         """Fraction of channels (× groups) whose d was clipped in the last training step."""
         return self._clipped_fraction(3)
 
+    def set_eval_statistics(self, mean: Tensor, var: Tensor, sqmean: Tensor) -> None:
+        """Evaluate with μ = ``mean`` and σ = √(``var`` + ε) (``running_var`` kept = σ² − ε)."""
+        with torch.no_grad():
+            self.running_mean.copy_(mean)
+            self.running_std.copy_((var + self.eps).sqrt())
+            self.running_var.copy_(var)
+
     def diagnostics(self) -> dict[str, float]:
         """rmax and dmax of the last step and the fraction of channels whose r, d clipped."""
         return {

@@ -4,10 +4,13 @@
 
 σ²_B is the batch variance per channel over (N, H, W) (running variance in eval, moved at rate
 ``momentum`` toward the unbiased batch variance), σ²_I the per-sample variance over (H, W), v a
-learned per-channel vector; the max and v·x make it an activation as well (the backbone's ReLU
-after it stays, as for EvoNorm-S0). Batch-dependent through σ²_B, so it takes ghost batches: each
-group of ``norm_batch`` samples uses its own σ²_B and the running variance moves toward the
-groups' average.
+learned per-channel vector; the max and v·x make it an activation as well: ``swap_norms``
+removes the ReLU after it, and where no activation follows (before a residual add) builds the
+non-activation form, y = γ·x + β with γ = 0 on a block's main branch (EvoNorm's reference ResNet,
+tensorflow/tpu ``resnet_model.py``: ``nonlinearity=False, init_zero=True``; timm's
+``apply_act=False``). Batch-dependent through σ²_B, so it takes ghost batches: each group of
+``norm_batch`` samples uses its own σ²_B and the running variance moves toward the groups'
+average. Variances are computed in two passes (timm's ``x.var``), exact where |mean| >> std.
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ class EvoNormB0(NormLayer, EvoNorm2dB0):
     """timm EvoNorm-B0 (batch variance, instance std, built-in activation), ghost batches."""
 
     supports_ghost_batch = True
+    replaces_activation = True
+    zero_init_before_add = True
+    diagnostics_prefix = "evonorm_b0"
     norm_batch: int | None = None
 
     def __init__(
@@ -30,23 +36,42 @@ class EvoNormB0(NormLayer, EvoNorm2dB0):
     ) -> None:
         super().__init__(num_features, apply_act=apply_act, momentum=momentum, eps=eps)
 
+    @property
+    def uses_eval_statistics(self) -> bool:
+        """Only the activation form normalizes (with the running σ²_B in evaluation)."""
+        return self.v is not None
+
+    def input_diagnostics(self, x: Tensor) -> dict[str, float]:
+        """``batch_share``: the fraction of activations whose divisor is the batch std (the left
+        branch of the max) rather than v·x + instance std; 1 would make the layer BN-like."""
+        if self.v is None:
+            return {}
+        groups = ghost_groups(x, self.norm_batch, self)
+        xf = x.float()
+        var_i, _ = torch.var_mean(xf, dim=(2, 3), correction=0, keepdim=True)
+        xg = xf.view(groups, -1, *x.shape[1:])
+        var_b = torch.var(xg, dim=(1, 3, 4), correction=0, keepdim=True)
+        left = (var_b + self.eps).sqrt().expand_as(xg).reshape_as(xf)
+        right = xf * self.v.view(1, -1, 1, 1) + (var_i + self.eps).sqrt()
+        return {"batch_share": float((left >= right).float().mean())}
+
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.v is None:
             return super().forward(x)
         check_batch_stats(x, self, self.norm_batch)
         groups = ghost_groups(x, self.norm_batch, self)
         n, c = x.shape[:2]
-        # every variance from the per-sample moments over (H, W): σ²_I = E_i[x²] − E_i[x]²,
-        # σ²_B of a group = E_g[x²] − E_g[x]² (two reductions over x instead of four)
-        xf = x.float()
-        mean_i, sqmean_i = xf.mean(dim=(2, 3)), xf.square().mean(dim=(2, 3))  # (N, C)
-        mean_g = mean_i.view(groups, -1, c).mean(dim=1)
-        var_b = (sqmean_i.view(groups, -1, c).mean(dim=1) - mean_g.square()).clamp_min(0)
+        # every variance from the per-sample moments over (H, W), each computed in two passes
+        # (x − mean, then squares: exact also where |mean| >> std), and a group's σ²_B by the
+        # law of total variance: the mean of the σ²_I plus the spread of the sample means
+        var_i, mean_i = torch.var_mean(x.float(), dim=(2, 3), correction=0)  # (N, C)
+        mean_ig = mean_i.view(groups, -1, c)
+        spread = (mean_ig - mean_ig.mean(dim=1, keepdim=True)).square()
+        var_b = (var_i.view(groups, -1, c) + spread).mean(dim=1)  # (G, C)
         count = x[: n // groups, 0].numel()  # values per channel in a group
         with torch.no_grad():
             unbiased = var_b.mean(dim=0) * (count / max(count - 1, 1))
             self.running_var.lerp_(unbiased.to(self.running_var.dtype), self.momentum)
-        var_i = (sqmean_i - mean_i.square()).clamp_min(0)
         left = var_b.add(self.eps).sqrt().repeat_interleave(n // groups, dim=0)  # (N, C)
         shape = (1, -1, 1, 1)
         right = torch.addcmul(

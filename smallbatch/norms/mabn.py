@@ -11,10 +11,12 @@ zero mean. With the SMAs χ̄ and ψ̄ (each over this batch and up to ``window 
     ∂L/∂x = (g − z·ψ̄) / √(χ̄ + ε),   g = γ·r·∂L/∂y,   ψ = E[g·z] of this batch
 
 ν is an exponential moving average of χ̄ (``momentum``, torch's convention: the paper's 0.98 is
-``momentum=0.02``) and normalizes at evaluation: y = γ·x/√(ν + ε) + β. During the first
-``warmup`` steps χ̄ and ψ̄ are this batch's own (the layer is BN without the mean, with its
-exact gradient); r stays 1 until ``renorm_after`` steps, as in the official code
-(megvii-model/MABN, ``MABN.py``: 100 and 1000 steps, window 16, rmax 5).
+``momentum=0.02``) and normalizes at evaluation: y = γ·x/√(ν + ε) + β. χ̄ and ψ̄ are this batch's
+own (the layer is BN without the mean, with its exact gradient) until the official code switches
+(megvii-model/MABN, ``MABN.py``, ``warmup_iters`` = 100, window 16): moving averages from
+training iteration ``warmup`` counted from 1 (0-based step ``warmup − 1``), and only once the
+window is full (after ``window`` iterations; a window never averages fewer batches than it
+holds). r stays 1 until step ``renorm_after`` (1000; rmax 5), as there.
 
 Ghost batches (``norm_batch = b``): each group of b samples keeps its own history, as each
 device does under DDP (``ddp_local_buffers``); ν moves toward the groups' average χ̄. (The
@@ -211,7 +213,10 @@ class MovingAverageBatchNorm2d(StepCounter, nn.Module):
         self.advance_step()
         xg = x.view(groups, x.shape[0] // groups, *x.shape[1:])
         count = int(self.hist_count)
-        used = count if step >= self.warmup else 0
+        # the official rule (MABN.py: moving averages from iteration `warmup_iters`, counted
+        # from 1, once `window` iterations have filled the buffer): step + 1 >= warmup and
+        # step >= window, so the window is always full when it is used
+        used = count if step + 1 >= self.warmup and step >= self.window else 0
         with torch.no_grad():
             x2 = (xg.detach() * xg.detach()).mean(dim=(1, 3, 4), keepdim=True)  # χ per group
             past_x2 = self._past(self.hist_x2, used)
@@ -235,6 +240,11 @@ class MovingAverageBatchNorm2d(StepCounter, nn.Module):
         weight, bias = affine_params(self, self.running_var)
         y = _MABNFunction.apply(xg, weight, bias, inv_std, r, past_gz, self)
         return y.view_as(x)
+
+    def set_eval_statistics(self, mean: Tensor, var: Tensor, sqmean: Tensor) -> None:
+        """MABN evaluates with ν, an estimate of E[x²] (no mean): ν = ``sqmean``."""
+        with torch.no_grad():
+            self.running_var.copy_(sqmean)
 
     def diagnostics(self) -> dict[str, float]:
         """Fraction of channels (× groups) whose r was clipped in the last step."""

@@ -22,6 +22,8 @@ from typing import Any
 
 from torch import nn
 
+from ..errors import UserError
+
 ENTRY_POINT_GROUP = "smallbatch.norms"
 # Comma-separated norm names that plugins may replace (e.g. "gn"); any other clash is an error.
 OVERRIDE_ENV = "SMALLBATCH_NORM_OVERRIDES"
@@ -30,7 +32,7 @@ NormFactory = Callable[..., nn.Module]
 NormSpecLike = str | Mapping[str, Any] | NormFactory
 
 
-class NormConfigError(ValueError):
+class NormConfigError(UserError, ValueError):
     """A norm was named or configured in a way that cannot work; the message says how to fix it."""
 
 

@@ -16,15 +16,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models import COMPILE_MODES, compile_backbone, create_model, to_channels_last
-from .norms import NormConfigError, resolve_norm
-from .results import write_json_atomic
+from ..models import COMPILE_MODES, compile_backbone, create_model, to_channels_last
+from ..norms import NormConfigError, resolve_norm
+from ..norms.registry import factory_defaults
+from ..results import write_json_atomic
 
 
 def default_norms() -> list[str]:
     """Every built-in norm that runs on one device as it would per device under DDP (ghost
     batches or batch-free): all but SyncBN."""
-    from .norms.base import builtin_norms, probe_norm
+    from ..norms.base import builtin_norms, probe_norm
 
     return [n for n in builtin_norms() if (t := probe_norm(n)).ghost_batches or t.batch_free]
 
@@ -60,20 +61,25 @@ class Measurement:
     grad_diff_to_eager: float | None = None  # compiled: max |Δgrad| / max |grad|, first step
 
 
-def _norm_spec(norm: str, window: int) -> Any:
+def norm_spec(norm: str) -> Any:
+    """The spec ``create_model`` takes for a benchmarked name (``cbn_autograd``: the autograd
+    reference of CBN's window statistics)."""
     if norm == REFERENCE_CBN:
         return {"class_path": "smallbatch.norms.cbn.AutogradCrossIterationBatchNorm2d"}
     return norm
 
 
 def build(backbone: str, norm: str, window: int, device: torch.device, channels_last: bool):
+    """The backbone with ``norm`` in its steady regime; ``window`` goes to norms that take one
+    (CBN's window of iterations)."""
     torch.manual_seed(0)
-    extra = {"window": window} if norm in ("cbn", REFERENCE_CBN) else {}
+    factory = resolve_norm(norm_spec(norm))[0]
+    extra = {"window": window} if "window" in factory_defaults(factory) else {}
     # time each norm in its steady regime (BRN with live r, d; MABN with its moving averages),
     # not its BN-like warm-up: the contract's steady_state_args
-    extra |= getattr(resolve_norm(_norm_spec(norm, window))[0], "steady_state_args", {})
+    extra |= getattr(factory, "steady_state_args", {})
     model = create_model(
-        backbone, _norm_spec(norm, window), num_classes=10, **BACKBONES.get(backbone, {}), **extra
+        backbone, norm_spec(norm), num_classes=10, **BACKBONES.get(backbone, {}), **extra
     )
     model = model.to(device)
     if channels_last:
@@ -132,7 +138,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _time(fn, steps: int, device: torch.device) -> float:
+def time_steps(fn, steps: int, device: torch.device) -> float:
     _sync(device)
     start = time.perf_counter()
     for _ in range(steps):
@@ -201,8 +207,8 @@ def bench_config(
     for i in range(rounds):
         rotated = order[i % len(order) :] + order[: i % len(order)]
         for name in rotated:
-            train[name].append(_time(runners[name].train_step, steps, device))
-            infer[name].append(_time(runners[name].infer, steps, device))
+            train[name].append(time_steps(runners[name].train_step, steps, device))
+            infer[name].append(time_steps(runners[name].infer, steps, device))
     out = []
     for name in norms:
         t, inf = statistics.median(train[name]), statistics.median(infer[name])
@@ -363,5 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if all(c["ok"] for c in checks) else 1
 
 
-if __name__ == "__main__":  # python -m smallbatch.bench: no Lightning CLI dependencies needed
+if (
+    __name__ == "__main__"
+):  # python -m smallbatch.analysis.bench: no Lightning CLI dependencies needed
     raise SystemExit(main())

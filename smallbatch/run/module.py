@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from typing import Any
 
 import lightning.pytorch as pl
@@ -15,18 +16,18 @@ from timm.optim import param_groups_weight_decay
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
+from ..models import compile_backbone, create_model, to_channels_last
+from ..naming import norm_label
+from ..norms import local_buffer_names, resolve_norm, set_norm_batch, uses_batch_statistics
 from .diagnostics import BatchStatGap, layer_diagnostics
-from .models import compile_backbone, create_model, to_channels_last
-from .naming import normalization_batch
-from .norms import local_buffer_names, resolve_norm, set_norm_batch, uses_batch_statistics
 
 SCHEDULES = ("cosine", "step", "constant")
 
 
 def norm_display_name(norm: str | dict[str, Any]) -> str:
-    """Short name for run names and tables: ``brn``, or a class path's last component."""
-    _, _, display = resolve_norm(norm)
-    return display.rsplit(".", 1)[-1] if "." in display else display
+    """Short name for run names and tables (:func:`smallbatch.naming.norm_label`), after
+    checking that the norm resolves (a clear error for an unknown name)."""
+    return norm_label(resolve_norm(norm)[2])  # registered names come back in lower case
 
 
 def rng_states() -> dict[str, Any]:
@@ -88,7 +89,15 @@ class SmallBatchModule(pl.LightningModule):
             ``reduce-overhead``: CUDA graphs on GPU, ``max-autotune``, ...); ``None``: eager.
             For norms without Python-side state (not BRN/CBN); the batch-vs-running gap
             diagnostic is not collected when compiled.
-        diagnostics: log norm diagnostics every ``trainer.log_every_n_steps`` steps.
+        diagnostics: log norm diagnostics every ``trainer.log_every_n_steps`` steps; their
+            means over each third of training go into result.json.
+        norm_act: ``replace`` (default): norm-activation layers (EvoNorm, FRN) take the place of
+            each norm→activation pair and the non-activation form before residual adds, as in
+            their papers; ``keep_activation``: the activation form in every BN's place with the
+            backbone's activations kept (the suite's network before; :func:`swap_norms`).
+        precise_images: after a finished fit, recompute each norm's evaluation statistics
+            from this many training images with the weights frozen, and evaluate with them and
+            with batch statistics (:mod:`smallbatch.run.population`); 0: skip.
     """
 
     def __init__(
@@ -115,6 +124,8 @@ class SmallBatchModule(pl.LightningModule):
         channels_last: bool = False,
         compile_mode: str | None = None,
         diagnostics: bool = True,
+        norm_act: str = "replace",
+        precise_images: int = 10_000,
     ) -> None:
         super().__init__()
         if schedule not in SCHEDULES:
@@ -123,9 +134,12 @@ class SmallBatchModule(pl.LightningModule):
         # hparams would log norm as a dict, norm_batch as null and the CLI's _instantiator)
         self.save_hyperparameters(logger=False)
         self.norm_name = norm_display_name(norm)
+        if precise_images < 0:
+            raise ValueError(f"precise_images must be >= 0 (0: skip), got {precise_images}")
         self.model = create_model(
-            backbone, norm, num_classes, in_chans, cifar_stem, backbone_args, **(norm_args or {})
-        )
+            backbone, norm, num_classes, in_chans, cifar_stem, backbone_args, norm_act=norm_act,
+            **(norm_args or {}),
+        )  # fmt: skip
         set_norm_batch(self.model, norm_batch)
         # batch-free norms (GN, LN, ...) compute the same thing for every normalization batch
         self.batch_free = not uses_batch_statistics(self.model)
@@ -141,7 +155,13 @@ class SmallBatchModule(pl.LightningModule):
         self.val_acc5 = MulticlassAccuracy(num_classes, top_k=5, average="micro") if top5 else None
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_history: list[float] = []
+        self.diag_history: list[tuple[int, dict[str, float]]] = []  # (global step, values)
+        self.eval_acc: dict[str, float] = {}  # per evaluation mode (FinalEvaluation)
+        self.end_diagnostics: dict[str, float] = {}
         self.diverged = False
+        self.first_started_utc: str | None = None  # of the run's first attempt (checkpointed)
+        self.elapsed_before = 0.0  # seconds of earlier attempts, through their last checkpoint
+        self._attempt_start = time.time()
         self._gap: BatchStatGap | None = None
 
     def forward(self, x: Tensor) -> Tensor:
@@ -192,6 +212,10 @@ class SmallBatchModule(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_fit_start(self) -> None:
+        from .result_writer import utc_now
+
+        self._attempt_start = time.time()
+        self.first_started_utc = self.first_started_utc or utc_now(self._attempt_start)
         total = int(self.trainer.estimated_stepping_batches)
         schedules = set()
         for m in self.model.modules():  # the NormLayer contract (duck-typed for plugins)
@@ -209,22 +233,16 @@ class SmallBatchModule(pl.LightningModule):
             logger.log_hyperparams(self.run_summary())
 
     def run_summary(self) -> dict[str, Any]:
-        """What the run is, as logged to W&B's config: readable norm name and its arguments,
-        per-device and normalization batch (always a number), devices, total batch, LR."""
-        dm = getattr(self.trainer, "datamodule", None)
+        """What training found out, as logged to W&B's config beside the cell's identity
+        (:func:`smallbatch.cli.lightning.cell_identity`): whether the model is batch-free, the
+        devices it runs on, the total batch and the scaled LR."""
         return {
-            "norm": self.norm_name,
-            "norm_args": dict(self.hparams.norm_args or {}),
-            "backbone": self.hparams.backbone,
-            "dataset": type(dm).__name__ if dm is not None else None,
-            "batch_size": self.per_device_batch(),
-            "norm_batch": normalization_batch(self.hparams.norm_batch, self.per_device_batch()),
             "batch_free": self.batch_free,
             "devices": self.trainer.num_devices,
             "num_nodes": self.trainer.num_nodes,
             "total_batch": self.total_batch(),
             "scaled_lr": self.scaled_lr(),
-        }  # fmt: skip
+        }
 
     def on_fit_end(self) -> None:
         if self._gap is not None:
@@ -258,6 +276,7 @@ class SmallBatchModule(pl.LightningModule):
                 diag.update(self._gap.collect())
             if diag:
                 self.log_dict(diag, on_step=True, on_epoch=False)
+                self.diag_history.append((int(self.global_step), diag))
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
@@ -271,8 +290,8 @@ class SmallBatchModule(pl.LightningModule):
             self.log("val/acc5", self.val_acc5)
 
     def on_validation_epoch_end(self) -> None:
-        if self.trainer.sanity_checking:
-            return
+        if self.trainer.sanity_checking or self.diverged:
+            return  # an evaluation of diverged (NaN) weights is no accuracy of the run
         if self.val_acc.update_count:  # epoch accuracy (synced across devices by torchmetrics)
             self.val_history.append(float(self.val_acc.compute()))
             self.log("val/acc_best", max(self.val_history))
@@ -282,13 +301,36 @@ class SmallBatchModule(pl.LightningModule):
         self.test_acc(self(x), y)
         self.log("test/acc", self.test_acc)
 
+    def diagnostics_summary(self) -> dict[str, list[float | None]]:
+        """Each logged diagnostic's mean over the first, second and last third of the run's
+        optimizer steps (the figures docs/results.md quotes), for result.json."""
+        total = max(int(self.trainer.estimated_stepping_batches), 1) if self._trainer else 1
+        keys = sorted({k for _, values in self.diag_history for k in values})
+        out: dict[str, list[float | None]] = {}
+        for key in keys:
+            thirds: list[list[float]] = [[], [], []]
+            for step, values in self.diag_history:
+                if key in values:
+                    thirds[min(3 * step // total, 2)].append(float(values[key]))
+            out[key] = [sum(t) / len(t) if t else None for t in thirds]
+        return out
+
     # ----------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["smallbatch"] = {"val_history": list(self.val_history), "rng": rng_states()}
+        checkpoint["smallbatch"] = {
+            "val_history": list(self.val_history),
+            "diag_history": [[step, dict(values)] for step, values in self.diag_history],
+            "first_started_utc": self.first_started_utc,
+            "elapsed_s": self.elapsed_before + time.time() - self._attempt_start,
+            "rng": rng_states(),
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get("smallbatch", {})
         self.val_history = list(saved.get("val_history", []))
+        self.diag_history = [(int(s), dict(v)) for s, v in saved.get("diag_history", [])]
+        self.first_started_utc = saved.get("first_started_utc")
+        self.elapsed_before = float(saved.get("elapsed_s", 0.0))
         single = self._trainer is None or self.trainer.world_size == 1
         if saved.get("rng") is not None and single:
             # the data order and augmentation of the next epoch continue as if never stopped

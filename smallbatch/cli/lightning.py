@@ -23,13 +23,20 @@ from jsonargparse import Namespace
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
-from .data import SmallBatchDataModule
-from .errors import debug_enabled, report, summarize_parse_error
-from .module import SmallBatchModule, norm_display_name
-from .naming import is_setting_key, normalization_batch, run_label, stable_digest
-from .progress import EpochLinePrinter
-from .results import ResultWriter
-from .wandb_setup import configure_wandb_logger, finish_wandb_runs
+from ..data import SmallBatchDataModule
+from ..errors import debug_enabled, report, summarize_parse_error
+from ..naming import (
+    is_location_key,
+    is_setting_key,
+    normalization_batch,
+    run_label,
+    stable_digest,
+)
+from ..run.final_eval import FinalEvaluation
+from ..run.module import SmallBatchModule, norm_display_name
+from ..run.progress import EpochLinePrinter
+from ..run.result_writer import ResultWriter
+from ..run.wandb_logger import configure_wandb_logger, finish_wandb_runs
 
 EVAL_COMMANDS = ("validate", "test", "predict")
 _TRAINERS: list = []  # trainers of the current CLI call, to close their W&B runs
@@ -43,15 +50,31 @@ def data_args(cfg: Namespace) -> Namespace:
 
 def run_name(cfg: Namespace) -> str:
     """``--name``, else ``<norm>-nb<normalization batch>[-pb<per-device batch>]-s<seed>``
-    (:mod:`smallbatch.naming`), e.g. ``brn-nb4-s0`` or, with ghost batches, ``brn-nb2-pb8-s0``."""
+    (:func:`smallbatch.naming.run_label`, as grid cells are named), e.g. ``brn-nb4-s0`` or,
+    with ghost batches, ``brn-nb2-pb8-s0``."""
     if cfg.get("name"):
         return str(cfg.name)
-    norm = norm_display_name(cfg.model.norm)
-    batch = data_args(cfg).batch_size
-    return run_label(norm, batch, cfg.model.norm_batch, cfg.seed_everything)
+    norm = norm_display_name(cfg.model.norm)  # checks that it resolves
+    return run_label(norm, data_args(cfg).batch_size, cfg.model.norm_batch, cfg.seed_everything)
 
 
-# Keys that say where and under which name a run is stored or logged, not what it computes.
+def cell_identity(cfg: Namespace, name: str) -> dict[str, Any]:
+    """What a run is, the one record of it: in result.json, W&B's config and tags. The dataset
+    is its data module's class name; ``norm_batch`` the samples per normalization group."""
+    data = data_args(cfg)
+    return {
+        "name": name,
+        "norm": norm_display_name(cfg.model.norm),
+        "norm_args": _jsonable(cfg.model.norm_args or {}),
+        "batch_size": data.batch_size,
+        "norm_batch": normalization_batch(cfg.model.norm_batch, data.batch_size),
+        "dataset": str(cfg.data.get("class_path", "")).rsplit(".", 1)[-1] or None,
+        "devices": cfg.trainer.devices,
+        "num_nodes": cfg.trainer.num_nodes,
+        "seed": cfg.seed_everything,
+        "backbone": cfg.model.backbone,
+        "group": cfg.group,
+    }
 
 
 def _jsonable(data: Any) -> Any:
@@ -61,12 +84,8 @@ def _jsonable(data: Any) -> Any:
 
 def config_digest(cfg: Namespace) -> str:
     """Stable digest of the run's config, without where it is written."""
-    data = cfg.clone().as_dict()
-    data.pop("run_dir", None)
-    data.pop("config", None)
-    trainer = data.get("trainer") or {}
-    trainer.pop("default_root_dir", None)
-    return stable_digest(data)
+    flat = vars(cfg.clone().as_flat())
+    return stable_digest(_jsonable({k: v for k, v in flat.items() if not is_location_key(k)}))
 
 
 def run_setting(cfg: Namespace) -> dict[str, Any]:
@@ -189,7 +208,7 @@ class SmallBatchCLI(LightningCLI):
         # DDP re-launches this command per rank: every rank must use the same folder.
         os.environ["SMALLBATCH_RUN_DIR"] = run_dir
         cfg.trainer.default_root_dir = run_dir
-        cell = self.cell_info(cfg, name)
+        cell = cell_identity(cfg, name)
         configure_wandb_logger(cfg.trainer, run_dir, name, cfg.group, cfg.tags, cell, eval_of)
         setting = run_setting(cfg)
         self._cell = {
@@ -199,24 +218,6 @@ class SmallBatchCLI(LightningCLI):
             "code_version": code_version(),
         }
         self._digest = config_digest(cfg)
-
-    @staticmethod
-    def cell_info(cfg: Namespace, name: str) -> dict[str, Any]:
-        data = data_args(cfg)
-        devices = cfg.trainer.devices
-        return {
-            "name": name,
-            "norm": norm_display_name(cfg.model.norm),
-            "norm_args": _jsonable(cfg.model.norm_args or {}),
-            "batch_size": data.batch_size,
-            "norm_batch": normalization_batch(cfg.model.norm_batch, data.batch_size),
-            "dataset": str(cfg.data.get("class_path", "")).rsplit(".", 1)[-1] or None,
-            "devices": devices,
-            "num_nodes": cfg.trainer.num_nodes,
-            "seed": cfg.seed_everything,
-            "backbone": cfg.model.backbone,
-            "group": cfg.group,
-        }
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]):
         run_dir = Path(config["default_root_dir"])
@@ -246,7 +247,8 @@ class SmallBatchCLI(LightningCLI):
                 callbacks.append(RichProgressBar())
             else:  # CI logs: no bar, one plain line per epoch
                 callbacks += [TQDMProgressBar(refresh_rate=0), EpochLinePrinter()]
-        callbacks.append(ResultWriter(self._digest, self._cell))
+        # the final evaluations first: the result writer records what they measured
+        callbacks += [FinalEvaluation(), ResultWriter(self._digest, self._cell)]
         trainer = super()._instantiate_trainer(config, callbacks)
         _TRAINERS.append(trainer)
         return trainer

@@ -19,11 +19,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .naming import stable_digest
+from ..naming import stable_digest
 
 ERROR_KEY = "val/error_final"  # each cell run's summary: final top-1 error in % (results.py)
 PLOT_KEY = "error_vs_batch"  # the summary run's image of the report's plot
-NORM_BATCH_KEY = "norm_batch"  # each cell run's config (wandb_setup)
+NORM_BATCH_KEY = "norm_batch"  # each cell run's config (run.wandb_logger)
 NORM_KEY = "norm"
 CURVES = (("validation top-1 accuracy", "val/acc"), ("training loss", "train/loss_step"))
 
@@ -111,7 +111,7 @@ def log_summary_run(
     ``ci95`` (accuracy in %) and ``n`` (seeds)."""
     import wandb
 
-    from .wandb_setup import wandb_has_credentials
+    from ..run.wandb_logger import wandb_has_credentials
 
     mode = os.environ.get("WANDB_MODE") or ("online" if wandb_has_credentials() else "offline")
     run = wandb.init(

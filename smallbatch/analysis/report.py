@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import fmean, stdev
 from typing import Any
 
-from .naming import is_setting_key, normalization_batch, stable_digest
+from ..naming import is_setting_key, normalization_batch, stable_digest
+from ..results import InvalidResult, Status, load_result_file, write_atomic
 
 METRICS = {
     "final": ("final_val_acc", "final evaluation"),
@@ -32,7 +33,24 @@ METRICS = {
     "best": ("best_val_acc", "best evaluation, picked on the evaluation data (optimistic)"),
 }
 DEFAULT_METRIC = "final"
-STATUSES = ("finished", "diverged", "failed", "interrupted")
+# how the final weights were evaluated (result.json's eval_acc; "ema": the fit's own evaluation)
+EVALS = {
+    "ema": "running (EMA) statistics, as trained",
+    "precise": "population statistics recomputed with frozen weights, mean of per-group statistics",
+    "precise_pooled": "population statistics recomputed with frozen weights, pooled",
+    "batch": "batch statistics of each test group of b samples",
+}
+DEFAULT_EVAL = "ema"
+
+
+def value_of(result: dict[str, Any], metric: str = DEFAULT_METRIC, mode: str = DEFAULT_EVAL):
+    """The accuracy a table shows for one run: ``metric`` of the fit's evaluations (``ema``),
+    or the final weights evaluated in ``mode`` (None where the run has no such evaluation)."""
+    if mode == DEFAULT_EVAL:
+        return result.get(METRICS[metric][0])
+    return (result.get("eval_acc") or {}).get(mode)
+
+
 # Keys that define the column (the normalization batch), not the row.
 COLUMN_KEYS = ("model.norm_batch", "data.batch_size", "data.init_args.batch_size")
 # Student t 97.5% quantiles for 1..30 degrees of freedom (two-sided 95% interval).
@@ -46,31 +64,6 @@ T975 = (
 def t975(df: int) -> float:
     """Two-sided 95% Student t quantile for ``df`` degrees of freedom (normal beyond 30)."""
     return T975[df - 1] if df <= len(T975) else 1.96
-
-
-class InvalidResult(ValueError):
-    """A result.json that cannot be read or does not have the expected shape."""
-
-
-def validate_result(data: Any) -> dict[str, Any]:
-    """Check the fields the report relies on; raise :class:`InvalidResult` saying which."""
-    if not isinstance(data, dict):
-        raise InvalidResult(f"expected a JSON object, got {type(data).__name__}")
-    if not isinstance(data.get("norm"), str) or not data["norm"]:
-        raise InvalidResult(f"'norm' must be a name, got {data.get('norm')!r}")
-    for key in ("batch_size", "norm_batch"):
-        value = data.get(key)
-        if value is None and key == "norm_batch":
-            continue
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise InvalidResult(f"{key!r} must be an integer >= 1, got {value!r}")
-    if data.get("status") not in STATUSES:
-        raise InvalidResult(f"'status' must be one of {STATUSES}, got {data.get('status')!r}")
-    for key, _ in METRICS.values():
-        value = data.get(key)
-        if value is not None and (not isinstance(value, int | float) or isinstance(value, bool)):
-            raise InvalidResult(f"{key!r} must be a number or null, got {value!r}")
-    return data
 
 
 @dataclass
@@ -87,8 +80,8 @@ def load_results(run_dir: str | Path) -> Loaded:
     root = Path(run_dir)
     for path in sorted(root.rglob("result.json")):
         try:
-            out.results.append(validate_result(json.loads(path.read_text())))
-        except (OSError, ValueError) as exc:  # InvalidResult and JSONDecodeError included
+            out.results.append(load_result_file(path))
+        except (OSError, InvalidResult) as exc:
             out.invalid.append((str(path.relative_to(root)), str(exc).splitlines()[0]))
     return out
 
@@ -142,6 +135,7 @@ class CellStats:
     # in a table of ghost-batch rows, a row run once at the whole per-device batch: "batch-free"
     # (the same computation at every b: drawn flat) or "reference" (statistics over all of it)
     flat: str = ""
+    seeds: list[Any] = field(default_factory=list)  # the seed of each value
 
     @property
     def mean(self) -> float | None:
@@ -219,10 +213,12 @@ def _flat_rows(rows: dict[tuple, list[_Setting]], modes: dict[tuple, str]) -> di
     return flats
 
 
-def aggregate(results: list[dict[str, Any]], metric: str = DEFAULT_METRIC) -> list[CellStats]:
+def aggregate(
+    results: list[dict[str, Any]], metric: str = DEFAULT_METRIC, mode: str = DEFAULT_EVAL
+) -> list[CellStats]:
     """Group runs by setting (identical resolved config apart from the seed), then lay the
-    settings out as rows (norm and whatever else differs) × normalization batch."""
-    key = METRICS[metric][0]
+    settings out as rows (norm and whatever else differs) × normalization batch. Diverged runs
+    are counted, never averaged; ``mode`` picks the evaluation (:data:`EVALS`)."""
     settings: dict[str, _Setting] = {}
     for r in results:
         setting = setting_of(r)
@@ -261,20 +257,23 @@ def aggregate(results: list[dict[str, Any]], metric: str = DEFAULT_METRIC) -> li
             cell = CellStats(label, norm, s.norm_batch, set(), [], 0, 0, modes[row_id], flat)
             for r in s.results:
                 cell.batch_sizes.add(r["batch_size"])
-                if r["status"] == "diverged":
-                    cell.diverged += 1
-                elif r["status"] != "finished":
+                if r["status"] == Status.DIVERGED:
+                    cell.diverged += 1  # counted beside the mean, never in it
+                    continue
+                if r["status"] != Status.FINISHED:
                     cell.failed += 1
                     continue
-                if isinstance(r.get(key), int | float):
-                    cell.values.append(float(r[key]))
+                value = value_of(r, metric, mode)
+                if isinstance(value, int | float):
+                    cell.values.append(float(value))
+                    cell.seeds.append(r.get("seed"))
             stats.append(cell)
     return stats
 
 
 def _row_order(stats: list[CellStats]) -> list[str]:
     """Rows in the registry's order of norms (built-ins as listed by ``smallbatch norms``)."""
-    from .norms.registry import available_norms
+    from ..norms.registry import available_norms
 
     order = list(available_norms(order="registration"))
     firsts: dict[str, str] = {}
@@ -303,8 +302,13 @@ def _seed_count(cells: list[CellStats]) -> str:
     return str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
 
 
-def caption(stats: list[CellStats], metric: str, invalid: list[tuple[str, str]]) -> str:
+def caption(
+    stats: list[CellStats], metric: str, invalid: list[tuple[str, str]], mode: str = DEFAULT_EVAL
+) -> str:
     key, description = METRICS[metric]
+    if mode != DEFAULT_EVAL:
+        description = f"final weights evaluated with {EVALS[mode]}"
+        key = f"eval_acc.{mode}"
     text = (
         f"Top-1 accuracy (%), {description} (`{key}`), mean ± 95% confidence half-width over "
         "seeds (Student t; no interval with one seed); the last column counts the seeds per "
@@ -325,20 +329,25 @@ def caption(stats: list[CellStats], metric: str, invalid: list[tuple[str, str]])
             " Rows with statistics over the whole batch normalize all of it at once, as"
             " synchronized statistics over the emulated devices would: a reference line."
         )
+    if any(s.diverged for s in stats):
+        text += " Diverged runs are not averaged; `n div.` counts them."
     if invalid:
         text += f" Not included: {len(invalid)} invalid result file(s), listed below the table."
     return text
 
 
 def markdown_table(
-    stats: list[CellStats], metric: str, invalid: list[tuple[str, str]] | None = None
+    stats: list[CellStats],
+    metric: str,
+    invalid: list[tuple[str, str]] | None = None,
+    mode: str = DEFAULT_EVAL,
 ) -> str:
     """Rows: norm settings; columns: normalization batch (largest first); then seed counts."""
     invalid = invalid or []
     by_key = {(s.row, s.norm_batch): s for s in stats}
     batches = sorted({s.norm_batch for s in stats}, reverse=True)
     head = "| norm | " + " | ".join(f"b={b}" for b in batches) + " | seeds |"
-    lines = [caption(stats, metric, invalid), "", head, "|" + "---|" * (len(batches) + 2)]
+    lines = [caption(stats, metric, invalid, mode), "", head, "|" + "---|" * (len(batches) + 2)]
     for row in _row_order(stats):
         cells = [by_key.get((row, b)) for b in batches]
         flat = next((s for s in stats if s.row == row and s.flat == "batch-free"), None)
@@ -380,27 +389,45 @@ def reading(stats: list[CellStats]) -> str:
     return text + "."
 
 
-def _atomic_path(path: Path) -> Path:
-    """A temporary name beside ``path``, unique to it and to this process."""
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def timing_line(results: list[dict[str, Any]]) -> str:
+    """The machine time of a set of runs from their records: the cells' summed run time and the
+    wall clock from the first start to the last end (runs without times are counted)."""
+    from datetime import datetime
+
+    timed = [r for r in results if r.get("started_utc") and r.get("ended_utc")]
+    if not timed:
+        return ""
+    starts = [datetime.fromisoformat(r["started_utc"]) for r in timed]
+    ends = [datetime.fromisoformat(r["ended_utc"]) for r in timed]
+    summed = sum(float(r.get("run_time_s") or r.get("wall_time_s") or 0) for r in timed)
+    wall = (max(ends) - min(starts)).total_seconds()
+    machines = [r.get("machine") or {} for r in timed]
+    hosts = sorted({f"{m.get('host')} ({m.get('cpu')})" for m in machines})
+    untimed = len(results) - len(timed)
+    return (
+        f"Times: {len(timed)} runs, summed run time {summed / 3600:.2f} h, wall clock "
+        f"{wall / 3600:.2f} h from {min(starts).isoformat()} to {max(ends).isoformat()}, on "
+        + ", ".join(hosts)
+        + (f"; {untimed} runs without recorded times" if untimed else "")
+        + "."
+    )
 
 
 def write_csv(stats: list[CellStats], path: Path, metric: str) -> None:
-    tmp = _atomic_path(path)
     order = {row: i for i, row in enumerate(_row_order(stats))}
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
+    text = io.StringIO(newline="")
+    w = csv.writer(text)
+    w.writerow(
+        ["row", "norm", "norm_batch", "batch_size", "metric", "mean", "std", "ci95", "n",
+         "diverged", "failed"]
+    )  # fmt: skip
+    for s in sorted(stats, key=lambda s: (order[s.row], -s.norm_batch)):
+        per_device = "/".join(str(b) for b in sorted(s.batch_sizes))
         w.writerow(
-            ["row", "norm", "norm_batch", "batch_size", "metric", "mean", "std", "ci95", "n",
-             "diverged", "failed"]
+            [s.row, s.norm, s.norm_batch, per_device, metric, s.mean, s.std, s.ci95,
+             len(s.values), s.diverged, s.failed]
         )  # fmt: skip
-        for s in sorted(stats, key=lambda s: (order[s.row], -s.norm_batch)):
-            per_device = "/".join(str(b) for b in sorted(s.batch_sizes))
-            w.writerow(
-                [s.row, s.norm, s.norm_batch, per_device, metric, s.mean, s.std, s.ci95,
-                 len(s.values), s.diverged, s.failed]
-            )  # fmt: skip
-    os.replace(tmp, path)
+    write_atomic(path, text.getvalue())
 
 
 def plot(stats: list[CellStats], path: Path, title: str, metric: str) -> None:
@@ -451,15 +478,15 @@ def plot(stats: list[CellStats], path: Path, title: str, metric: str) -> None:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp)
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
+    write_atomic(path, png.getvalue())
 
 
 def log_to_wandb(stats: list[CellStats], png: Path, project: str, group: str, metric: str) -> str:
     """Update the grid's one W&B summary run and, when it ran online (a key), save its
-    workspace view (``smallbatch.dashboard``); returns what to tell the user."""
+    workspace view (``smallbatch.analysis.dashboard``); returns what to tell the user."""
     from .dashboard import log_summary_run, save_workspace
 
     rows = [
@@ -493,7 +520,35 @@ def main(argv: list[str] | None = None) -> int:
         help="final (default): last evaluation; median_last5: median of the last 5 (GN paper); "
         "best: best evaluation, selected on the evaluation data (optimistic)",
     )
-    parser.add_argument("--out", default=None, help="output folder (default RUN_DIR/report)")
+    parser.add_argument(
+        "--eval",
+        dest="mode",
+        type=lambda v: v.replace("-", "_"),
+        choices=list(EVALS),
+        default=DEFAULT_EVAL,
+        help="how the final weights are evaluated: ema (default: running statistics, as "
+        "trained), precise / precise-pooled (population statistics recomputed with frozen "
+        "weights), batch (each test group of b normalized with its own statistics)",
+    )
+    parser.add_argument(
+        "--diff",
+        nargs=2,
+        metavar=("A", "B"),
+        type=lambda v: v.replace("-", "_"),
+        help="also print B − A per norm and b, paired by seed (e.g. --diff ema precise)",
+    )
+    parser.add_argument(
+        "--attribution",
+        action="store_true",
+        help="also print each drop from BN at the largest b split into estimate, "
+        "inconsistency and remaining (docs/results.md)",
+    )
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="output folder (default RUN_DIR/report); file names carry a metric or evaluation "
+        "other than the default (results-precise.md, ...)",
+    )
     parser.add_argument(
         "--wandb",
         action="store_true",
@@ -512,22 +567,44 @@ def main(argv: list[str] | None = None) -> int:
     if not loaded.results:
         found = f" ({len(loaded.invalid)} invalid)" if loaded.invalid else ""
         parser.error(f"no valid result.json under {run_dir}{found}: run the grid first")
-    stats = aggregate(loaded.results, args.metric)
+    if args.mode != DEFAULT_EVAL and args.metric != DEFAULT_METRIC:
+        parser.error("--eval modes other than ema evaluate the final weights: use --metric final")
+    for mode in args.diff or []:
+        if mode not in EVALS:
+            parser.error(f"--diff: {mode!r} is not one of {list(EVALS)}")
+    stats = aggregate(loaded.results, args.metric, args.mode)
     grid_file = run_dir / "grid.json"
     manifest = json.loads(grid_file.read_text()) if grid_file.exists() else {}
     name = manifest["name"] if manifest else run_dir.name
     out = Path(args.out) if args.out else run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    table = markdown_table(stats, args.metric, loaded.invalid)
-    md = out / "results.md"
-    tmp = _atomic_path(md)
-    tmp.write_text(f"# {name}\n\n{table}")
-    os.replace(tmp, md)
-    write_csv(stats, out / "results.csv", args.metric)
-    png = out / "accuracy_vs_batch.png"
-    plot(stats, png, f"{name}: error vs normalization batch", args.metric)
+    table = markdown_table(stats, args.metric, loaded.invalid, args.mode)
+    if times := timing_line(loaded.results):
+        table += f"\n{times}\n"
+    suffix = "".join(
+        f"-{v}" for v, d in ((args.metric, DEFAULT_METRIC), (args.mode, DEFAULT_EVAL)) if v != d
+    )
+    md, csv_path = out / f"results{suffix}.md", out / f"results{suffix}.csv"
+    write_atomic(md, f"# {name}\n\n{table}")
+    write_csv(stats, csv_path, args.metric)
+    png = out / f"accuracy_vs_batch{suffix}.png"
+    label = args.metric if args.mode == DEFAULT_EVAL else f"{args.mode} evaluation"
+    plot(stats, png, f"{name}: error vs normalization batch", label)
     print(table)
-    print(f"table: {md}\ncsv:   {out / 'results.csv'}\nplot:  {png}")
+    extra = []
+    if args.diff:
+        from .attribution import paired_difference_table
+
+        extra.append(paired_difference_table(loaded.results, *args.diff))
+    if args.attribution:
+        from .attribution import attribution_table
+
+        extra.append(attribution_table(loaded.results))
+    for text in extra:
+        print(text)
+    if extra:
+        write_atomic(out / f"differences{suffix}.md", f"# {name}\n\n" + "\n".join(extra))
+    print(f"table: {md}\ncsv:   {csv_path}\nplot:  {png}")
     if args.wandb:
         from .dashboard import grid_project
 

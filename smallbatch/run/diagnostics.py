@@ -14,7 +14,8 @@ from statistics import fmean
 import torch
 from torch import Tensor, nn
 
-from .norms import layer_diagnostics
+from ..norms import layer_diagnostics
+from ..norms.base import ghost_groups, grouped_moments
 
 __all__ = ["BatchStatGap", "layer_diagnostics"]
 
@@ -45,11 +46,10 @@ class BatchStatGap:
         if x.dim() != 4 or x.shape[0] * x.shape[2] * x.shape[3] < 2:
             return
         with torch.no_grad():
-            # per normalization group: ghost batches of norm_batch samples, else the whole batch
-            b = getattr(module, "norm_batch", None)
-            groups = x.shape[0] // b if b and x.shape[0] > b and x.shape[0] % b == 0 else 1
-            xg = x.float().view(groups, x.shape[0] // groups, *x.shape[1:])
-            var_b, mean_b = torch.var_mean(xg, dim=(1, 3, 4), correction=0)  # (G, C)
+            # per normalization group: the ghost groups the layer itself forms
+            groups = ghost_groups(x, getattr(module, "norm_batch", None), module)
+            _, mean_b, var_b = grouped_moments(x.float(), groups)
+            mean_b, var_b = mean_b.flatten(1), var_b.flatten(1)  # (G, C)
             eps = getattr(module, "eps", 1e-5)
             sigma = (module.running_var.float() + eps).sqrt()
             sigma_b = (var_b + eps).sqrt()

@@ -1,15 +1,24 @@
-"""Small sub-commands of the ``smallbatch`` entry point that are not Lightning CLI runs."""
+"""The ``smallbatch`` commands, one runner each: the Lightning CLI runs (``fit``, ``validate``,
+``test``, ``predict``: :mod:`smallbatch.cli.lightning`) and the suite's own (``grid``,
+``report``, ``norms``, ``bench``). Heavy imports happen inside the runners, so listing the
+commands imports neither torch nor Lightning."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from rich.console import Console
-from rich.table import Table
 
-from .norms import available_norms
+def _lightning(subcommand: str) -> Callable[[list[str]], int]:
+    def run(argv: list[str]) -> int:
+        from .lightning import lightning_main
+
+        lightning_main([subcommand, *[a for a in argv if a != "--debug"]])
+        return 0
+
+    return run
 
 
 def norms_command(argv: list[str]) -> int:
@@ -17,12 +26,17 @@ def norms_command(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="smallbatch norms", description=norms_command.__doc__)
     parser.add_argument("--plain", action="store_true", help="tab-separated, no table")
     args = parser.parse_args(argv)
+    from ..norms import available_norms
+
     entries = available_norms()
     if args.plain:
         for e in entries.values():
             defaults = ", ".join(f"{k}={v!r}" for k, v in e.defaults.items())
             print(f"{e.name}\t{e.source}\t{e.description}\t{defaults}")
         return 0
+    from rich.console import Console
+    from rich.table import Table
+
     table = Table(title=f"{len(entries)} registered norms")
     for col in ("name", "source", "description", "defaults"):
         table.add_column(col, overflow="fold")
@@ -35,8 +49,6 @@ def norms_command(argv: list[str]) -> int:
 
 def grid_command(argv: list[str]) -> int:
     """``smallbatch grid --config FILE``: run (or resume) a grid of ``smallbatch fit`` cells."""
-    from .grid import GridBusyError, GridSpecError, load_grid, run_grid
-
     parser = argparse.ArgumentParser(prog="smallbatch grid", description=grid_command.__doc__)
     parser.add_argument("--config", required=True, help="grid file (configs/grid/*.yaml)")
     parser.add_argument("--dry-run", action="store_true", help="print cells and commands only")
@@ -44,6 +56,8 @@ def grid_command(argv: list[str]) -> int:
     parser.add_argument("--no-wait", action="store_true", help="SLURM: submit and return")
     parser.add_argument("--run-root", default=None, help="override the grid file's run_root")
     args = parser.parse_args(argv)
+    from ..grid import GridBusyError, GridSpecError, load_grid, run_grid
+
     try:
         spec = load_grid(args.config)
     except GridSpecError as exc:
@@ -60,13 +74,26 @@ def grid_command(argv: list[str]) -> int:
 
 def report_command(argv: list[str]) -> int:
     """``smallbatch report RUN_DIR``: norm × batch-size table (Markdown, CSV) and plot (PNG)."""
-    from .report import main as report_main
+    from ..analysis.report import main as report_main
 
     return report_main(argv)
 
 
 def bench_command(argv: list[str]) -> int:
     """``smallbatch bench``: step time, images/s and memory per norm, ratios to BN."""
-    from .bench import main as bench_main
+    from ..analysis.bench import main as bench_main
 
     return bench_main(argv)
+
+
+# name -> (runner, one line of help); the order is the order of `smallbatch --help`
+COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
+    "fit": (_lightning("fit"), "train one cell (Lightning CLI: --config, --model.*, --data.*)"),
+    "validate": (_lightning("validate"), "evaluate a checkpoint on the validation set"),
+    "test": (_lightning("test"), "evaluate a checkpoint on the test set"),
+    "predict": (_lightning("predict"), "run a checkpoint's predictions"),
+    "grid": (grid_command, "run or resume a grid of cells (configs/grid/*.yaml)"),
+    "report": (report_command, "table, CSV and plot of a grid's results"),
+    "norms": (norms_command, "every registered norm, built-in or plugin"),
+    "bench": (bench_command, "step time and memory per norm, ratios to BN"),
+}

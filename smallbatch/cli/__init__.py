@@ -1,7 +1,8 @@
 """``smallbatch`` entry point: one table of commands, each with a line of help.
 
-``fit``/``validate``/``test``/``predict`` are Lightning CLI runs (:mod:`smallbatch.lightning_cli`);
-``grid``, ``report``, ``norms`` and ``bench`` are the suite's own (:mod:`smallbatch.commands`).
+``fit``/``validate``/``test``/``predict`` are Lightning CLI runs (:mod:`smallbatch.cli.lightning`);
+``grid``, ``report``, ``norms`` and ``bench`` are the suite's own; every runner is in
+:mod:`smallbatch.cli.commands`.
 ``smallbatch --help`` lists them all; ``smallbatch COMMAND --help`` shows a command's options.
 """
 
@@ -9,25 +10,14 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
 
-from . import commands
-
-
-def _lightning(subcommand: str) -> Callable[[list[str]], int]:
-    def run(argv: list[str]) -> int:
-        from .lightning_cli import lightning_main
-
-        lightning_main([subcommand, *[a for a in argv if a != "--debug"]])
-        return 0
-
-    return run
+from .commands import COMMANDS
 
 
 def _run_command(name: str, argv: list[str]) -> int:
     """Run one command; a user error ends with one ``error:`` line and exit code 2 (the full
     traceback with ``--debug`` or ``SMALLBATCH_DEBUG=1``); programming errors still raise."""
-    from .errors import debug_enabled, first_line, innermost_user_error, report
+    from ..errors import debug_enabled, first_line, innermost_user_error, report
 
     try:
         return int(COMMANDS[name][0](argv) or 0)
@@ -40,19 +30,6 @@ def _run_command(name: str, argv: list[str]) -> int:
             raise
         report(first_line(inner))
         return 2
-
-
-# name -> (runner, one line of help); the order is the order of `smallbatch --help`
-COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
-    "fit": (_lightning("fit"), "train one cell (Lightning CLI: --config, --model.*, --data.*)"),
-    "validate": (_lightning("validate"), "evaluate a checkpoint on the validation set"),
-    "test": (_lightning("test"), "evaluate a checkpoint on the test set"),
-    "predict": (_lightning("predict"), "run a checkpoint's predictions"),
-    "grid": (commands.grid_command, "run or resume a grid of cells (configs/grid/*.yaml)"),
-    "report": (commands.report_command, "table, CSV and plot of a grid's results"),
-    "norms": (commands.norms_command, "every registered norm, built-in or plugin"),
-    "bench": (commands.bench_command, "step time and memory per norm, ratios to BN"),
-}
 
 
 def usage() -> str:
@@ -78,7 +55,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown command {name!r}{hint}\n\n{usage()}", file=sys.stderr)
         return 2
     return _run_command(name, rest)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,104 @@
+"""Where a small-batch accuracy drop comes from, from the evaluation modes of each cell
+(Wu & Johnson 2021, "Rethinking 'Batch' in BatchNorm"): paired differences between two modes,
+and the split of each row's drop from BN at the largest b into
+
+* **estimate**: ``precise − ema``, what recomputing the evaluation statistics with the weights
+  frozen recovers (the EMA's estimation error);
+* **inconsistency**: ``batch − precise``, what evaluating with each test group's own statistics,
+  as in training, recovers (train/test inconsistency);
+* **remaining**: ``BN(b_max) − batch``, what stays: the cost of training with those statistics.
+
+The three add up to the drop ``BN(b_max) − ema``. Each figure is a mean over seeds of
+differences paired by seed (the same seed's runs), with a 95% Student-t half-width.
+"""
+
+from __future__ import annotations
+
+import math
+from statistics import fmean, stdev
+from typing import Any
+
+from .report import CellStats, _row_order, aggregate, t975
+
+
+def _mean_ci(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    n = len(values)
+    ci = t975(n - 1) * stdev(values) / math.sqrt(n) if n > 1 else None
+    return fmean(values), ci
+
+
+def _fmt(mean: float | None, ci: float | None, sign: bool = True) -> str:
+    if mean is None:
+        return "–"
+    text = f"{100 * mean:+.2f}" if sign else f"{100 * mean:.2f}"
+    return text + (f" ± {100 * ci:.2f}" if ci is not None else "")
+
+
+def _by_seed(cell: CellStats | None) -> dict[Any, float]:
+    return dict(zip(cell.seeds, cell.values, strict=True)) if cell else {}
+
+
+def _cells(results: list[dict[str, Any]], mode: str) -> dict[tuple[str, int], CellStats]:
+    return {(c.row, c.norm_batch): c for c in aggregate(results, "final", mode)}
+
+
+def paired_difference_table(results: list[dict[str, Any]], a: str, b: str) -> str:
+    """Per row and normalization batch: accuracy in mode ``b`` minus mode ``a``, paired by
+    seed (mean ± 95% CI, percentage points)."""
+    first, second = _cells(results, a), _cells(results, b)
+    stats = list(first.values())
+    batches = sorted({c.norm_batch for c in stats}, reverse=True)
+    lines = [
+        f"Accuracy with `{b}` minus accuracy with `{a}` evaluation (percentage points), paired "
+        "by seed: mean ± 95% confidence half-width (Student t).",
+        "",
+        "| norm | " + " | ".join(f"b={n}" for n in batches) + " |",
+        "|" + "---|" * (len(batches) + 1),
+    ]
+    for row in _row_order(stats):
+        cells = []
+        for n in batches:
+            x, y = _by_seed(first.get((row, n))), _by_seed(second.get((row, n)))
+            cells.append(_fmt(*_mean_ci([y[s] - x[s] for s in x if s in y])))
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def attribution_table(
+    results: list[dict[str, Any]], norms: list[str] | None = None, batches: list[int] | None = None
+) -> str:
+    """The drop of each row (at each b) from BN at the largest b, split into estimate,
+    inconsistency and remaining (module docstring)."""
+    ema, precise, batch = (_cells(results, m) for m in ("ema", "precise", "batch"))
+    stats = list(ema.values())
+    all_b = sorted({c.norm_batch for c in stats}, reverse=True)
+    b_max = all_b[0]
+    reference = next((c for (row, n), c in ema.items() if row == "bn" and n == b_max), None)
+    ref = _by_seed(reference)
+    lines = [
+        f"Drop from BN at b = {b_max} (`ema`) and where it comes from, percentage points (mean "
+        "± 95% CI over seeds, paired by seed): estimate = precise − ema, inconsistency = batch − "
+        f"precise, remaining = BN(b={b_max}) − batch; estimate + inconsistency + remaining = drop.",
+        "",
+        "| norm | b | ema accuracy | drop | estimate | inconsistency | remaining |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in _row_order(stats):
+        if norms and row not in norms:
+            continue
+        for n in batches or all_b:
+            e, p, bt = (_by_seed(t.get((row, n))) for t in (ema, precise, batch))
+            if not e:
+                continue
+            seeds = [s for s in e if s in p and s in bt and s in ref]
+            parts = [
+                _fmt(*_mean_ci([e[s] for s in e]), sign=False),
+                _fmt(*_mean_ci([ref[s] - e[s] for s in seeds])),
+                _fmt(*_mean_ci([p[s] - e[s] for s in seeds])),
+                _fmt(*_mean_ci([bt[s] - p[s] for s in seeds])),
+                _fmt(*_mean_ci([ref[s] - bt[s] for s in seeds])),
+            ]
+            lines.append(f"| {row} | {n} | " + " | ".join(parts) + " |")
+    return "\n".join(lines) + "\n"

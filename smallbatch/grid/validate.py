@@ -1,0 +1,117 @@
+"""Grid validation before anything runs: every cell parsed by the Lightning CLI's own parser,
+each distinct model and data module built (shapes checked on the meta device), so a bad value
+fails the grid with one line naming the file and the key instead of failing its cells."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import yaml
+
+from ..errors import UserError, first_line
+from .spec import Cell, GridSpec, GridSpecError, spec_error
+
+
+def validate_cells(spec: GridSpec) -> None:
+    """Parse every cell with the Lightning CLI's own parser (no instantiation) and check norm
+    names against the registry; raise :class:`GridSpecError` naming the file and key."""
+    import contextlib
+    import io
+
+    from ..cli.lightning import lightning_main
+    from ..norms import NormConfigError, resolve_norm
+
+    cells = spec.cells()
+    for cell in cells:
+        norm = cell.overrides.get("model.norm")
+        if norm is not None:
+            try:
+                resolve_norm(norm)
+            except NormConfigError as exc:
+                raise spec_error(spec.source, "model.norm", str(exc)) from exc
+        batch = cell.overrides.get("model.norm_batch") or cell.overrides.get("data.batch_size", 1)
+        if not isinstance(batch, int) or batch < 1:
+            raise spec_error(spec.source, "data.batch_size", f"{batch!r} must be an integer >= 1")
+    # Parse one probe cell per axis value (the first cell holding it): every value is checked
+    # by the CLI without parsing the whole cross product.
+    expanded = spec.expand()
+    first: dict[tuple[str, str], int] = {}  # (axis key, value) -> first cell holding it
+    for index, (combo, _) in enumerate(expanded):
+        for key, value in zip(spec.axes, combo, strict=True):
+            first.setdefault((key, json.dumps(value, sort_keys=True, default=str)), index)
+    built: set[str] = set()
+    for cell in (expanded[i][1] for i in sorted(set(first.values()))):
+        args = spec.cli_args(cell) + ["--print_config"]
+        out, err = io.StringIO(), io.StringIO()
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                lightning_main(args)
+        except SystemExit as exc:
+            if exc.code not in (0, None):
+                message = err.getvalue().strip().splitlines()
+                detail = message[-1] if message else f"exit code {exc.code}"
+                raise GridSpecError(
+                    f"{spec.source}: cell {cell.label} ({cell.overrides}) is rejected by the "
+                    f"CLI: {detail}"
+                ) from None
+        config = yaml.safe_load(out.getvalue()) or {}
+        key = json.dumps([config.get("model"), config.get("data")], sort_keys=True, default=str)
+        if key not in built:  # each distinct model and data section, built once
+            built.add(key)
+            _check_cell_builds(spec, cell, config)
+
+
+def _check_cell_builds(spec: GridSpec, cell: Cell, config: dict[str, Any]) -> None:
+    """Build the cell's model and data module (no trainer, no data read): unknown backbones,
+    norm arguments a layer rejects, a batch larger than the training subset, a dataset that is
+    nowhere to be found and the like fail here, before any cell runs."""
+    import importlib
+
+    from ..run.module import SmallBatchModule
+
+    try:
+        model_args = dict(config.get("model") or {})
+        data = config.get("data") or {}
+        datamodule = None
+        if isinstance(data, dict) and data.get("class_path"):
+            module, _, name = data["class_path"].rpartition(".")
+            datamodule = getattr(importlib.import_module(module), name)(
+                **(data.get("init_args") or {})
+            )
+            if callable(getattr(datamodule, "check_available", None)):
+                datamodule.check_available()
+            for key in ("num_classes", "in_chans"):  # linked from the data module, as by the CLI
+                if isinstance(getattr(datamodule, key, None), int):
+                    model_args[key] = getattr(datamodule, key)
+        model = SmallBatchModule(**model_args)
+        if datamodule is not None:
+            check_feature_maps(model, datamodule)
+    except (UserError, ValueError, TypeError) as exc:
+        raise GridSpecError(
+            f"{spec.source}: cell {cell.label} ({cell.overrides}): {first_line(exc)}"
+        ) from exc
+
+
+def check_feature_maps(model: Any, datamodule: Any) -> None:
+    """One training-mode forward of the backbone on the meta device (shapes only, nothing
+    computed) at the data's image size and per-device batch: a batch-statistics layer that would
+    see one value per channel (batch 1 at a 1x1 map, ghost groups included) raises
+    :class:`BatchStatsError` here instead of in the cell. Data modules without ``image_size``,
+    and layers the meta device cannot run, are left to the cell."""
+    import torch
+
+    from ..norms import BatchStatsError
+
+    size, chans = getattr(datamodule, "image_size", None), getattr(datamodule, "in_chans", None)
+    batch = getattr(datamodule, "batch_size", None)
+    if not all(isinstance(v, int) and v > 0 for v in (size, chans, batch)):
+        return
+    backbone = model.model.to("meta").train()
+    try:
+        # forward, not __call__: a compiled backbone (nn.Module.compile) is not compiled for this
+        backbone.forward(torch.empty(batch, chans, size, size, device="meta"))
+    except BatchStatsError:
+        raise
+    except Exception:  # noqa: BLE001 - not a shape problem; the cell's run will show it
+        return

@@ -1,0 +1,110 @@
+"""After a fit: the final model evaluated with population statistics (each estimator) and with
+batch statistics at the cell's normalization batch (:mod:`smallbatch.run.population`), for
+``result.json``'s ``eval_acc`` and ``end_diagnostics``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from ..naming import normalization_batch
+from .population import (
+    EVAL_MODES,
+    accuracy,
+    population_statistics,
+    stat_layers,
+    using_batch_statistics,
+    using_statistics,
+)
+
+
+def eager(module: nn.Module) -> Callable[[Tensor], Tensor]:
+    """``module``'s call without ``torch.compile`` (hooks included): a compiled backbone would
+    not see the hooks these passes add."""
+    return getattr(module, "_call_impl", module)
+
+
+class FinalEvaluation(Callback):
+    """Evaluates the final weights in every mode of :data:`EVAL_MODES` when a fit finishes
+    (not when it diverged or was stopped) and leaves the accuracies in
+    ``pl_module.eval_acc``; ``ema`` is the fit's last evaluation. The statistics are
+    recomputed from ``pl_module.hparams.precise_images`` training images (0: no final
+    evaluation). Runs on the device the model is on, under the trainer's precision,
+    single-device (each rank its own data under DDP; rank 0 writes the result)."""
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        history = list(getattr(pl_module, "val_history", []))
+        if trainer.interrupted or getattr(pl_module, "diverged", False) or not history:
+            return
+        dm = trainer.datamodule
+        images = int(pl_module.hparams.get("precise_images") or 0)
+        if images <= 0 or dm is None or getattr(dm, "val_set", None) is None:
+            return
+        start = time.time()
+        acc = {"ema": history[-1]}
+        backbone = pl_module.model
+        device, was_training = pl_module.device, backbone.training
+        forward = self._forward(trainer, pl_module)
+        stats, gaps = population_statistics(backbone, self._inputs(dm, device), images, forward)
+        pl_module.end_diagnostics = {f"end/{k}": v for k, v in gaps.items()}
+        if not stat_layers(backbone):  # batch-free: every mode is the same computation
+            pl_module.eval_acc = {mode: history[-1] for mode in EVAL_MODES}
+            return
+        val = DataLoader(dm.val_set, batch_size=int(dm.val_batch_size), num_workers=0)
+        b = normalization_batch(pl_module.hparams.norm_batch, int(dm.batch_size))
+        groups = DataLoader(dm.val_set, batch_size=b, shuffle=False, num_workers=0)
+        try:
+            backbone.eval()
+            for estimator in ("precise", "precise_pooled"):
+                with using_statistics(backbone, stats, estimator):
+                    acc[estimator] = accuracy(forward, self._labelled(dm, val, device))
+            with using_batch_statistics(backbone):
+                acc["batch"] = accuracy(forward, self._labelled(dm, groups, device))
+        finally:
+            backbone.train(was_training)
+        pl_module.eval_acc = acc
+        pl_module.end_diagnostics["end/eval_s"] = round(time.time() - start, 3)
+        rank_zero_info(
+            "final evaluation: "
+            + ", ".join(f"{mode} {100 * value:.2f}%" for mode, value in acc.items())
+            + f" ({time.time() - start:.0f}s)"
+        )
+
+    @staticmethod
+    def _forward(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Callable[[Tensor], Tensor]:
+        call = eager(pl_module.model)
+        channels_last = bool(pl_module.hparams.get("channels_last"))
+
+        def forward(x: Tensor) -> Tensor:
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with trainer.precision_plugin.forward_context():
+                return call(x)
+
+        return forward
+
+    def _inputs(self, dm: Any, device: torch.device) -> Iterator[Tensor]:
+        """Training inputs as training sees them (augmented), in per-device batches."""
+        loader = DataLoader(dm.train_set, batch_size=int(dm.batch_size), shuffle=True,
+                            drop_last=True, num_workers=0)  # fmt: skip
+        for x, _ in loader:
+            yield self._prepare(dm, x.to(device), training=True)
+
+    def _labelled(self, dm: Any, loader: DataLoader, device: torch.device):
+        for x, y in loader:
+            yield self._prepare(dm, x.to(device), training=False), y.to(device)
+
+    @staticmethod
+    def _prepare(dm: Any, images: Tensor, training: bool) -> Tensor:
+        transform = getattr(dm, "batch_transform", None)
+        if transform is not None and images.dtype == torch.uint8:
+            return transform(images, training)
+        return images

@@ -1,0 +1,157 @@
+"""The callback that writes a run's ``result.json`` (schema: :mod:`smallbatch.results`)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from statistics import median
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+
+from ..results import RESULT_FILE, Status, write_json_atomic
+
+
+def utc_now(at: float | None = None) -> str:
+    """An ISO 8601 UTC time stamp (seconds)."""
+    return datetime.fromtimestamp(time.time() if at is None else at, timezone.utc).isoformat(
+        timespec="seconds"
+    )
+
+
+def machine() -> dict[str, Any]:
+    """Where a run ran: host, CPU model (and whether it has AMX, which bf16 convolutions use),
+    torch's version and threads, the accelerator."""
+    import torch
+
+    cpu, flags = None, set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and cpu is None:
+                cpu = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    cpu = cpu or platform.processor() or platform.machine()
+    return {
+        "host": socket.gethostname(),
+        "cpu": cpu,
+        "cpu_amx": any(f.startswith("amx") for f in flags),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+
+
+class ResultWriter(Callback):
+    """Writes ``<default_root_dir>/result.json`` when a fit ends, diverges, fails or is stopped.
+
+    Fields: status, best/final/median-of-last-epochs validation accuracy, the per-epoch history,
+    epochs, global step, wall time, config digest, the cell's identity (norm, norm_args,
+    per-device and normalization batch, devices, seed, backbone, dataset), ``batch_free``
+    (no layer uses batch statistics), and ``setting`` / ``setting_digest`` (the flat config
+    without seed, name and location: ``smallbatch report`` averages runs of equal setting).
+    Also puts best and final accuracy in the W&B summary.
+    """
+
+    def __init__(self, config_digest: str = "", cell: dict[str, Any] | None = None) -> None:
+        self.config_digest = config_digest
+        self.cell = dict(cell or {})
+        self._start = time.time()
+        self._written = False
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start = time.time()
+        self._written = False
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        status = Status.DIVERGED if getattr(pl_module, "diverged", False) else Status.FINISHED
+        if trainer.interrupted:
+            status = Status.INTERRUPTED
+        self.write(trainer, pl_module, status)
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        interrupted = isinstance(exception, KeyboardInterrupt | SystemExit) or (
+            type(exception).__name__ == "SIGTERMException"  # Lightning's SIGTERM handling
+        )
+        self.write(
+            trainer, pl_module, Status.INTERRUPTED if interrupted else Status.FAILED, exception
+        )
+
+    def write(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        status: Status,
+        error: BaseException | None = None,
+    ) -> None:
+        if self._written or not trainer.is_global_zero:
+            return
+        self._written = True
+        history = list(getattr(pl_module, "val_history", []))
+        eval_acc = dict(getattr(pl_module, "eval_acc", {}) or {})
+        summary = getattr(pl_module, "diagnostics_summary", None)
+        now = time.time()
+        result = {
+            "status": status.value,
+            "best_val_acc": max(history) if history else None,
+            "final_val_acc": history[-1] if history else None,
+            "median_last5_val_acc": median(history[-5:]) if history else None,
+            "val_acc_history": history,
+            "epochs": trainer.current_epoch,
+            "global_step": trainer.global_step,
+            "wall_time_s": round(now - self._start, 3),  # this attempt
+            # the run's time through its checkpoints (a resumed run adds its earlier attempts')
+            "run_time_s": round(getattr(pl_module, "elapsed_before", 0.0) + now - self._start, 3),
+            "started_utc": getattr(pl_module, "first_started_utc", None) or utc_now(self._start),
+            "attempt_started_utc": utc_now(self._start),
+            "ended_utc": utc_now(now),
+            "machine": machine(),
+            "eval_acc": eval_acc or None,
+            "diagnostics": summary() if callable(summary) else None,
+            "end_diagnostics": dict(getattr(pl_module, "end_diagnostics", {}) or {}) or None,
+            "config_digest": self.config_digest,
+            "error": f"{type(error).__name__}: {error}" if error else None,
+            **self.cell,
+            "batch_free": getattr(pl_module, "batch_free", None),
+            "devices": trainer.num_devices,
+            "num_nodes": trainer.num_nodes,
+        }
+        runs = [
+            {"project": run.project, "id": run.id, "group": run.group}
+            for logger in trainer.loggers
+            if type(logger).__name__ == "WandbLogger"
+            and (run := getattr(logger, "experiment", None)) is not None
+            and getattr(run, "id", None)
+        ]
+        if runs:  # where `smallbatch report --wandb` finds the grid's project
+            result["wandb"] = runs[0]
+        write_json_atomic(Path(trainer.default_root_dir) / RESULT_FILE, result)
+        for logger in trainer.loggers:
+            summary = getattr(getattr(logger, "experiment", None), "summary", None)
+            if summary is not None and history:
+                summary["val/acc_best"] = result["best_val_acc"]
+                summary["val/acc_final"] = result["final_val_acc"]
+                # the dashboard's y axis (smallbatch.analysis.dashboard): final top-1 error in %
+                error = 100 * (1 - result["final_val_acc"])
+                summary["val/error_final"] = error
+                summary["status"] = status
+                # one history row with the normalization batch, so W&B line plots can put it on
+                # the x axis and average the runs of each norm (the dashboard's main panel)
+                logger.experiment.log(
+                    {
+                        "norm_batch": self.cell.get("norm_batch"),
+                        "val/error_final": error,
+                        "trainer/global_step": trainer.global_step,
+                    }
+                )
