@@ -2,6 +2,7 @@
 
 import multiprocessing as mp
 import tarfile
+from pathlib import Path
 
 import torch
 from PIL import Image
@@ -60,3 +61,22 @@ def test_holdout_evaluates_on_training_images_left_out_of_training(fashion_dir):
     again = FashionMNIST(data_dir=fashion_dir, holdout=1000, num_workers=0)
     again.setup("fit")
     assert again.val_set.indices == dm.val_set.indices  # a fixed split
+
+
+def test_gz_files_in_the_raw_folder_are_unpacked_in_place(tmp_path, fashion_dir):
+    """README allows the four idx files as .gz in <data_dir>/FashionMNIST/raw: they work."""
+    import gzip
+    import shutil
+
+    from smallbatch.data import FashionMNIST
+
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for source in (Path(fashion_dir) / "FashionMNIST" / "raw").iterdir():
+        if source.name.endswith("ubyte"):
+            with open(source, "rb") as src, gzip.open(raw / f"{source.name}.gz", "wb", 1) as dst:
+                shutil.copyfileobj(src, dst)
+    dm = FashionMNIST(data_dir=str(tmp_path), num_workers=0, train_subset=64, val_subset=32)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert len(dm.train_set) == 64 and len(dm.val_set) == 32

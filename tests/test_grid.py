@@ -1,5 +1,6 @@
 """`smallbatch grid`: expansion, validation, local and submitit executors, kill/resume, emit."""
 
+import contextlib
 import json
 import os
 import signal
@@ -74,7 +75,8 @@ def test_expansion_overrides_and_stable_folders(tmp_path, fashion_dir):
         ({"colour": "red"}, r"g\.yaml: colour: unknown key"),
         ({"axes": {"model.norm": []}}, r"g\.yaml: axes\.model\.norm: must be a non-empty list"),
         ({"axes": {"model.norm": ["bn", "nosuchnorm"]}}, r"g\.yaml: model\.norm: unknown norm"),
-        ({"axes": {"trainer.max_epochs": ["many"]}}, r"g\.yaml: cell .* rejected by the CLI"),
+        ({"axes": {"model.lr": ["fast"]}}, r"g\.yaml: cell .* rejected by the CLI"),
+        ({"axes": {"seed_everything": [0, "x"]}}, r"seed_everything: 'x' must be an integer"),
         ({"axes": {"data.batch_size": [0]}}, r"g\.yaml: data\.batch_size: 0 must be"),
         ({"executor": {"kind": "cloud"}}, r"g\.yaml: executor\.kind: 'cloud' is not one of"),
         ({"base_config": "missing.yaml"}, r"g\.yaml: base_config: 'missing\.yaml' not found"),
@@ -519,3 +521,163 @@ def test_slurm_jobs_are_polled_with_squeue_where_accounting_is_off():
     assert info["7_2"]["State"] == GONE
     watcher._info_dict.update(info)
     assert not watcher.is_done("7_0", mode="cache") and watcher.is_done("7_2", mode="cache")
+
+
+def test_a_deleted_lock_file_frees_nothing_and_busy_names_the_holder(tmp_path, fashion_dir):
+    from smallbatch.grid import GridBusyError
+    from smallbatch.grid.store import ResultsStore
+
+    spec = load_grid(write_grid(tmp_path, fashion_dir))
+    holder = ResultsStore(spec)
+    holder.lock()
+    holder.write_manifest()  # as run_grid does next
+    try:
+        (spec.run_dir / ".grid.lock").unlink()  # a user tidying up while the grid runs
+        with pytest.raises(GridBusyError, match=rf"PID {os.getpid()} on \S+, since"):
+            ResultsStore(spec).lock()
+    finally:
+        holder.unlock()
+    ResultsStore(spec).lock()  # released: a later grid gets it
+
+
+@pytest.mark.parametrize(
+    "content", ['{"attempts": 2, "history": 5}', '{"attempts": "two"}', "[1, 2]", "{not json"]
+)
+def test_a_wrong_shape_attempts_file_is_named_and_set_aside(tmp_path, fashion_dir, content):
+    path = write_grid(tmp_path, fashion_dir, axes={"model.norm": ["bn"], "data.batch_size": [4]})
+    spec = load_grid(path)
+    (cell,) = spec.cells()
+    folder = spec.run_dir / "cells" / cell.folder
+    folder.mkdir(parents=True)
+    (folder / "attempts.json").write_text(content)
+    assert run_grid(spec, dry_run=True) == 0  # no traceback, nothing moved
+    assert (folder / "attempts.json").read_text() == content
+    from smallbatch.grid.store import ResultsStore
+
+    store = ResultsStore(spec)
+    messages = []
+    store.prepare_start(store.state(cell), say=messages.append)
+    assert any("invalid attempts.json" in m for m in messages), messages
+    assert not (folder / "attempts.json").exists()
+    assert len(list(folder.glob("attempts.json.invalid-*"))) == 1
+
+
+def _cell_pids(run_dir: Path) -> list[int]:
+    """PIDs of `smallbatch fit` processes writing into ``run_dir``."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ValueError):
+            continue
+        if " fit " in cmd and str(run_dir) in cmd and proc.name.isdigit():
+            pids.append(int(proc.name))
+    return pids
+
+
+def test_a_stopped_orphan_never_overwrites_a_result_a_later_attempt_finished(tmp_path, fashion_dir):
+    path = write_grid(
+        tmp_path, fashion_dir, axes={"model.norm": ["bn"], "data.batch_size": [4]},
+        args={"trainer.max_epochs": 2, "data.train_subset": 256},
+    )  # fmt: skip
+    spec = load_grid(path)
+    grid = grid_proc(path)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (pids := _cell_pids(spec.run_dir)):
+        time.sleep(0.2)
+    assert pids, "the cell never started"
+    time.sleep(8)  # training
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    grid.kill()  # SIGKILL: the stopped cell gets its parent-death SIGTERM, pending
+    grid.communicate(timeout=60)
+    try:
+        rerun = grid_proc(path)
+        out, err = rerun.communicate(timeout=300)
+        assert rerun.returncode == 0, out + err[-2000:]
+        (cell,) = spec.run_dir.glob("cells/*")
+        finished = (cell / "result.json").read_text()
+        assert json.loads(finished)["status"] == "finished"
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)  # the orphan wakes up and handles its SIGTERM
+    deadline = time.time() + 60
+    while time.time() < deadline and _cell_pids(spec.run_dir):
+        time.sleep(0.2)
+    assert (cell / "result.json").read_text() == finished
+
+
+BAD_INPUTS = [  # (change to the grid file, what the one line says)
+    ({"executor": {"max_parallel": "many"}}, "executor.max_parallel: 'many' must be an integer"),
+    ({"executor": {"threads_per_job": "one"}}, "executor.threads_per_job: 'one' must be"),
+    ({"executor": {"retries": -1}}, "executor.retries: -1 must be an integer >= 0"),
+    ({"executor": {"retries": "two"}}, "executor.retries: 'two' must be an integer >= 0"),
+    ({"executor": {"timeout_min": 0}}, "executor.timeout_min: 0 must be minutes > 0"),
+    ({"ghost_devices": True}, "ghost_devices: True must be an integer >= 1"),
+    ({"axes": {"model.norm": ["bn", "bn"]}}, 'axes.model.norm: repeats "bn"'),
+    (
+        {"axes": {"model.norm": ["bn"], "data.batch_size": [4]}, "args": {"data.batch_size": 8}},
+        "args.data.batch_size: is also an axis",
+    ),
+    (
+        {"axes": {"model.norm": ["bn"], "seed_everything": ["zero"]}},
+        "seed_everything: 'zero' must be an integer",
+    ),
+    ({"args": {"trainer.max_epochs": 0}}, "trainer.max_epochs: 0 must be an integer >= 1"),
+    (
+        {"axes": {"model.norm": ["bn"], "model.norm_batch": [3]}, "args": {"data.batch_size": 8}},
+        "batch 8 is not a multiple of norm_batch 3",
+    ),
+    (
+        {"axes": {"model.norm": [{"class_path": "sb_test_helpers.BrokenInitNorm"}]}},
+        "constructor is broken",
+    ),
+]
+
+
+@pytest.mark.parametrize("change, message", BAD_INPUTS, ids=[m[:24] for _, m in BAD_INPUTS])
+def test_bad_grid_inputs_are_one_line_before_anything_is_written(
+    tmp_path, fashion_dir, capsys, monkeypatch, change, message
+):
+    """Each rejected by `grid --dry-run` with one `error:` line, exit 2, no traceback and no
+    file written (a grid run would otherwise spend attempts on them)."""
+    from smallbatch.cli import main
+
+    monkeypatch.syspath_prepend(str(HELPERS))
+    path = write_grid(tmp_path, fashion_dir)
+    spec = yaml.safe_load(path.read_text())
+    for key, value in change.items():
+        spec[key] = {**spec[key], **value} if key == "args" else value
+    path.write_text(yaml.safe_dump(spec))
+    assert main(["grid", "--config", str(path), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert 1 <= len(err) <= 3 and err[-1].startswith("error: ") and message in err[-1], err
+    assert "Traceback" not in "\n".join(err)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_override_that_matches_no_cell_is_a_notice(tmp_path, fashion_dir, capsys):
+    rule = [{"when": {"model.norm": "brn"}, "set": {"model.norm_args": {"rmax": 2}}}]
+    load_grid(write_grid(tmp_path, fashion_dir, overrides=rule, axes={"model.norm": ["bn"]}))
+    err = capsys.readouterr().err
+    assert "overrides[0].when {'model.norm': 'brn'} matches no cell" in err
+
+
+def test_a_cell_past_its_time_limit_is_stopped_and_resumes(tmp_path, fashion_dir):
+    """executor.timeout_min locally, as SLURM's time limit: the cell is stopped and resumed
+    from its checkpoint until it finishes."""
+    # the first attempt checkpoints its first epoch (16 steps), then hangs
+    slow = {"class_path": "sb_test_helpers.StallAfterStep", "init_args": {"step": 16, "seconds": 5}}
+    path = write_grid(
+        tmp_path, fashion_dir, axes={"model.norm": ["bn"], "data.batch_size": [4]},
+        args={"trainer.max_epochs": 3, "trainer.callbacks": [slow]},
+        executor={"kind": "local", "max_parallel": 1, "retries": 1, "timeout_min": 0.5},
+    )  # fmt: skip
+    proc = grid_proc(path)
+    out, err = proc.communicate(timeout=400)
+    assert proc.returncode == 0, out + err[-2000:]
+    assert "time limit of 0.5 min reached" in out
+    (cell,) = load_grid(path).run_dir.glob("cells/*")
+    result = json.loads((cell / "result.json").read_text())
+    assert result["status"] == "finished" and result["global_step"] == 48

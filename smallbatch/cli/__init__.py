@@ -24,6 +24,11 @@ def _run_command(name: str, argv: list[str]) -> int:
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly, as `ls` does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except KeyboardInterrupt:  # Ctrl-C before a run started (a run handles it itself)
+        if debug_enabled(argv):
+            raise
+        print("\ninterrupted", file=sys.stderr)
+        return 130
     except Exception as exc:
         inner = innermost_user_error(exc)
         if inner is None or debug_enabled(argv):

@@ -94,15 +94,16 @@ class FashionMNIST(_TorchvisionSplits):
     def prepare_data(self) -> None:
         raw = Path(self.data_dir) / "FashionMNIST" / "raw"
         source = self._source()
-        if source == raw:
-            return
+        if all((raw / n).exists() for n in FASHION_FILES):
+            return  # unpacked already (the .gz files alone are unpacked below, in place)
         if source is None:
             if self.download:
                 datasets.FashionMNIST(self.data_dir, train=True, download=True)
                 return
             raise self._not_found()
         raw.mkdir(parents=True, exist_ok=True)
-        rank_zero_info(f"Fashion-MNIST: not in {raw}; copying it from {source}")
+        how = "unpacking its .gz files" if source == raw else f"copying it from {source}"
+        rank_zero_info(f"Fashion-MNIST: not unpacked in {raw}; {how}")
         for name in FASHION_FILES:
             target = raw / name
             if target.exists():

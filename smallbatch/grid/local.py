@@ -51,6 +51,7 @@ class Running:
     gpus: list[str]
     started: float = field(default_factory=time.time)
     checkpoint_mtime: float | None = None  # of last.ckpt when the run started (progress check)
+    stopped_at: float | None = None  # when the executor sent SIGTERM for its time limit
 
 
 class LocalExecutor:
@@ -61,6 +62,9 @@ class LocalExecutor:
         self.gpus = visible_gpus()
         self.jobs_per_gpu = int(cfg.get("jobs_per_gpu", 2))
         self.max_parallel = int(cfg.get("max_parallel", 1))
+        # per-cell wall clock, as SLURM's time limit (the same key): the cell is stopped with
+        # SIGTERM, saves nothing half-written, and resumes from its last checkpoint
+        self.timeout_s = float(cfg["timeout_min"]) * 60 if cfg.get("timeout_min") else None
         self.load = {g: 0 for g in self.gpus}
         self.cpu_busy = 0
         self.stopping = False
@@ -110,6 +114,25 @@ class LocalExecutor:
             proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, preexec_fn=_child_setup)
         return Running(state, proc, gpus, checkpoint_mtime=checkpoint_mtime(state.folder))
 
+    def _enforce_time_limit(self, run: Running) -> None:
+        """SIGTERM a cell past ``timeout_min`` (SIGKILL a minute later if it is still there)."""
+        if self.timeout_s is None:
+            return
+        now = time.time()
+        if run.stopped_at is None and now - run.started > self.timeout_s:
+            limit = f"{self.timeout_s / 60:g} min"
+            print(
+                f"[grid] {run.state.cell.folder}: time limit of {limit} reached; stopping it "
+                "(it resumes from its last checkpoint)",
+                flush=True,
+            )
+            run.stopped_at = now
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(run.proc.pid, signal.SIGTERM)
+        elif run.stopped_at is not None and now - run.stopped_at > 60:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(run.proc.pid, signal.SIGKILL)
+
     def _stop_all(self, running: list[Running]) -> None:
         for run in running:
             with contextlib.suppress(ProcessLookupError):
@@ -142,6 +165,7 @@ class LocalExecutor:
                 for run in list(running):
                     code = run.proc.poll()
                     if code is None:
+                        self._enforce_time_limit(run)
                         continue
                     running.remove(run)
                     self._release(run)

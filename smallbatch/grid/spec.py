@@ -151,6 +151,15 @@ class GridSpec:
                 cells.append(cell)
         return cells
 
+    def matches_some_cell(self, when: dict[str, Any]) -> bool:
+        """Whether an override's ``when`` holds for some combination of the axes and args."""
+        keys = list(self.axes)
+        for values in itertools.product(*(self.axes[k] for k in keys)):
+            cell = {**self.args, **dict(zip(keys, values, strict=True))}
+            if all(cell.get(k) == v for k, v in when.items()):
+                return True
+        return False
+
     def expand(self) -> list[tuple[tuple, Cell]]:
         """(axis values, cell) for every combination of the axes, duplicates included."""
         keys = list(self.axes)
@@ -213,6 +222,61 @@ def norm_takes_ghost_batches(norm: Any, norm_args: dict[str, Any] | None = None)
         return probe_norm(norm or "bn", **(norm_args or {})).ghost_batches
     except Exception:  # reported by validate_cells with the CLI's own message
         return False
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# executor key -> (type check, least value, what is accepted)
+EXECUTOR_NUMBERS = {
+    "max_parallel": (_is_int, 1, "an integer >= 1"),
+    "jobs_per_gpu": (_is_int, 1, "an integer >= 1"),
+    "threads_per_job": (_is_int, 1, "an integer >= 1"),
+    "retries": (_is_int, 0, "an integer >= 0"),
+    "nodes": (_is_int, 1, "an integer >= 1"),
+    "gpus_per_node": (_is_int, 1, "an integer >= 1"),
+    "cpus_per_task": (_is_int, 1, "an integer >= 1"),
+    "array_parallelism": (_is_int, 1, "an integer >= 1"),
+    "timeout_min": (
+        lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+        0,
+        "minutes > 0",
+    ),
+    "mem_gb": (lambda v: isinstance(v, int | float) and not isinstance(v, bool), 0, "a number > 0"),
+    "signal_delay_s": (_is_int, 0, "an integer >= 0 (seconds)"),
+}
+
+
+def _check_executor(path: Path, executor: dict[str, Any]) -> None:
+    """Every executor value up front: a typo fails the grid file, not its cells."""
+    for key, (ok, least, accepted) in EXECUTOR_NUMBERS.items():
+        if key not in executor or executor[key] is None:
+            continue
+        value = executor[key]
+        strict = key in ("timeout_min", "mem_gb")
+        if not ok(value) or value < least or (strict and value <= least):
+            raise spec_error(path, f"executor.{key}", f"{value!r} must be {accepted}")
+
+
+def _check_axes_and_args(path: Path, axes: dict[str, Any], args: dict[str, Any]) -> None:
+    """Values a grid would otherwise take silently: a repeated axis value (the same cell twice),
+    an axis also set in ``args`` (which would the cell get?), non-integer seeds, no epochs."""
+    for key, values in axes.items():
+        texts = [json.dumps(v, sort_keys=True, default=str) for v in values]
+        repeated = sorted({t for t in texts if texts.count(t) > 1})
+        if repeated:
+            raise spec_error(
+                path, f"axes.{key}", f"repeats {', '.join(repeated)}: list each value once"
+            )
+        if key in args:
+            raise spec_error(path, f"args.{key}", "is also an axis: set it in one place")
+    for seed in axes.get("seed_everything", [args.get("seed_everything", 0)]):
+        if not _is_int(seed):
+            raise spec_error(path, "seed_everything", f"{seed!r} must be an integer")
+    for epochs in axes.get("trainer.max_epochs", [args.get("trainer.max_epochs", 1)]):
+        if epochs is not None and (not _is_int(epochs) or epochs < 1):
+            raise spec_error(path, "trainer.max_epochs", f"{epochs!r} must be an integer >= 1")
 
 
 def _rename_batch_axis(axes: dict[str, Any], overrides: list) -> tuple[dict[str, Any], list]:
@@ -294,6 +358,8 @@ def load_grid(path: str | Path, validate_cli: bool = True) -> GridSpec:
         raise spec_error(
             path, "executor.kind", f"{executor['kind']!r} is not one of {EXECUTOR_KINDS}"
         )
+    _check_executor(path, executor)
+    _check_axes_and_args(path, axes, args)
     run_root = Path(raw.get("run_root", "runs/grid"))
     ghost = raw.get("ghost_devices")
     if (ghost is not None or raw.get("fixed_total_batch") is not None) and (
@@ -305,11 +371,11 @@ def load_grid(path: str | Path, validate_cli: bool = True) -> GridSpec:
             "normalization batch b under ghost_devices / fixed_total_batch); rename it",
             file=sys.stderr,
         )
-    if ghost is not None and (not isinstance(ghost, int) or ghost < 1):
+    if ghost is not None and (not _is_int(ghost) or ghost < 1):
         raise spec_error(path, "ghost_devices", f"{ghost!r} must be an integer >= 1")
     total = raw.get("fixed_total_batch")
     if total is not None:
-        if not isinstance(total, int) or isinstance(total, bool) or total < 1:
+        if not _is_int(total) or total < 1:
             raise spec_error(path, "fixed_total_batch", f"{total!r} must be an integer >= 1")
         if ghost is not None:
             raise spec_error(path, "fixed_total_batch", "cannot be combined with ghost_devices")
@@ -322,6 +388,10 @@ def load_grid(path: str | Path, validate_cli: bool = True) -> GridSpec:
                 "axis is the normalization batch b, and T/b ghost groups must be whole",
             )
     spec = GridSpec(name, base, axes, args, overrides, executor, run_root, path, ghost, total)
+    for i, rule in enumerate(spec.overrides):
+        if not spec.matches_some_cell(rule.get("when") or {}):
+            print(f"note: {path}: overrides[{i}].when {rule.get('when')} matches no cell; "
+                  "its `set` is never applied", file=sys.stderr)  # fmt: skip
     if validate_cli:
         from .validate import validate_cells
 

@@ -14,6 +14,7 @@ import fcntl
 import json
 import os
 import signal
+import socket
 import time
 import zipfile
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ from ..results import (
 from .spec import Cell, GridSpec
 
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
+ATTEMPTS_FILE = "attempts.json"
+LOCK_FILE = ".grid.lock"  # who holds the grid's lock (the lock itself is on the folder)
 BASE_STAMP = "base_config.json"  # the base config digest a cell was started under
 
 
@@ -51,6 +54,12 @@ class CellStatus(str, Enum):
 
 
 RUNNABLE = (CellStatus.NEW, CellStatus.FAILED, CellStatus.RESUMABLE, CellStatus.STALE)
+
+
+def holder_record() -> dict[str, Any]:
+    """This grid process: PID, host and start time (the lock holder's record)."""
+    return {"pid": os.getpid(), "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
 
 
 class GridBusyError(RuntimeError):
@@ -98,6 +107,20 @@ def _no_progress_count(recorded: dict[str, Any]) -> int:
         return int(recorded.get("attempts", 0))
     except (TypeError, ValueError):
         return 0
+
+
+def attempts_problem(data: Any) -> str | None:
+    """Why ``data`` is not an attempts record ({"attempts": int, "history": [{...}, ...]}),
+    or None."""
+    if not isinstance(data, dict):
+        return f"expected a JSON object, got {type(data).__name__}"
+    count = data.get("attempts", 0)
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        return f"'attempts' must be an integer >= 0, got {count!r}"
+    history = data.get("history", [])
+    if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
+        return f"'history' must be a list of objects, got {history!r}"
+    return None
 
 
 def checkpoint_problem(path: Path) -> str | None:
@@ -154,6 +177,7 @@ class ResultsStore:
                 "base_config": str(self.spec.base_config),
                 "axes": self.spec.axes,
                 "executor": self.spec.executor,
+                "running": holder_record(),
             },
         )
         write_json_atomic(
@@ -170,11 +194,23 @@ class ResultsStore:
         )
 
     def _attempts_file(self, cell: Cell) -> dict[str, Any]:
+        """The cell's attempts record, or {} when it has none or one of the wrong shape
+        (:func:`attempts_problem` says why; it is set aside before the cell runs again)."""
         try:
-            data = json.loads((self.cell_dir(cell) / "attempts.json").read_text())
-            return data if isinstance(data, dict) else {}
+            data = json.loads((self.cell_dir(cell) / ATTEMPTS_FILE).read_text())
         except (OSError, ValueError):
             return {}
+        return data if attempts_problem(data) is None else {}
+
+    def invalid_attempts(self, cell: Cell) -> str | None:
+        """Why the cell's attempts.json cannot be used (None: it is fine or absent)."""
+        try:
+            data = json.loads((self.cell_dir(cell) / ATTEMPTS_FILE).read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            return f"unreadable: {str(exc).splitlines()[0]}"
+        return attempts_problem(data)
 
     def attempts(self, cell: Cell) -> int:
         """Attempts without progress (what ``retries`` bounds)."""
@@ -204,7 +240,7 @@ class ResultsStore:
             }
         )
         n = _no_progress_count(data) + (0 if progress else 1)
-        write_json_atomic(folder / "attempts.json", {"attempts": n, "history": history})
+        write_json_atomic(folder / ATTEMPTS_FILE, {"attempts": n, "history": history})
         return n
 
     def resume_args(self, state: CellState, say=print, dry_run: bool = False) -> list[str]:
@@ -294,7 +330,7 @@ class ResultsStore:
         """Keep what a stale cell's earlier run left (result, checkpoints, attempts, W&B run
         id) under ``<name>.stale-<time>``, so that the cell starts afresh under the new base
         config: nothing of the old run is resumed or reported."""
-        names = (RESULT_FILE, "checkpoints", "attempts.json", "wandb_run_id")
+        names = (RESULT_FILE, "checkpoints", ATTEMPTS_FILE, "wandb_run_id")
         paths = [state.folder / name for name in names]
         return [set_aside(path, "stale") for path in paths if path.exists()]
 
@@ -302,6 +338,11 @@ class ResultsStore:
         """Before a cell (re)starts: set aside an invalid result.json, or everything a stale
         run left, and stamp the base config it now runs under."""
         state.folder.mkdir(parents=True, exist_ok=True)
+        problem = self.invalid_attempts(state.cell)
+        if problem is not None:
+            aside = set_aside(state.folder / ATTEMPTS_FILE, "invalid")
+            say(f"[grid] {state.cell.folder}: invalid attempts.json ({problem}) kept as "
+                f"{aside.name}; its attempts start again from 0")  # fmt: skip
         aside = self.set_aside_invalid_result(state)
         if aside is not None:
             say(f"[grid] {state.cell.folder}: invalid result.json ({state.invalid_result}) "
@@ -336,17 +377,33 @@ class ResultsStore:
         return [self.state(c) for c in self.spec.cells()]
 
     def lock(self) -> None:
-        """Hold an exclusive lock on the run folder while this grid process runs."""
+        """Hold an exclusive lock on the run folder while this grid process runs. The lock is
+        on the folder itself (``flock`` of its descriptor), so deleting ``.grid.lock`` frees
+        nothing; that file and grid.json's ``running`` name the holder (PID, host, start)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.root / ".grid.lock", os.O_CREAT | os.O_RDWR)
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             raise GridBusyError(
-                f"another `smallbatch grid` is running on {self.root}; wait for it or stop it"
+                f"another `smallbatch grid` is running on {self.root} ({self.holder()}); wait "
+                "for it or stop it"
             ) from None
         self._lock_fd = fd
+        write_json_atomic(self.root / LOCK_FILE, holder_record())
+
+    def holder(self) -> str:
+        """Who holds the lock, as recorded in ``.grid.lock`` or else in grid.json."""
+        for path, key in ((self.root / LOCK_FILE, None), (self.root / "grid.json", "running")):
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            data = data.get(key) if key and isinstance(data, dict) else data
+            if isinstance(data, dict) and data.get("pid"):
+                return f"PID {data['pid']} on {data.get('host')}, since {data.get('started')}"
+        return "its PID is not recorded"
 
     def unlock(self) -> None:
         if self._lock_fd is not None:

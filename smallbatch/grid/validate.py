@@ -87,7 +87,7 @@ def _check_cell_builds(spec: GridSpec, cell: Cell, config: dict[str, Any]) -> No
         model = SmallBatchModule(**model_args)
         if datamodule is not None:
             check_feature_maps(model, datamodule)
-    except (UserError, ValueError, TypeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - a plugin's constructor failing is the user's
         raise GridSpecError(
             f"{spec.source}: cell {cell.label} ({cell.overrides}): {first_line(exc)}"
         ) from exc
@@ -111,7 +111,7 @@ def check_feature_maps(model: Any, datamodule: Any) -> None:
     try:
         # forward, not __call__: a compiled backbone (nn.Module.compile) is not compiled for this
         backbone.forward(torch.empty(batch, chans, size, size, device="meta"))
-    except BatchStatsError:
+    except (BatchStatsError, UserError):  # batch 1 at 1x1; a batch that is no multiple of b
         raise
     except Exception:  # noqa: BLE001 - not a shape problem; the cell's run will show it
         return

@@ -220,6 +220,15 @@ def create_norm(spec: NormSpecLike, num_features: int, **overrides: Any) -> nn.M
     kwargs = {**init_args, **overrides}
     try:
         return factory(num_features, **kwargs)
+    except NormConfigError:
+        raise
+    except (ValueError, RuntimeError, AssertionError, AttributeError, KeyError) as exc:
+        # a plugin's constructor refusing its arguments, or failing: a message, not a traceback
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise NormConfigError(
+            f"norm {display!r} failed to build a layer of {num_features} channels with "
+            f"{kwargs!r}: {type(exc).__name__}: {first}"
+        ) from exc
     except TypeError as exc:
         defaults = factory_defaults(factory)
         accepted = ", ".join(f"{k}={v!r}" for k, v in defaults.items())

@@ -6,6 +6,7 @@ import os
 import platform
 import socket
 import time
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from statistics import median
@@ -14,7 +15,21 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
-from ..results import RESULT_FILE, Status, write_json_atomic
+from ..results import DONE_STATUSES, RESULT_FILE, Status, read_result, write_json_atomic
+
+
+def finished_by_another_attempt(path: Path, attempt_id: str, started: float) -> str | None:
+    """When ``path`` holds a finished (or diverged) result that another attempt than
+    ``attempt_id`` wrote after this one ``started`` (an orphaned attempt that wakes up after
+    the grid finished the cell again): when it ended. A run never writes over such a result;
+    results older than the run are replaced as before."""
+    result = read_result(path.parent)
+    if not isinstance(result, dict) or result.get("status") not in DONE_STATUSES:
+        return None
+    if result.get("attempt_id") in (None, attempt_id) or not result.get("ended_utc"):
+        return None
+    ended = datetime.fromisoformat(result["ended_utc"]).timestamp()
+    return result["ended_utc"] if ended >= int(started) else None
 
 
 def utc_now(at: float | None = None) -> str:
@@ -67,6 +82,7 @@ class ResultWriter(Callback):
         self.cell = dict(cell or {})
         self._start = time.time()
         self._written = False
+        self.attempt_id = uuid.uuid4().hex  # this process's attempt at the run
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start = time.time()
@@ -98,6 +114,12 @@ class ResultWriter(Callback):
         if self._written or not trainer.is_global_zero:
             return
         self._written = True
+        path = Path(trainer.default_root_dir) / RESULT_FILE
+        later = finished_by_another_attempt(path, self.attempt_id, self._start)
+        if later is not None:
+            # an orphan of an earlier grid run woke up after a later attempt finished the cell
+            print(f"result.json was finished by another attempt ({later}); not overwritten")
+            return
         history = list(getattr(pl_module, "val_history", []))
         eval_acc = dict(getattr(pl_module, "eval_acc", {}) or {})
         summary = getattr(pl_module, "diagnostics_summary", None)
@@ -122,6 +144,7 @@ class ResultWriter(Callback):
             "end_diagnostics": dict(getattr(pl_module, "end_diagnostics", {}) or {}) or None,
             "config_digest": self.config_digest,
             "error": f"{type(error).__name__}: {error}" if error else None,
+            "attempt_id": self.attempt_id,
             **self.cell,
             "batch_free": getattr(pl_module, "batch_free", None),
             "devices": trainer.num_devices,
@@ -136,7 +159,7 @@ class ResultWriter(Callback):
         ]
         if runs:  # where `smallbatch report --wandb` finds the grid's project
             result["wandb"] = runs[0]
-        write_json_atomic(Path(trainer.default_root_dir) / RESULT_FILE, result)
+        write_json_atomic(path, result)
         for logger in trainer.loggers:
             summary = getattr(getattr(logger, "experiment", None), "summary", None)
             if summary is not None and history:

@@ -80,3 +80,27 @@ class SlowFirstAttempt(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if self.fresh:
             time.sleep(self.seconds)
+
+
+class BrokenInitNorm(nn.Module):
+    """A plugin whose constructor fails (a bug in the plugin, not in the suite)."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        raise RuntimeError("this plugin's constructor is broken")
+
+
+class StallAfterStep(Callback):
+    """In a run started from scratch, sleep ``seconds`` after every step past ``step``: a cell
+    that writes its first checkpoint and then hangs; a resumed run does not stall."""
+
+    def __init__(self, step: int, seconds: float) -> None:
+        self.step, self.seconds = step, seconds
+        self.fresh = True
+
+    def on_train_start(self, trainer, pl_module):
+        self.fresh = trainer.global_step == 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.fresh and trainer.global_step > self.step:
+            time.sleep(self.seconds)
