@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 RESULT_FILE = "result.json"
+BASE_STAMP = "base_config.json"  # the base config a grid cell ran under (its digest)
+GRID_BASE_ENV = "SMALLBATCH_GRID_BASE"  # set by the grid for its cells: the base config's path
 
 
 class Status(str, Enum):
@@ -66,6 +68,19 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
     """``data`` as indented, sorted-key JSON, written with :func:`write_atomic`."""
     write_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def base_config_record(path: str | os.PathLike) -> dict[str, Any]:
+    """The base config at ``path`` as it is now: its path and the digest of its parsed content
+    (comments and layout do not count)."""
+    import yaml
+
+    from .naming import stable_digest
+
+    return {
+        "base_config": str(path),
+        "digest": stable_digest(yaml.safe_load(Path(path).read_text())),
+    }
 
 
 def read_result(run_dir: str | os.PathLike) -> dict[str, Any] | None:

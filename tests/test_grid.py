@@ -681,3 +681,33 @@ def test_a_cell_past_its_time_limit_is_stopped_and_resumes(tmp_path, fashion_dir
     (cell,) = load_grid(path).run_dir.glob("cells/*")
     result = json.loads((cell / "result.json").read_text())
     assert result["status"] == "finished" and result["global_step"] == 48
+
+
+def test_a_base_config_edited_while_the_grid_runs_is_stamped_as_run(tmp_path, fashion_dir):
+    """Cells started after an edit of the base config record the edited digest, so restoring
+    the original makes exactly those cells stale (they ran with the edited values)."""
+    base = tmp_path / "base.yaml"
+    base.write_text((ROOT / "configs" / "quickstart.yaml").read_text())
+    path = write_grid(tmp_path, fashion_dir, axes={"model.norm": ["bn", "gn"]},
+                      base_config=str(base))  # fmt: skip
+    spec = load_grid(path)
+    proc = grid_proc(path)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(spec.run_dir.glob("cells/*/base_config.json")):
+        time.sleep(0.1)
+    original = base.read_text()
+    base.write_text(original.replace("lr: 0.1", "lr: 0.05"))  # while the first cell runs
+    proc.communicate(timeout=300)
+    edited = spec.base_digest()
+    base.write_text(original)
+    unedited = spec.base_digest()
+    from smallbatch.grid import ResultsStore
+
+    states = {s.cell.folder: s.status for s in ResultsStore(load_grid(path)).states()}
+    for cell in spec.run_dir.glob("cells/*"):
+        # each cell's stamp is the base config it read (its saved config says which)
+        lr = yaml.safe_load((cell / "config.yaml").read_text())["model"]["lr"]
+        stamp = json.loads((cell / "base_config.json").read_text())["digest"]
+        assert stamp == (unedited if lr == 0.1 else edited), (cell.name, lr)
+        assert states[cell.name] == ("done" if lr == 0.1 else "stale")
+    assert any(s == "stale" for s in states.values())  # the last cell ran after the edit

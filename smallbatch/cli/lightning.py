@@ -32,6 +32,7 @@ from ..naming import (
     run_label,
     stable_digest,
 )
+from ..results import BASE_STAMP, GRID_BASE_ENV, base_config_record, write_json_atomic
 from ..run.final_eval import FinalEvaluation
 from ..run.module import SmallBatchModule, norm_display_name
 from ..run.progress import EpochLinePrinter
@@ -218,6 +219,9 @@ class SmallBatchCLI(LightningCLI):
             "code_version": code_version(),
         }
         self._digest = config_digest(cfg)
+        base = os.environ.get(GRID_BASE_ENV)
+        if base and self.subcommand == "fit":  # a grid cell: the base config as it read it
+            write_json_atomic(Path(run_dir) / BASE_STAMP, base_config_record(base))
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]):
         run_dir = Path(config["default_root_dir"])

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..results import GRID_BASE_ENV
 from .spec import GridSpec
 from .store import CellState, CellStatus, ResultsStore, checkpoint_mtime
 
@@ -93,6 +94,7 @@ class LocalExecutor:
     def _start(self, state: CellState, gpus: list[str]) -> Running:
         env = dict(os.environ)
         env.pop("SMALLBATCH_RUN_DIR", None)
+        env[GRID_BASE_ENV] = str(self.spec.base_config)  # the cell stamps what it reads
         # each cell its own W&B service: one shared with a killed attempt would still hold its
         # run ("run ID is in use") when the cell is resumed into the same W&B run
         env.pop("WANDB_SERVICE", None)

@@ -11,6 +11,7 @@ SLURM, for tests. Clusters without accounting (``sacct`` refused) are polled wit
 from __future__ import annotations
 
 import getpass
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import submitit
 from submitit.slurm.slurm import SlurmInfoWatcher, SlurmJob
 
-from ..results import read_result
+from ..results import GRID_BASE_ENV, read_result
 from .spec import Cell, GridSpec
 from .store import ResultsStore
 
@@ -88,6 +89,7 @@ class CellJob:
         torch.set_num_threads(int(cfg.get("threads_per_job") or cfg.get("cpus_per_task", 8)))
         store = ResultsStore(self.spec)
         args = self.spec.cli_args(cell)
+        os.environ[GRID_BASE_ENV] = str(self.spec.base_config)  # the cell stamps what it reads
         resume = store.resume_args(store.state(cell), say=lambda m: print(m, flush=True))
         if resume:
             print(f"[grid] {cell.folder}: resuming from {resume[1]}", flush=True)

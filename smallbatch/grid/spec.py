@@ -44,6 +44,7 @@ import yaml
 
 from ..errors import UserError
 from ..naming import run_label, stable_digest
+from ..results import base_config_record
 
 TOP_KEYS = {
     "name",
@@ -138,7 +139,7 @@ class GridSpec:
     def base_digest(self) -> str:
         """Digest of the base config's content (parsed: comments and layout do not count).
         The cell folders' digests cover the grid's own args and axes, not this file."""
-        return stable_digest(yaml.safe_load(Path(self.base_config).read_text()))
+        return base_config_record(self.base_config)["digest"]
 
     def cells(self) -> list[Cell]:
         """The cross product of the axes (in file order), with per-cell overrides applied;

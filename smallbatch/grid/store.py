@@ -23,9 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from ..results import (
+    BASE_STAMP,
     DONE_STATUSES,
     RESULT_FILE,
     InvalidResult,
+    base_config_record,
     load_result_file,
     read_result,
     write_json_atomic,
@@ -35,7 +37,6 @@ from .spec import Cell, GridSpec
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 ATTEMPTS_FILE = "attempts.json"
 LOCK_FILE = ".grid.lock"  # who holds the grid's lock (the lock itself is on the folder)
-BASE_STAMP = "base_config.json"  # the base config digest a cell was started under
 
 
 class CellStatus(str, Enum):
@@ -161,7 +162,6 @@ class ResultsStore:
         self.spec = spec
         self.root = spec.run_dir
         self._lock_fd: int | None = None
-        self._base: str | None = None
 
     def cell_dir(self, cell: Cell) -> Path:
         return self.root / "cells" / cell.folder
@@ -307,15 +307,16 @@ class ResultsStore:
         return set_aside(path, "invalid")
 
     def _base_digest(self) -> str:
-        if self._base is None:
-            self._base = self.spec.base_digest()
-        return self._base
+        """The base config's digest as the file is now (read each time: an edit while the grid
+        runs makes the cells that ran before it stale, and those after it are stamped so)."""
+        return self.spec.base_digest()
 
     def stamp_base(self, cell: Cell) -> None:
-        """Record the base config a cell is (re)started under (before it runs)."""
-        path = self.cell_dir(cell) / BASE_STAMP
-        write_json_atomic(path, {"base_config": str(self.spec.base_config),
-                                 "digest": self._base_digest()})  # fmt: skip
+        """Record the base config a cell is (re)started under, read as it is now, just before
+        the cell reads it (a base config edited while the grid runs is stamped as edited)."""
+        write_json_atomic(
+            self.cell_dir(cell) / BASE_STAMP, base_config_record(self.spec.base_config)
+        )
 
     def _stale(self, folder: Path) -> bool:
         """The cell was started under another base config (cells from before stamps: no)."""
