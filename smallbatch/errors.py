@@ -10,6 +10,7 @@ import os
 import re
 import sys
 from collections.abc import Iterable
+from pathlib import Path
 
 DEBUG_ENV = "SMALLBATCH_DEBUG"
 
@@ -42,9 +43,12 @@ def first_line(exc: BaseException) -> str:
 
 
 def innermost_user_error(exc: BaseException | None) -> BaseException | None:
-    """The deepest user error (or ValueError raised by the suite's own classes) in the chain of
-    causes of ``exc``: the message jsonargparse wraps in its "Given value" report."""
+    """The user error to report from the chain of causes of ``exc``: the outermost
+    :class:`UserError` (it carries the context its causes lack, such as the layer's name that
+    ``swap_norms`` adds), else the deepest ValueError raised by the suite's own code (the
+    message jsonargparse wraps in its "Given value" report)."""
     found, seen = None, set()
+    outer: list[BaseException] = []
     types = (UserError, ValueError)
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
@@ -54,13 +58,16 @@ def innermost_user_error(exc: BaseException | None) -> BaseException | None:
             while tb is not None:
                 frames.append(tb.tb_frame.f_code.co_filename)
                 tb = tb.tb_next
+            if isinstance(exc, UserError):
+                outer.append(exc)
             if isinstance(exc, UserError) or any("smallbatch" in f for f in frames):
                 found = exc
         exc = exc.__cause__ or exc.__context__
-    return found
+    return outer[0] if outer else found
 
 
 _UNRECOGNIZED = re.compile(r"unrecognized arguments: (--?[\w.\-]+)")
+_NO_FILE = re.compile(r"File does not exist: '([^']+)'")
 _NOT_ACCEPTED = re.compile(r"Option '([\w.]+)' is not accepted")
 
 
@@ -70,14 +77,44 @@ def summarize_parse_error(message: str, ex: BaseException | None, options: Itera
     if inner is not None:
         return first_line(inner)
     line = message.strip().splitlines()[0] if message.strip() else "invalid arguments"
+    if line.rstrip().endswith(":"):  # jsonargparse puts the reason on the lines below
+        line = f"{line.rstrip()} {_reason(message)}"
     match = _UNRECOGNIZED.search(line)
     if match:
         line += did_you_mean(match.group(1), options)
+    missing = _NO_FILE.search(line)
+    if missing:  # a misspelt --config file: suggest one beside it
+        path = Path(missing.group(1))
+        siblings = [p.name for p in path.parent.glob("*.y*ml")] if path.parent.is_dir() else []
+        close = difflib.get_close_matches(path.name, siblings, n=1, cutoff=0.6)
+        if close:
+            line += f"; did you mean {str(path.parent / close[0])!r}?"
+    if "accept option 'axes." in line or "accept option 'executor." in line:
+        line += "; this looks like a grid file: run it with `smallbatch grid --config FILE`"
+    if "arguments are required" in line and ".data" in line:
+        line += "; give a config, e.g. --config configs/quickstart.yaml"
     match = _NOT_ACCEPTED.search(line)
     if match:  # a key inside a class's init_args: suggest among the leaf names
         leaves = {o.lstrip("-").rsplit(".", 1)[-1] for o in options}
         line += did_you_mean(match.group(1), leaves)
     return line
+
+
+_EXPECTED = re.compile(r"Expected a <class '(\w+)'>")
+_GIVEN = re.compile(r"Given value: (.*)")
+
+
+def _reason(message: str) -> str:
+    """The reason jsonargparse gives below its "Parser key ...:" line, on one line: what was
+    given and what is accepted (JSON for a mapping), else its first detail line."""
+    expected = [e for e in _EXPECTED.findall(message) if e != "NoneType"]
+    given = _GIVEN.search(message)
+    if expected:
+        accepted = "a JSON object, e.g. '{\"window\": 4}'" if "dict" in expected else expected[0]
+        shown = f"{given.group(1).strip()!r} " if given else ""
+        return f"the value {shown}is not {accepted}".replace("not a JSON", "not valid as a JSON")
+    details = [ln.strip() for ln in message.strip().splitlines()[1:] if ln.strip()]
+    return details[0] if details else "invalid value"
 
 
 def report(message: str) -> None:

@@ -83,7 +83,12 @@ def conftest_fashion(tmp_path):
 BAD_INPUTS = [
     (["--data.batch_size", "0"], "batch_size must be >= 1", None),
     (["--model.norm_args", '{"windw": 4}', "--model.norm", "cbn"], "rejected arguments", "window"),
-    (["--model.norm", "gn", "--model.norm_args", '{"num_groups": 3}'], "do not divide", None),
+    (["--model.norm", "gn", "--model.norm_args", '{"num_groups": 3}'], "do not divide", "bn1"),
+    (
+        ["--model.norm_args", '{"window": 4', "--model.norm", "cbn"],
+        "is not valid as a JSON",
+        "'{\"window\": 4}'",
+    ),
     (["--model.backbone", "renset18"], "unknown backbone", "resnet18"),
     (["--model.norm", "bnn"], "unknown norm 'bnn'", "'bn'"),
     (["--model.nrom", "bn"], "unrecognized arguments", "--model.norm"),
@@ -156,3 +161,40 @@ def test_bad_grid_file_is_one_error_line_and_writes_nothing(change, message, sug
     error = next(line for line in lines if line.startswith("error: "))
     assert message in error and (suggestion is None or suggestion in error), error
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message", "hint"),
+    [
+        (
+            ["fit", "--config", "configs/quickstrat.yaml"],
+            "File does not exist",
+            "configs/quickstart.yaml'?",
+        ),
+        (
+            ["fit", "--config", "configs/grid/quickstart.yaml"],
+            "does not accept option 'axes.",
+            "run it with `smallbatch grid --config FILE`",
+        ),
+        (["fit"], "arguments are required: fit.data", "--config configs/quickstart.yaml"),
+    ],
+    ids=["config typo", "grid file to fit", "no config"],
+)
+def test_common_mistakes_get_a_hint(argv, message, hint):
+    proc = _run(*argv)
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    assert proc.returncode == 2, lines
+    error = next(line for line in lines if line.startswith("error: "))
+    assert message in error and hint in error, error
+
+
+def test_help_and_the_command_table_import_no_torch():
+    """`smallbatch --help` and a mistyped command answer without importing torch (seconds of
+    start-up on every typo otherwise)."""
+    code = (
+        "import sys; import smallbatch.cli as cli; assert 'torch' not in sys.modules; "
+        "cli.main(['--help']); cli.main(['gird']); print('torch' in sys.modules)"
+    )
+    proc = _run(code=code)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "False"

@@ -711,3 +711,21 @@ def test_a_base_config_edited_while_the_grid_runs_is_stamped_as_run(tmp_path, fa
         assert stamp == (unedited if lr == 0.1 else edited), (cell.name, lr)
         assert states[cell.name] == ("done" if lr == 0.1 else "stale")
     assert any(s == "stale" for s in states.values())  # the last cell ran after the edit
+
+
+def test_a_batch_statistics_plugin_without_ghost_batches_is_named_not_dropped(
+    tmp_path, fashion_dir
+):
+    """Under fixed_total_batch a norm with batch statistics that cannot split them (a plain
+    torch BatchNorm2d by class path) cannot form its b < T cells: one line names it, where
+    before its b = 4 cells vanished from --dry-run and the report. SyncBN and batch-free norms
+    are still one cell per seed."""
+    plain = {"class_path": "torch.nn.BatchNorm2d"}
+    axes = {"model.norm": ["gn", "syncbn", plain], "model.norm_batch": [16, 4]}
+    with pytest.raises(GridSpecError, match=r"'BatchNorm2d' keeps batch statistics"):
+        load_grid(write_grid(tmp_path, fashion_dir, axes=axes, fixed_total_batch=16))
+    axes["model.norm"] = ["gn", "syncbn", "bn", json.dumps({"class_path": "brn"})]
+    spec = load_grid(write_grid(tmp_path, fashion_dir, name="h", axes=axes, fixed_total_batch=16))
+    labels = sorted(c.label for c in spec.cells())
+    assert labels == ["bn-nb16", "bn-nb4-pb16", "brn-nb16", "brn-nb4-pb16", "gn-nb16",
+                      "syncbn-nb16"]  # fmt: skip

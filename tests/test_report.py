@@ -328,3 +328,27 @@ def test_paired_differences_and_attribution(tmp_path, capsys):
         in out
     )
     assert (run / "report" / "differences.md").exists()
+
+
+def test_repeated_runs_of_a_seed_count_once(tmp_path, capsys):
+    run = tmp_path / "dup"
+    write_result(run, "gn-a", "gn", 4, 0, 0.60)
+    write_result(run, "gn-b", "gn", 4, 0, 0.70)  # the same seed again
+    path = run / "cells" / "gn-b" / "result.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "ended_utc": "2026-12-02T10:00"}))
+    write_result(run, "gn-c", "gn", 4, 1, 0.80)
+    assert report_main([str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "| gn | 74.00 ± 63.53 | 2 |" in out  # seeds 0 (newest: 0.69) and 1 (0.79)
+    assert "1 repeated run(s) of a seed left out" in out
+
+
+def test_median_of_the_last_five_says_when_runs_made_fewer(tmp_path, capsys):
+    run = tmp_path / "few"
+    for seed in (0, 1):
+        write_result(run, f"gn-s{seed}", "gn", 4, seed, 0.6)
+        path = run / "cells" / f"gn-s{seed}" / "result.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()),
+                                    "val_acc_history": [0.3, 0.5, 0.59]}))  # fmt: skip
+    assert report_main([str(run), "--metric", "median_last5"]) == 0
+    assert "made only 3 evaluations: their median is over those 3" in capsys.readouterr().out

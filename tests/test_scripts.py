@@ -46,3 +46,29 @@ def test_bench_runs_as_a_module_without_the_cli(tmp_path):
     )
     subprocess.run([sys.executable, "-c", code, *args], check=True, capture_output=True)
     assert json.loads(out.read_text())["results"][0]["norm"] == "bn"
+
+
+def test_bench_is_a_measurement_missed_targets_exit_0_and_load_is_named(
+    monkeypatch, capsys, tmp_path
+):
+    import smallbatch.analysis.bench as bench
+
+    monkeypatch.setattr(bench, "bench_config", lambda *a, **k: [])
+    monkeypatch.setattr(bench, "print_table", lambda *a: None)
+    missed = [{"norm": "cbn", "ok": False}, {"norm": "brn", "ok": True}]
+    monkeypatch.setattr(bench, "check_targets", lambda *a, **k: missed)
+    monkeypatch.setattr(bench.os, "getloadavg", lambda: (7.5, 7.0, 6.0))
+    assert bench.main(["--device", "cpu", "--json", str(tmp_path / "b.json")]) == 0
+    out = capsys.readouterr().out
+    assert "1 of 2 ratios missed their targets" in out
+    assert "warning: the machine is loaded (1-minute load 7.5" in out
+
+
+def test_bench_help_shows_its_whole_description(capsys):
+    import smallbatch.analysis.bench as bench
+
+    with pytest.raises(SystemExit):
+        bench.main(["--help"])
+    assert "rotating order, so drift on a shared machine hits all norms alike" in " ".join(
+        capsys.readouterr().out.split()
+    )

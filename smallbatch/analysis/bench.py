@@ -5,6 +5,7 @@ rotating order, so drift on a shared machine hits all norms alike)."""
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import time
@@ -85,6 +86,20 @@ def build(backbone: str, norm: str, window: int, device: torch.device, channels_
     if channels_last:
         to_channels_last(model)
     return model
+
+
+def machine_load_warning() -> str:
+    """A line when other work keeps the CPUs busy (1-minute load average above a quarter of the
+    cores): ratios measured then can be several times off; '' otherwise."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return ""
+    cores = os.cpu_count() or 1
+    if load <= max(0.25 * cores, 0.5):
+        return ""
+    return (f"warning: the machine is loaded (1-minute load {load:.1f} on {cores} cores): the "
+            "ratios below may be far from those of a quiet machine")  # fmt: skip
 
 
 def norm_state_bytes(model: nn.Module) -> int:
@@ -296,7 +311,7 @@ def print_table(results: list[Measurement], checks: list[dict[str, Any]]) -> Non
                 f"max|diff|/max|grad| = {m.grad_diff_to_eager:.1e}"
             )
     for c in checks:
-        mark = "PASS" if c["ok"] else "FAIL"
+        mark = "within" if c["ok"] else "missed"
         console.print(
             f"{mark}  {c['backbone']} b={c['batch_size']}: {c['check']} = {c['ratio']:.3f} "
             f"(target <= {c['limit']})"
@@ -304,7 +319,9 @@ def print_table(results: list[Measurement], checks: list[dict[str, Any]]) -> Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="smallbatch bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="smallbatch bench", description=" ".join(__doc__.split()).replace("``", "")
+    )
     parser.add_argument("--norms", nargs="+", default=None, help="default: every built-in norm")
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 2, 8, 32])
     parser.add_argument("--backbones", nargs="+", default=list(BACKBONES))
@@ -329,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if load_warning := machine_load_warning():
+        print(load_warning)
     device = torch.device(args.device)
     norms = list(dict.fromkeys(["bn", *(args.norms or default_norms())]))
     if args.reference_cbn:
@@ -366,7 +385,10 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.json), {"meta": meta, "results": [asdict(m) for m in results], "targets": checks}
     )
     print(f"wrote {args.json}")
-    return 0 if all(c["ok"] for c in checks) else 1
+    missed = [c for c in checks if not c["ok"]]
+    if missed:  # a measurement, not a test: say so, and exit 0
+        print(f"{len(missed)} of {len(checks)} ratios missed their targets on this machine")
+    return 0
 
 
 if (

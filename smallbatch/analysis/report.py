@@ -136,6 +136,8 @@ class CellStats:
     # (the same computation at every b: drawn flat) or "reference" (statistics over all of it)
     flat: str = ""
     seeds: list[Any] = field(default_factory=list)  # the seed of each value
+    duplicates: int = 0  # repeated runs of a seed left out
+    evaluations: int = 0  # the fewest evaluations a run of this cell made
 
     @property
     def mean(self) -> float | None:
@@ -152,10 +154,28 @@ class CellStats:
         return t975(n - 1) * self.std / math.sqrt(n) if n > 1 else None
 
 
+def one_run_per_seed(results: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """A seed counts once per setting: of repeated runs of one seed the newest finished one
+    (by ``ended_utc``; else the newest of any status) is kept. Returns (kept, dropped count)."""
+    by_seed: dict[Any, list[dict[str, Any]]] = {}
+    for r in results:
+        by_seed.setdefault(r.get("seed"), []).append(r)
+    kept = []
+    for seed, runs in by_seed.items():
+        if seed is None or len(runs) == 1:
+            kept += runs
+            continue
+        ranked = sorted(runs, key=lambda r: (r.get("status") == Status.FINISHED,
+                                             str(r.get("ended_utc") or "")))  # fmt: skip
+        kept.append(ranked[-1])
+    return kept, len(results) - len(kept)
+
+
 @dataclass
 class _Setting:
     setting: dict[str, Any]
     results: list[dict[str, Any]] = field(default_factory=list)
+    duplicates: int = 0  # repeated runs of a seed left out (one_run_per_seed)
 
     @property
     def first(self) -> dict[str, Any]:
@@ -224,6 +244,8 @@ def aggregate(
         setting = setting_of(r)
         digest = stable_digest(setting)
         settings.setdefault(digest, _Setting(_expand(setting))).results.append(r)
+    for s in settings.values():
+        s.results, s.duplicates = one_run_per_seed(s.results)
     by_norm: dict[str, list[_Setting]] = {}
     for s in settings.values():
         by_norm.setdefault(s.first["norm"], []).append(s)
@@ -255,6 +277,9 @@ def aggregate(
         flat = flats.get(row_id, ("", ""))[0]
         for s in group:
             cell = CellStats(label, norm, s.norm_batch, set(), [], 0, 0, modes[row_id], flat)
+            cell.duplicates = s.duplicates
+            cell.evaluations = min((len(r.get("val_acc_history") or []) for r in s.results),
+                                   default=0)  # fmt: skip
             for r in s.results:
                 cell.batch_sizes.add(r["batch_size"])
                 if r["status"] == Status.DIVERGED:
@@ -331,6 +356,14 @@ def caption(
         )
     if any(s.diverged for s in stats):
         text += " Diverged runs are not averaged; `n div.` counts them."
+    if dropped := sum(s.duplicates for s in stats):
+        text += (
+            f" {dropped} repeated run(s) of a seed left out: a seed counts once per setting "
+            "(the newest finished run)."
+        )
+    few = min((s.evaluations for s in stats if s.evaluations), default=5)
+    if metric == "median_last5" and few < 5:
+        text += f" Some runs made only {few} evaluations: their median is over those {few}."
     if invalid:
         text += f" Not included: {len(invalid)} invalid result file(s), listed below the table."
     return text

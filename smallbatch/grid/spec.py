@@ -43,7 +43,7 @@ from typing import Any
 import yaml
 
 from ..errors import UserError
-from ..naming import run_label, stable_digest
+from ..naming import norm_label, run_label, stable_digest
 from ..results import base_config_record
 
 TOP_KEYS = {
@@ -180,6 +180,16 @@ class GridSpec:
                 key = json.dumps(norm, sort_keys=True, default=str)
                 if key not in probed:
                     probed[key] = norm_takes_ghost_batches(*norm)
+                if probed[key] is None and b != self.fixed_total_batch:
+                    raise spec_error(
+                        self.source or Path("grid"),
+                        "model.norm",
+                        f"{norm_label(norm[0])!r} keeps batch statistics but does not take ghost "
+                        "batches, "
+                        f"so its cells at b = {b} < fixed_total_batch {self.fixed_total_batch} "
+                        "cannot be formed; give the layer supports_ghost_batch "
+                        "(docs/plugins.md, section 5) or leave it out of this grid",
+                    )
                 cell["model.norm_batch"] = b if probed[key] else None
             out.append((values, Cell(cell)))
         return out
@@ -213,16 +223,30 @@ class GridSpec:
         return shlex.join(self.command(cell, python))
 
 
-def norm_takes_ghost_batches(norm: Any, norm_args: dict[str, Any] | None = None) -> bool:
+def norm_takes_ghost_batches(norm: Any, norm_args: dict[str, Any] | None = None) -> bool | None:
     """Whether this norm's statistics depend on the batch and it can split them into ghost
-    batches (BN, BRN, CBN): probed on one layer of 64 channels. False for batch-free norms and
-    for those that cannot (SyncBN), and when the layer cannot be built (validation says why)."""
+    batches (BN, BRN, CBN): probed on one layer of 64 channels. False for batch-free norms, for
+    synchronized ones (SyncBN: one group of the whole batch) and when the layer cannot be built
+    (validation says why); None for a batch-statistics norm that cannot take ghost batches."""
     from ..norms import probe_norm
 
     try:
-        return probe_norm(norm or "bn", **(norm_args or {})).ghost_batches
+        traits = probe_norm(norm or "bn", **(norm_args or {}))
     except Exception:  # reported by validate_cells with the CLI's own message
         return False
+    if traits.ghost_batches:
+        return True
+    return False if traits.batch_free or traits.synchronized else None
+
+
+def _json_mapping(value: Any) -> Any:
+    """``'{"class_path": ...}'`` (a string, as the CLI takes it) as the mapping it spells."""
+    if isinstance(value, str) and value.lstrip().startswith("{"):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value  # validation says what is wrong with it
+    return value
 
 
 def _is_int(value: Any) -> bool:
@@ -361,6 +385,8 @@ def load_grid(path: str | Path, validate_cli: bool = True) -> GridSpec:
         )
     _check_executor(path, executor)
     _check_axes_and_args(path, axes, args)
+    if isinstance(axes.get("model.norm"), list):  # a JSON mapping written as a string, as on
+        axes = {**axes, "model.norm": [_json_mapping(v) for v in axes["model.norm"]]}  # the CLI
     run_root = Path(raw.get("run_root", "runs/grid"))
     ghost = raw.get("ghost_devices")
     if (ghost is not None or raw.get("fixed_total_batch") is not None) and (

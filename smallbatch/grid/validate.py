@@ -51,6 +51,7 @@ def validate_cells(spec: GridSpec) -> None:
             if exc.code not in (0, None):
                 message = err.getvalue().strip().splitlines()
                 detail = message[-1] if message else f"exit code {exc.code}"
+                detail = detail.removeprefix("error: ")
                 raise GridSpecError(
                     f"{spec.source}: cell {cell.label} ({cell.overrides}) is rejected by the "
                     f"CLI: {detail}"

@@ -220,6 +220,7 @@ class NormTraits:
     batch_free: bool  # its output for a sample does not depend on the rest of the batch
     ghost_batches: bool  # it normalizes over the batch and can split it into ghost batches
     compile_safe: bool
+    synchronized: bool = False  # statistics over all devices (SyncBN): one group of the batch
 
 
 def probe_norm(norm: Any, **norm_args: Any) -> NormTraits:
@@ -229,6 +230,7 @@ def probe_norm(norm: Any, **norm_args: Any) -> NormTraits:
         batch_free=not uses_batch_statistics(layer),
         ghost_batches=ghost_batch_capable(layer),
         compile_safe=all(getattr(m, "compile_safe", True) for m in layer.modules()),
+        synchronized=any(isinstance(m, nn.SyncBatchNorm) for m in layer.modules()),
     )
 
 
