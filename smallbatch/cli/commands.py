@@ -86,6 +86,35 @@ def bench_command(argv: list[str]) -> int:
     return bench_main(argv)
 
 
+def check_norm_command(argv: list[str]) -> int:
+    """``smallbatch check-norm NORM``: the norm-layer contract checked on any norm."""
+    parser = argparse.ArgumentParser(
+        prog="smallbatch check-norm",
+        description="Run the conformance kit (smallbatch.testing) on a norm: one row per check "
+        "(pass / fail / skip and why); exit 1 when a check fails.",
+    )
+    parser.add_argument("norm", help="registered name, class path or '{\"class_path\": ...}'")
+    parser.add_argument("--norm-args", default="{}", help="JSON keyword arguments for the layer")
+    parser.add_argument("--fast", action="store_true", help="the quick checks only (seconds)")
+    args = parser.parse_args(argv)
+    import json
+
+    from ..norms import NormConfigError
+
+    try:
+        norm = json.loads(args.norm) if args.norm.lstrip().startswith("{") else args.norm
+        norm_args = json.loads(args.norm_args)
+    except ValueError as exc:
+        raise NormConfigError(
+            f"not valid JSON: {exc}; e.g. --norm-args '{{\"window\": 4}}'"
+        ) from exc
+    from ..testing import check_norm
+
+    report = check_norm(norm, fast=args.fast, **norm_args)
+    print(report.table())
+    return 0 if report.ok else 1
+
+
 # name -> (runner, one line of help); the order is the order of `smallbatch --help`
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "fit": (_lightning("fit"), "train one cell (Lightning CLI: --config, --model.*, --data.*)"),
@@ -96,4 +125,5 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "report": (report_command, "table, CSV and plot of a grid's results"),
     "norms": (norms_command, "every registered norm, built-in or plugin"),
     "bench": (bench_command, "step time and memory per norm, ratios to BN"),
+    "check-norm": (check_norm_command, "check a norm (yours too) against the layer contract"),
 }

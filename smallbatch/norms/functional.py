@@ -36,7 +36,7 @@ def moments(x: Tensor, dims: tuple[int, ...]) -> tuple[Tensor, Tensor]:
     precision inputs (bf16 autocast) are reduced with fp32 accumulation, without an fp32 copy.
     """
     x = x.detach()
-    if x.dtype == torch.float32:
+    if x.dtype in (torch.float32, torch.float64):
         return x.mean(dim=dims), (x * x).mean(dim=dims)
     count = math.prod(x.shape[d] for d in dims)  # values reduced per channel
     mean = x.mean(dim=dims, dtype=torch.float32)

@@ -7,12 +7,27 @@ affine; IN: one channel per group. No batch statistics: train and eval compute t
 
 from __future__ import annotations
 
-from torch import nn
+from torch import Tensor, nn
 
+from .base import BatchStatsError, layer_label
 from .registry import NormConfigError
 
 
-class GroupNorm2d(nn.GroupNorm):
+class _GroupStats(nn.GroupNorm):
+    """torch's GroupNorm with a clear error where a group holds one value (C/G·H·W = 1: a
+    1×1 map with one channel per group), instead of torch's "Expected more than 1 value"."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == 4 and self.num_channels // self.num_groups * x.shape[2] * x.shape[3] == 1:
+            raise BatchStatsError(
+                f"{layer_label(self)} ({type(self).__name__}) got a 1x1 feature map with one "
+                "channel per group: a group needs more than one value. Use fewer groups "
+                "(num_groups), a larger input or the CIFAR stem (--model.cifar_stem true)"
+            )
+        return super().forward(x)
+
+
+class GroupNorm2d(_GroupStats):
     """GroupNorm with ``num_groups`` groups (capped at the channel count)."""
 
     def __init__(
@@ -31,14 +46,14 @@ class GroupNorm2d(nn.GroupNorm):
         super().__init__(groups, num_features, eps=eps, affine=affine)
 
 
-class LayerNorm2d(nn.GroupNorm):
+class LayerNorm2d(_GroupStats):
     """LayerNorm for conv features: one group over (C, H, W), per-channel affine."""
 
     def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True) -> None:
         super().__init__(1, num_features, eps=eps, affine=affine)
 
 
-class InstanceNorm2d(nn.GroupNorm):
+class InstanceNorm2d(_GroupStats):
     """InstanceNorm as GroupNorm with one channel per group, per-channel affine."""
 
     def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True) -> None:

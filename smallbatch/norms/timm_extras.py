@@ -29,7 +29,8 @@ class EvoNormS0(NormLayer, EvoNorm2dS0):
         """``gate``: the mean of the built-in activation's gate σ(v·x) (1: the identity)."""
         if self.v is None:
             return {}
-        return {"gate": float(torch.sigmoid(x.float() * self.v.view(1, -1, 1, 1)).mean())}
+        gate = torch.sigmoid(x.detach().float() * self.v.detach().view(1, -1, 1, 1))
+        return {"gate": float(gate.mean())}
 
 
 class FilterResponseNormTLU(NormLayer, FilterResponseNormTlu2d):

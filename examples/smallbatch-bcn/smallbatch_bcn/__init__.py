@@ -23,8 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from smallbatch.norms import NormConfigError, NormLayer, check_batch_stats
-from smallbatch.norms.base import ghost_groups, grouped_moments, update_running_from_groups
+from smallbatch.norms import BatchStatsError, NormConfigError, NormLayer, check_batch_stats
+from smallbatch.norms.base import (
+    ghost_groups,
+    grouped_moments,
+    layer_label,
+    update_running_from_groups,
+)
 
 __all__ = ["BatchChannelNorm2d"]
 
@@ -102,6 +107,13 @@ class BatchChannelNorm2d(NormLayer, nn.Module):
         )  # fmt: skip
 
     def forward(self, x: Tensor) -> Tensor:
+        per_group = self.num_features // self.group_norm.num_groups
+        if self.training and x.dim() == 4 and per_group * x.shape[2] * x.shape[3] == 1:
+            # what `smallbatch check-norm bcn` asked for: a clear error naming the layer
+            raise BatchStatsError(
+                f"{layer_label(self)} (BatchChannelNorm2d): a 1x1 map with one channel per group "
+                "leaves GroupNorm one value per group; use fewer groups or a larger input"
+            )
         return self.group_norm(self._batch_step(x))
 
     def extra_repr(self) -> str:

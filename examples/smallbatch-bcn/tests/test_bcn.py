@@ -109,3 +109,12 @@ def test_logs_its_own_diagnostic_through_the_contract():
     model(torch.randn(4, 3, 16, 16) + 2.0)  # batch mean far from the initial estimates (0)
     diag = layer_diagnostics(model)
     assert set(diag) == {"norm/bcn_estimate_gap"} and diag["norm/bcn_estimate_gap"] > 0
+
+
+@pytest.mark.parametrize("estimated", [True, False])
+def test_the_conformance_kit_passes(estimated):
+    """smallbatch's conformance kit (`smallbatch check-norm bcn`), every quick check."""
+    from smallbatch.testing import check_norm
+
+    report = check_norm("bcn", fast=True, estimated=estimated)
+    assert report.ok, report.table()
