@@ -72,7 +72,7 @@ def test_report_table_csv_and_plot_with_final_metric_by_default(tmp_path, capsys
     bn2 = next(r for r in rows if r["norm"] == "bn" and r["norm_batch"] == "2")
     assert float(bn2["mean"]) == pytest.approx(0.54) and bn2["n"] == "2"
     assert bn2["diverged"] == "1" and float(bn2["ci95"]) == pytest.approx(5 * ci / 100)
-    png = (run / "report" / "accuracy_vs_batch.png").read_bytes()
+    png = (run / "report" / "error_vs_batch.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     assert not list((run / "report").glob("*.tmp*"))
 

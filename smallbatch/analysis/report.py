@@ -5,7 +5,7 @@ Reads every ``result.json`` under RUN_DIR. Runs are averaged only when their res
 in anything else (``norm_args``, epochs, ...) become rows of their own, labelled by what differs.
 Columns are the normalization batch b. Values are mean ± 95% confidence half-width over seeds
 (Student t: t₀.₉₇₅,ₙ₋₁ · s/√n). Writes ``report/results.md``, ``report/results.csv`` and
-``report/accuracy_vs_batch.png`` (top-1 error against b on a log2 axis, largest b left, as in
+``report/error_vs_batch.png`` (top-1 error against b on a log2 axis, largest b left, as in
 the GN paper's Figure 1), and optionally logs them to a W&B summary run in the grid's group.
 
 The default metric is the final evaluation's accuracy; ``best`` (the best evaluation, picked on
@@ -463,6 +463,11 @@ def write_csv(stats: list[CellStats], path: Path, metric: str) -> None:
     write_atomic(path, text.getvalue())
 
 
+# error ticks a log axis is labelled with (%), those inside the data's range
+NICE_TICKS = (1, 1.5, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 17.5, 20, 25, 30, 40, 50,
+              60, 70, 80, 90, 100)  # fmt: skip
+
+
 def plot(stats: list[CellStats], path: Path, title: str, metric: str) -> None:
     """Top-1 error (%) against the normalization batch, log2 axis, one line per row, 95%
     confidence bars; a log error axis when the errors span more than 4× (a collapse beside
@@ -474,7 +479,8 @@ def plot(stats: list[CellStats], path: Path, title: str, metric: str) -> None:
 
     fig, ax = plt.subplots(figsize=(8.8, 4.6), dpi=120)
     for i, row in enumerate(_row_order(stats)):
-        color = f"C{i % 10}"  # one colour per row, flat lines included
+        # one colour per row, flat lines included: matplotlib's ten, then tab20's light ones
+        color = f"C{i}" if i < 10 else plt.get_cmap("tab20")(2 * (i - 10) % 20 + 1)
         pts = sorted(
             (s for s in stats if s.row == row and s.mean is not None), key=lambda s: s.norm_batch
         )
@@ -494,19 +500,23 @@ def plot(stats: list[CellStats], path: Path, title: str, metric: str) -> None:
     batches = sorted({s.norm_batch for s in stats})
     errors = [100 * (1 - s.mean) for s in stats if s.mean is not None]
     if errors and min(errors) > 0 and max(errors) / min(errors) > 4:
-        # a collapse next to rows a point apart: a log axis keeps both readable
-        from matplotlib.ticker import LogLocator, ScalarFormatter
+        # a collapse next to rows a point apart: a log axis keeps both readable, labelled
+        # across the whole range of the data (not only at powers of ten)
+        from matplotlib.ticker import FixedLocator, NullLocator
 
         ax.set_yscale("log")
-        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-        ax.yaxis.set_major_formatter(ScalarFormatter())
-        ax.yaxis.set_minor_formatter(ScalarFormatter())
-        ax.tick_params(axis="y", which="minor", labelsize="x-small")
+        lo, hi = min(errors) / 1.1, max(errors) * 1.1
+        ticks = [t for t in NICE_TICKS if lo <= t <= hi]
+        ax.yaxis.set_major_locator(FixedLocator(ticks))
+        ax.yaxis.set_minor_locator(NullLocator())
+        ax.set_yticks(ticks, [f"{t:g}" for t in ticks])
+        ax.set_ylim(lo, hi)
     ax.set_xscale("log", base=2)
     ax.set_xticks(batches, [str(b) for b in batches])
     ax.invert_xaxis()
     ax.set_xlabel("normalization batch b (samples per normalization group)")
-    ax.set_ylabel(f"top-1 error (%), {metric}; bars: 95% CI")
+    bars = any(s.ci95 for s in stats)
+    ax.set_ylabel(f"top-1 error (%), {metric}" + ("; bars: 95% CI" if bars else ", one seed"))
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
@@ -620,7 +630,7 @@ def main(argv: list[str] | None = None) -> int:
     md, csv_path = out / f"results{suffix}.md", out / f"results{suffix}.csv"
     write_atomic(md, f"# {name}\n\n{table}")
     write_csv(stats, csv_path, args.metric)
-    png = out / f"accuracy_vs_batch{suffix}.png"
+    png = out / f"error_vs_batch{suffix}.png"
     label = args.metric if args.mode == DEFAULT_EVAL else f"{args.mode} evaluation"
     plot(stats, png, f"{name}: error vs normalization batch", label)
     print(table)
