@@ -625,6 +625,7 @@ BAD_INPUTS = [  # (change to the grid file, what the one line says)
         "seed_everything: 'zero' must be an integer",
     ),
     ({"args": {"trainer.max_epochs": 0}}, "trainer.max_epochs: 0 must be an integer >= 1"),
+    ({"axes": {"model.norm": ["bn"], "model.norm_args": [{"eps": -1}]}}, "eps > 0"),
     (
         {"axes": {"model.norm": ["bn"], "model.norm_batch": [3]}, "args": {"data.batch_size": 8}},
         "batch 8 is not a multiple of norm_batch 3",
@@ -729,3 +730,40 @@ def test_a_batch_statistics_plugin_without_ghost_batches_is_named_not_dropped(
     labels = sorted(c.label for c in spec.cells())
     assert labels == ["bn-nb16", "bn-nb4-pb16", "brn-nb16", "brn-nb4-pb16", "gn-nb16",
                       "syncbn-nb16"]  # fmt: skip
+
+
+def test_a_full_disk_names_the_file_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    """ENOSPC during an atomic write: the error names the file; no temporary file is left and
+    the old file stays whole."""
+    import errno
+
+    from smallbatch import results
+
+    target = tmp_path / "result.json"
+    results.write_json_atomic(target, {"status": "finished"})
+
+    def full(_fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(results.os, "fsync", full)
+    with pytest.raises(OSError) as info:
+        results.write_json_atomic(target, {"status": "interrupted"})
+    assert info.value.filename == str(target) and info.value.errno == errno.ENOSPC
+    assert json.loads(target.read_text()) == {"status": "finished"}
+    assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
+
+
+def test_truncated_checkpoints_of_any_name_are_set_aside_before_a_cell_runs(tmp_path, fashion_dir):
+    from smallbatch.grid.store import ResultsStore
+
+    path = write_grid(tmp_path, fashion_dir, axes={"model.norm": ["bn"], "data.batch_size": [4]})
+    spec = load_grid(path)
+    (cell,) = spec.cells()
+    ckpts = spec.run_dir / "cells" / cell.folder / "checkpoints"
+    ckpts.mkdir(parents=True)
+    (ckpts / "best-epoch=0-step=16.ckpt").write_bytes(b"")  # 0 bytes: the disk was full
+    store = ResultsStore(spec)
+    messages = []
+    store.prepare_start(store.state(cell), say=messages.append)
+    assert any("best-epoch=0-step=16.ckpt is unreadable" in m for m in messages), messages
+    assert [p.name.split("-", 2)[0] for p in ckpts.iterdir()] == ["unreadable"]

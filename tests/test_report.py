@@ -352,3 +352,12 @@ def test_median_of_the_last_five_says_when_runs_made_fewer(tmp_path, capsys):
                                     "val_acc_history": [0.3, 0.5, 0.59]}))  # fmt: skip
     assert report_main([str(run), "--metric", "median_last5"]) == 0
     assert "made only 3 evaluations: their median is over those 3" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]"])
+def test_a_bad_grid_json_still_gives_the_table_with_a_note(tmp_path, capsys, content):
+    run = make_run(tmp_path)
+    (run / "grid.json").write_text(content)
+    assert report_main([str(run)]) == 0
+    captured = capsys.readouterr()
+    assert "grid.json is unreadable" in captured.err and "| bn |" in captured.out

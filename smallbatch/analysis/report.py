@@ -19,6 +19,7 @@ import csv
 import io
 import json
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import fmean, stdev
@@ -617,8 +618,15 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--diff: {mode!r} is not one of {list(EVALS)}")
     stats = aggregate(loaded.results, args.metric, args.mode)
     grid_file = run_dir / "grid.json"
-    manifest = json.loads(grid_file.read_text()) if grid_file.exists() else {}
-    name = manifest["name"] if manifest else run_dir.name
+    try:
+        manifest = json.loads(grid_file.read_text()) if grid_file.exists() else {}
+        if not isinstance(manifest, dict):
+            raise ValueError(f"expected a JSON object, got {type(manifest).__name__}")
+    except (OSError, ValueError) as exc:  # the results are fine: report them all the same
+        print(f"note: {grid_file} is unreadable ({str(exc).splitlines()[0]}); the grid is "
+              f"named after its folder", file=sys.stderr)  # fmt: skip
+        manifest = {}
+    name = str(manifest.get("name") or run_dir.name)
     out = Path(args.out) if args.out else run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     table = markdown_table(stats, args.metric, loaded.invalid, args.mode)

@@ -267,7 +267,8 @@ QUIET_WARNINGS = (
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",
     "The anonymous setting has no effect",
 )
-QUIET_LOG_PREFIXES = ("💡 Tip: For seamless cloud logging",)
+# Lightning's "Seed set to 0" would precede every one-line error (the seed is in the config)
+QUIET_LOG_PREFIXES = ("💡 Tip: For seamless cloud logging", "Seed set to")
 
 
 class _DropKnownNoise(logging.Filter):

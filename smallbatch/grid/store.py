@@ -339,6 +339,14 @@ class ResultsStore:
         """Before a cell (re)starts: set aside an invalid result.json, or everything a stale
         run left, and stamp the base config it now runs under."""
         state.folder.mkdir(parents=True, exist_ok=True)
+        for path in sorted((state.folder / "checkpoints").glob("*.ckpt")):
+            # a checkpoint truncated by a full disk (of any name) is kept aside, never resumed
+            problem = None if path.name.startswith("unreadable-") else checkpoint_problem(path)
+            if problem is not None:
+                aside = path.with_name(f"unreadable-{time.strftime('%Y%m%d-%H%M%S')}-{path.name}")
+                path.replace(aside)
+                say(f"[grid] {state.cell.folder}: {path.name} is unreadable ({problem}); "
+                    f"moved to {aside.name}")  # fmt: skip
         problem = self.invalid_attempts(state.cell)
         if problem is not None:
             aside = set_aside(state.folder / ATTEMPTS_FILE, "invalid")

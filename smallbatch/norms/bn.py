@@ -16,6 +16,7 @@ from .functional import (
     fold_groups,
     unfold_groups,
 )
+from .registry import NormConfigError
 
 
 class BatchNorm2d(nn.BatchNorm2d):
@@ -27,6 +28,15 @@ class BatchNorm2d(nn.BatchNorm2d):
 
     supports_ghost_batch = True
     norm_batch: int | None = None
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
+                 **kwargs) -> None:  # fmt: skip
+        if not eps > 0 or (momentum is not None and not 0 <= momentum <= 1):
+            raise NormConfigError(
+                f"BatchNorm needs eps > 0 and 0 <= momentum <= 1 (or null), got eps={eps}, "
+                f"momentum={momentum}"
+            )
+        super().__init__(num_features, eps=eps, momentum=momentum, **kwargs)
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training:
