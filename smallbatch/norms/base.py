@@ -22,7 +22,8 @@ class NormLayer:
 
     Attributes:
         supports_ghost_batch: the layer normalizes independent groups of ``norm_batch``
-            samples when the suite sets ``layer.norm_batch`` (BN, BRN, CBN, MABN).
+            samples when the suite sets ``layer.norm_batch`` (BN, BRN, CBN, MABN);
+            :func:`normalization_groups` checks the batch and counts the groups.
         ddp_local_buffers: buffer names that stay per device under DDP (never broadcast).
         needs_conv: ``swap_norms`` calls ``attach_conv(conv)`` with the Conv2d feeding it.
         compile_safe: the layer can run under ``torch.compile`` (no Python-side state).
@@ -44,6 +45,7 @@ class NormLayer:
     steady_state_args: dict[str, Any] = {}  # read-only class default
     replaces_activation: bool = False
     zero_init_before_add: bool = False
+    norm_batch: int | None = None  # set by the suite (ghost batches); None: the whole batch
 
     def attach_conv(self, conv: nn.Conv2d) -> None:
         """Receive the Conv2d whose output this layer normalizes (when ``needs_conv``)."""
@@ -183,6 +185,15 @@ def ghost_groups(x: Tensor, norm_batch: int | None, module: nn.Module) -> int:
             "ghost batches need per-device batch = (number of groups) x norm_batch"
         )
     return n // b
+
+
+def normalization_groups(x: Tensor, module: nn.Module) -> int:
+    """What every batch-statistics layer does first in training: check that each normalization
+    group has more than one value per channel (:func:`check_batch_stats`, naming the layer) and
+    return the number of ghost groups of ``module.norm_batch`` samples (:func:`ghost_groups`)."""
+    norm_batch = getattr(module, "norm_batch", None)
+    check_batch_stats(x, module, norm_batch)
+    return ghost_groups(x, norm_batch, module)
 
 
 def grouped_moments(x: Tensor, groups: int) -> tuple[Tensor, Tensor, Tensor]:

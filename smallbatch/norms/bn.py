@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .base import check_batch_stats, ghost_groups, update_running_from_groups
+from .base import check_batch_stats, normalization_groups, update_running_from_groups
 from .functional import (
     affine_params,
     batch_moments,
@@ -41,8 +41,7 @@ class BatchNorm2d(nn.BatchNorm2d):
     def forward(self, x: Tensor) -> Tensor:
         if not self.training:
             return super().forward(x)
-        check_batch_stats(x, self, self.norm_batch)
-        groups = ghost_groups(x, self.norm_batch, self)
+        groups = normalization_groups(x, self)
         if groups == 1 or not self.track_running_stats:
             return super().forward(x)
         # the groups side by side as channels: one fused kernel call (see functional.py)

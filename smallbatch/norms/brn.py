@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import StepCounter, check_batch_stats, ghost_groups
+from .base import StepCounter, normalization_groups
 from .functional import (
     affine_params,
     batch_moments,
@@ -267,8 +267,7 @@ class BatchRenorm2d(StepCounter, nn.Module):
                 x, self.running_mean, self.running_std.square(), self.weight, self.bias,
                 False, 0.0, 0.0,
             )  # fmt: skip
-        check_batch_stats(x, self, self.norm_batch)
-        groups = ghost_groups(x, self.norm_batch, self)
+        groups = normalization_groups(x, self)
         if groups > 1:
             return self._ghost_forward(x, groups)
         with torch.no_grad():

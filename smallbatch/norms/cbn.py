@@ -36,9 +36,8 @@ from torch import Tensor, nn
 
 from .base import (
     StepCounter,
-    check_batch_stats,
-    ghost_groups,
     layer_label,
+    normalization_groups,
     normalize_with_running_stats,
     update_running_from_groups,
 )
@@ -250,8 +249,7 @@ class CrossIterationBatchNorm2d(StepCounter, nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not self.training:
             return normalize_with_running_stats(self, x)
-        check_batch_stats(x, self, self.norm_batch)
-        groups = ghost_groups(x, self.norm_batch, self)
+        groups = normalization_groups(x, self)
         self.advance_step()
         step = self.host_step()
         # Recording starts k-1 steps before the burn-in ends, so the window is full at once.

@@ -19,7 +19,7 @@ import torch
 from timm.layers import EvoNorm2dB0
 from torch import Tensor
 
-from .base import NormLayer, check_batch_stats, ghost_groups
+from .base import NormLayer, ghost_groups, normalization_groups
 
 
 class EvoNormB0(NormLayer, EvoNorm2dB0):
@@ -58,8 +58,7 @@ class EvoNormB0(NormLayer, EvoNorm2dB0):
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.v is None:
             return super().forward(x)
-        check_batch_stats(x, self, self.norm_batch)
-        groups = ghost_groups(x, self.norm_batch, self)
+        groups = normalization_groups(x, self)
         n, c = x.shape[:2]
         # every variance from the per-sample moments over (H, W), each computed in two passes
         # (x − mean, then squares: exact also where |mean| >> std), and a group's σ²_B by the

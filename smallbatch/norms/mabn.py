@@ -33,7 +33,7 @@ import torch
 import torch.nn.utils.parametrize as parametrize
 from torch import Tensor, nn
 
-from .base import StepCounter, check_batch_stats, ghost_groups, layer_label
+from .base import StepCounter, layer_label, normalization_groups
 from .functional import affine_params
 from .registry import NormConfigError
 
@@ -200,8 +200,7 @@ class MovingAverageBatchNorm2d(StepCounter, nn.Module):
                 scale = scale * self.weight
             y = x * scale.view(1, -1, 1, 1)
             return y if self.bias is None else y + self.bias.view(1, -1, 1, 1)
-        check_batch_stats(x, self, self.norm_batch)
-        groups = ghost_groups(x, self.norm_batch, self)
+        groups = normalization_groups(x, self)
         if groups != self.hist_x2.shape[0]:
             if int(self.hist_count):
                 raise NormConfigError(

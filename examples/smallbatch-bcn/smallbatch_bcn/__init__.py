@@ -14,7 +14,7 @@ Plugin contract used here (``smallbatch.norms.NormLayer``): constructor
 ``(num_features, **kwargs)``; state in registered buffers (checkpointed); ghost batches:
 ``supports_ghost_batch`` + ``norm_batch``; a diagnostic of its own (``diagnostics()``, logged as
 ``norm/bcn_estimate_gap``); ``compile_safe`` declared; clear errors through
-``smallbatch.norms.check_batch_stats``.
+``smallbatch.norms.normalization_groups`` (``check_batch_stats`` and the ghost groups in one call).
 """
 
 from __future__ import annotations
@@ -23,11 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from smallbatch.norms import BatchStatsError, NormConfigError, NormLayer, check_batch_stats
+from smallbatch.norms import BatchStatsError, NormConfigError, NormLayer
 from smallbatch.norms.base import (
     ghost_groups,
     grouped_moments,
     layer_label,
+    normalization_groups,
     update_running_from_groups,
 )
 
@@ -91,8 +92,7 @@ class BatchChannelNorm2d(NormLayer, nn.Module):
                 x, self.running_mean, self.running_var, self.batch_weight, self.batch_bias,
                 False, 0.0, self.eps,
             )  # fmt: skip
-        check_batch_stats(x, self, self.norm_batch)
-        groups = ghost_groups(x, self.norm_batch, self)
+        groups = normalization_groups(x, self)
         if groups > 1:
             xg, mean, var = grouped_moments(x, groups)
             count = xg.shape[1] * x.shape[2] * x.shape[3]
