@@ -198,3 +198,31 @@ def test_help_and_the_command_table_import_no_torch():
     proc = _run(code=code)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_ctrl_c_before_a_run_is_one_line(monkeypatch, capsys):
+    import smallbatch.grid as grid
+    from smallbatch.cli import main
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(grid, "load_grid", interrupted)  # Ctrl-C during grid validation
+    assert main(["grid", "--config", "configs/grid/quickstart.yaml"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["interrupted"]
+
+
+def test_a_plugin_whose_constructor_fails_is_one_line_in_fit(monkeypatch, capsys, tmp_path):
+    from conftest import HELPERS
+
+    from smallbatch.cli import main
+
+    monkeypatch.syspath_prepend(str(HELPERS))
+    norm = '{"class_path": "sb_test_helpers.BrokenInitNorm"}'
+    argv = ["fit", "--config", "configs/quickstart.yaml", "--model.norm", norm,
+            "--trainer.logger", "false", "--run_dir", str(tmp_path / "run")]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "constructor is broken" in err[-1], err
+    assert not any("Traceback" in line for line in err)
