@@ -18,7 +18,8 @@ def _run(*args, code=None):
 def test_help_lists_every_command_with_a_line():
     proc = _run("--help")
     assert proc.returncode == 0
-    for name in ("fit", "validate", "test", "predict", "grid", "report", "norms", "bench"):
+    for name in ("fit", "validate", "test", "predict", "grid", "report", "norms", "bench",
+                 "check-norm"):  # fmt: skip
         assert any(line.split()[:1] == [name] for line in proc.stdout.splitlines()), name
     assert set(COMMANDS) == {
         "fit",
@@ -29,6 +30,7 @@ def test_help_lists_every_command_with_a_line():
         "report",
         "norms",
         "bench",
+        "check-norm",
     }
 
 

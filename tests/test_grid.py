@@ -243,7 +243,8 @@ def test_disk_errors_end_the_grid_with_one_line(tmp_path, fashion_dir, monkeypat
     assert run_grid(spec) == 1
     err = capsys.readouterr().err
     (line,) = [x for x in err.splitlines() if x.startswith("error:")]
-    assert "json: No space left on device" in line and "run the grid again" in line
+    # the first file the grid writes is named: the lock holder's record
+    assert ".grid.lock: No space left on device" in line and "run the grid again" in line
 
 
 @pytest.mark.parametrize("where", ["read-only", "under a file"])

@@ -260,7 +260,7 @@ EXECUTOR_NUMBERS = {
     "threads_per_job": (_is_int, 1, "an integer >= 1"),
     "retries": (_is_int, 0, "an integer >= 0"),
     "nodes": (_is_int, 1, "an integer >= 1"),
-    "gpus_per_node": (_is_int, 1, "an integer >= 1"),
+    "gpus_per_node": (_is_int, 0, "an integer >= 0 (0: CPU jobs)"),
     "cpus_per_task": (_is_int, 1, "an integer >= 1"),
     "array_parallelism": (_is_int, 1, "an integer >= 1"),
     "timeout_min": (
