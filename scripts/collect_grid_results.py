@@ -5,8 +5,8 @@ grid at a fixed commit into this checkout:
     .venv/bin/python scripts/collect_grid_results.py \
         ../grid-4fed34b/docs/results/fashion_repro docs/results/fashion_repro
 
-Files are written atomically; a cell's files are copied only when its result.json is there (a
-finished, diverged, failed or interrupted run), so a running cell is never half-copied.
+Files are written atomically; a cell's files are copied only when its result.json says finished
+or diverged (interrupted and failed cells run again in the grid; a running cell is never copied).
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import argparse
 import shutil
 import tempfile
 from pathlib import Path
+
+from smallbatch.results import DONE_STATUSES, read_result
 
 COMMITTED = ("result.json", "base_config.json")
 
@@ -34,13 +36,17 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.source / "grid.json").exists():
         parser.error(f"{args.source} holds no grid.json: not a grid's run folder")
     copy_atomic(args.source / "grid.json", args.target / "grid.json")
-    cells = 0
+    cells, unfinished = 0, 0
     for result in sorted(args.source.glob("cells/*/result.json")):
+        if (read_result(result.parent) or {}).get("status") not in DONE_STATUSES:
+            unfinished += 1  # interrupted or failed: the grid runs it again; nothing to publish
+            continue
         for name in COMMITTED:
             if (result.parent / name).exists():
                 copy_atomic(result.parent / name, args.target / "cells" / result.parent.name / name)
         cells += 1
-    print(f"copied {cells} cells' results from {args.source} to {args.target}")
+    print(f"copied {cells} finished cells' results from {args.source} to {args.target} "
+          f"({unfinished} unfinished left out)")  # fmt: skip
     return 0
 
 
