@@ -340,8 +340,10 @@ class ResultsStore:
         run left, and stamp the base config it now runs under."""
         state.folder.mkdir(parents=True, exist_ok=True)
         for path in sorted((state.folder / "checkpoints").glob("*.ckpt")):
-            # a checkpoint truncated by a full disk (of any name) is kept aside, never resumed
-            problem = None if path.name.startswith("unreadable-") else checkpoint_problem(path)
+            # a checkpoint truncated by a full disk (best-*.ckpt and the like) is kept aside,
+            # never resumed; last.ckpt is resume_checkpoint's to check (it falls back and says so)
+            skip = path.name.startswith("unreadable-") or path == state.folder / LAST_CHECKPOINT
+            problem = None if skip else checkpoint_problem(path)
             if problem is not None:
                 aside = path.with_name(f"unreadable-{time.strftime('%Y%m%d-%H%M%S')}-{path.name}")
                 path.replace(aside)
