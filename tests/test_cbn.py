@@ -317,9 +317,9 @@ def test_cbn_burnin_as_fraction_of_the_run_and_too_long_burnin_refused():
     frac.set_total_steps(200)
     assert frac.burnin == 50
     steps = CrossIterationBatchNorm2d(4, window=3, burnin=500)
-    with pytest.raises(NormConfigError, match=r"covers this run's 400 steps.*unit: fraction"):
+    with pytest.raises(NormConfigError, match=r"beyond this run's 400 steps.*unit: fraction"):
         steps.set_total_steps(400)
     steps.set_total_steps(501)
     assert steps.burnin == 500
-    with pytest.raises(NormConfigError, match="fraction in"):
+    with pytest.raises(NormConfigError, match=r"shares of the run in \[0, 1\]"):
         CrossIterationBatchNorm2d(4, burnin=2, unit="fraction")

@@ -36,6 +36,7 @@ from .registry import (
     resolve_norm,
     unregister_norm,
 )
+from .schedule import MILESTONE_UNITS, check_milestones, place_milestones
 from .timm_extras import EvoNormS0, FilterResponseNormTLU, evonorm_s0, frn
 
 # The one list of built-in norms: registration order is the display order of tables, plots and
@@ -60,6 +61,7 @@ for _name, (_factory, _description) in _BUILTINS.items():
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "MILESTONE_UNITS",
     "BatchNorm2d",
     "BatchRenorm2d",
     "BatchStatsError",
@@ -84,6 +86,7 @@ __all__ = [
     "batch_stat_norm",
     "builtin_norms",
     "check_batch_stats",
+    "check_milestones",
     "compile_unsafe_layers",
     "create_norm",
     "evonorm_s0",
@@ -95,6 +98,7 @@ __all__ = [
     "local_buffer_names",
     "moments",
     "normalization_groups",
+    "place_milestones",
     "probe_norm",
     "register_norm",
     "resolve_norm",

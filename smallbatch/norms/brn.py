@@ -31,8 +31,8 @@ from .functional import (
     unfold_groups,
 )
 from .registry import NormConfigError
+from .schedule import check_milestones, place_milestones
 
-UNITS = ("auto", "steps", "fraction")
 AUTO_END = 0.6  # unit="auto" on a short run: the last milestone lands at this fraction of it
 
 
@@ -43,9 +43,10 @@ class RenormRamp:
 
     Milestones are steps (``unit="steps"``), fractions of the run's total steps
     (``unit="fraction"``), or ``unit="auto"`` (default): steps when the run reaches the last
-    milestone, otherwise the same shape compressed so that the last milestone falls at
-    ``AUTO_END`` (0.6) of the run. The trainer supplies ``total_steps``; a run shorter than a
-    milestone given in steps is refused (``milestones`` raises), never silently left at BN.
+    milestone (last milestone < total steps), otherwise the same shape compressed so that the
+    last milestone falls at ``AUTO_END`` (0.6) of the run. The trainer supplies
+    ``total_steps``; a run that does not reach a milestone given in steps is refused
+    (``milestones`` raises), never silently left short of rmax/dmax.
     """
 
     rmax: float = 3.0
@@ -56,19 +57,19 @@ class RenormRamp:
     unit: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.unit not in UNITS:
-            raise NormConfigError(f"BRN ramp unit {self.unit!r} is not one of {UNITS}")
+        check_milestones("BRN ramp", self.unit, self._given())
         if self.rmax < 1 or self.dmax < 0:
             raise NormConfigError(
                 f"BRN needs rmax >= 1 and dmax >= 0, got {self.rmax}, {self.dmax}"
             )
-        if not (0 <= self.warmup <= self.rmax_at and self.warmup <= self.dmax_at):
+        if not (self.warmup <= self.rmax_at and self.warmup <= self.dmax_at):
             raise NormConfigError(
                 "BRN ramp milestones must satisfy 0 <= warmup <= rmax_at and warmup <= dmax_at, "
                 f"got warmup={self.warmup}, rmax_at={self.rmax_at}, dmax_at={self.dmax_at}"
             )
-        if self.unit == "fraction" and max(self.rmax_at, self.dmax_at) > 1:
-            raise NormConfigError("BRN ramp with unit='fraction' needs milestones in [0, 1]")
+
+    def _given(self) -> dict[str, float]:
+        return {"warmup": self.warmup, "rmax_at": self.rmax_at, "dmax_at": self.dmax_at}
 
     @property
     def last(self) -> float:
@@ -76,26 +77,15 @@ class RenormRamp:
         return max(self.rmax_at, self.dmax_at)
 
     def milestones(self, total_steps: int | None) -> tuple[float, float, float]:
-        """(warmup, rmax_at, dmax_at) in steps for a run of ``total_steps`` (None: unknown)."""
-        steps = (self.warmup, self.rmax_at, self.dmax_at)
-        if self.unit == "fraction":
-            if not total_steps or total_steps <= 0:
-                raise NormConfigError(
-                    "BRN ramp with unit='fraction' needs the run's total steps; the "
-                    "LightningModule sets it at fit start, or call set_total_steps(n) yourself"
-                )
-            return tuple(m * total_steps for m in steps)
-        if not total_steps or total_steps >= self.last:
-            return steps
-        if self.unit == "auto":
-            scale = AUTO_END * total_steps / self.last if self.last else 0.0
-            return tuple(m * scale for m in steps)
-        raise NormConfigError(
-            f"BRN ramp milestones (warmup={self.warmup:g}, rmax_at={self.rmax_at:g}, "
-            f"dmax_at={self.dmax_at:g} steps) reach beyond this run's {total_steps} steps, so "
-            f"rmax/dmax would not reach {self.rmax:g}/{self.dmax:g}. Give them as fractions of "
-            "the run, e.g. norm_args {unit: fraction, warmup: 0.1, rmax_at: 0.6, dmax_at: 0.4}, "
-            "or use unit: auto to compress the ramp to the run"
+        """(warmup, rmax_at, dmax_at) in steps for a run of ``total_steps`` (None: unknown), by
+        :func:`~smallbatch.norms.schedule.place_milestones`' rule (``auto`` ends at 0.6 of it)."""
+        return place_milestones(
+            "BRN ramp",
+            self.unit,
+            self._given(),
+            total_steps,
+            fraction_example="{unit: fraction, warmup: 0.1, rmax_at: 0.6, dmax_at: 0.4}",
+            auto_end=AUTO_END,
         )
 
     def describe(self, total_steps: int | None) -> str:

@@ -43,6 +43,7 @@ from .base import (
 )
 from .functional import affine_params, batch_stat_norm, moments
 from .registry import NormConfigError
+from .schedule import check_milestones, place_milestones
 
 _conv_backward = torch.ops.aten.convolution_backward
 _LARGE_ENTRY = 1 << 18  # window entries (∂ν/∂W) of more values are read one at a time
@@ -131,11 +132,7 @@ class CrossIterationBatchNorm2d(StepCounter, nn.Module):
         super().__init__()
         if window < 1:
             raise NormConfigError(f"CBN window must be >= 1 (1 = plain BN), got {window}")
-        if unit not in BURNIN_UNITS:
-            raise NormConfigError(f"CBN burn-in unit {unit!r} is not one of {BURNIN_UNITS}")
-        if burnin < 0 or (unit == "fraction" and burnin > 1):
-            accepted = "a fraction in [0, 1]" if unit == "fraction" else ">= 0 steps"
-            raise NormConfigError(f"CBN burnin must be {accepted} (unit: {unit}), got {burnin}")
+        check_milestones("CBN burn-in", unit, {"burnin": burnin}, units=BURNIN_UNITS)
         self.num_features = num_features
         self.window = int(window)
         self.unit = unit
@@ -160,16 +157,19 @@ class CrossIterationBatchNorm2d(StepCounter, nn.Module):
 
     def set_total_steps(self, total_steps: int) -> None:
         """Total training steps of the run: places a fractional burn-in, and refuses a burn-in
-        in steps that covers the whole run (the layer would be plain BN throughout)."""
-        if self.unit == "fraction":
-            self.burnin = int(round(self.burnin_arg * total_steps))
-        elif self.window > 1 and self.burnin >= total_steps > 0:
-            raise NormConfigError(
-                f"{layer_label(self)}: CBN burnin={self.burnin} steps covers this run's "
-                f"{total_steps} steps, so the layer would be plain BN throughout. Give the "
-                "burn-in as a share of the run, e.g. norm_args {unit: fraction, burnin: 0.1}, "
-                "or a smaller burnin"
-            )
+        in steps the run never leaves (the layer would be plain BN throughout), by
+        :func:`~smallbatch.norms.schedule.place_milestones`' rule."""
+        if self.unit == "steps" and self.window == 1:
+            return  # plain BN at any step: nothing to place
+        (burnin,) = place_milestones(
+            "CBN burn-in",
+            self.unit,
+            {"burnin": self.burnin_arg},
+            total_steps,
+            fraction_example="{unit: fraction, burnin: 0.1}",
+            units=BURNIN_UNITS,
+        )
+        self.burnin = int(round(burnin))
 
     @property
     def needs_conv(self) -> bool:

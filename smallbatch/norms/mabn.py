@@ -36,8 +36,8 @@ from torch import Tensor, nn
 from .base import StepCounter, layer_label, normalization_groups
 from .functional import affine_params
 from .registry import NormConfigError
+from .schedule import check_milestones, place_milestones
 
-UNITS = ("auto", "steps", "fraction")
 AUTO_SHARE = 0.1  # unit="auto" on a run shorter than renorm_after: renormalize from 10% of it
 HISTORY_BUFFERS = ("hist_x2", "hist_gz", "hist_pos", "hist_count")
 
@@ -109,15 +109,11 @@ class MovingAverageBatchNorm2d(StepCounter, nn.Module):
         super().__init__()
         if window < 1:
             raise NormConfigError(f"MABN window must be >= 1 normalization batches, got {window}")
-        if unit not in UNITS:
-            raise NormConfigError(f"MABN unit {unit!r} is not one of {UNITS}")
+        check_milestones("MABN", unit, {"warmup": warmup, "renorm_after": renorm_after})
         if rmax < 1 or not 0 < momentum <= 1:
             raise NormConfigError(
                 f"MABN needs rmax >= 1 and 0 < momentum <= 1, got {rmax}, {momentum}"
             )
-        if min(warmup, renorm_after) < 0 or (unit == "fraction" and max(warmup, renorm_after) > 1):
-            accepted = "fractions in [0, 1]" if unit == "fraction" else ">= 0 steps"
-            raise NormConfigError(f"MABN warmup and renorm_after must be {accepted} (unit: {unit})")
         self.num_features = num_features
         self.window = int(window)
         self.momentum = momentum
@@ -146,20 +142,14 @@ class MovingAverageBatchNorm2d(StepCounter, nn.Module):
         scaled; ``auto`` compresses step milestones a short run would not reach (renormalizing
         from ``AUTO_SHARE`` of it); ``steps`` refuses them, naming ``unit: fraction``."""
         warmup, renorm = self.milestones_arg
-        if self.unit == "fraction":
-            self.warmup, self.renorm_after = warmup * total_steps, renorm * total_steps
-        elif max(warmup, renorm) >= total_steps > 0:
-            if self.unit == "steps":
-                raise NormConfigError(
-                    f"{layer_label(self)}: MABN warmup={warmup:g} / renorm_after={renorm:g} "
-                    f"steps reach beyond this run's {total_steps} steps. Give them as shares of "
-                    "the run, e.g. norm_args {unit: fraction, warmup: 0.02, renorm_after: 0.2}, "
-                    "or use unit: auto"
-                )
-            scale = AUTO_SHARE * total_steps / max(warmup, renorm)
-            self.warmup, self.renorm_after = warmup * scale, renorm * scale
-        else:
-            self.warmup, self.renorm_after = warmup, renorm
+        self.warmup, self.renorm_after = place_milestones(
+            "MABN",
+            self.unit,
+            {"warmup": warmup, "renorm_after": renorm},
+            total_steps,
+            fraction_example="{unit: fraction, warmup: 0.02, renorm_after: 0.2}",
+            auto_end=AUTO_SHARE,
+        )
 
     def schedule_summary(self) -> str:
         return (
