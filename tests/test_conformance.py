@@ -11,9 +11,7 @@ from smallbatch.norms import BatchNorm2d, builtin_norms
 from smallbatch.testing import NormUnderTest, check_norm, norm_checks
 
 # What the kit found in the built-ins and is not fixed yet: strict, so a fix shows up here.
-KNOWN_FAILURES = {
-    ("brn", "robustness"): "BRN's batch variance is E[x²] − E[x]² in fp32 (batch_moments)",
-}
+KNOWN_FAILURES: dict[tuple[str, str], str] = {}
 
 
 @pytest.mark.parametrize("norm", builtin_norms())

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from smallbatch.norms.functional import batch_stat_norm, moments
+from smallbatch.norms.functional import batch_moments, batch_stat_norm, moments
 
 C = 5
 
@@ -95,6 +95,20 @@ def test_moments_equal_their_definition(shape, dims, channels_last):
     xd = x.double()
     torch.testing.assert_close(mean.double(), xd.mean(dim=dims), rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(sqmean.double(), (xd * xd).mean(dim=dims), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e3, -1e4])
+@pytest.mark.parametrize("shape", [(8, 4, 5, 5), (1, 4, 3, 3), (6, 3)])
+def test_batch_moments_keep_the_variance_when_the_mean_dwarfs_the_std(shape, offset):
+    # one-pass E[x²] − E[x]² in fp32 is off by ~20% at |mean|/std = 1e3 (it was, in BRN)
+    x = torch.randn(shape, dtype=torch.float64) + offset
+    mean, var = batch_moments(x.float())
+    dims = (0, *range(2, x.dim()))
+    assert mean.dtype == var.dtype == torch.float32
+    torch.testing.assert_close(
+        var.double(), x.float().double().var(dims, unbiased=False), rtol=1e-4, atol=1e-6
+    )
+    torch.testing.assert_close(mean.double(), x.float().double().mean(dims), rtol=1e-6, atol=1e-5)
 
 
 def test_moments_are_fp32_for_bf16_input():

@@ -261,7 +261,7 @@ class BatchRenorm2d(StepCounter, nn.Module):
         if groups > 1:
             return self._ghost_forward(x, groups)
         with torch.no_grad():
-            # E[x²] − E[x]²: two plain reductions (see functional.moments), biased variance
+            # shifted moments (functional.batch_moments), biased variance
             mean_b, var_b = batch_moments(x)
             invstd_b = torch.rsqrt(var_b + self.eps)
             sigma_b = invstd_b.reciprocal()

@@ -111,9 +111,19 @@ def affine_params(layer: nn.Module, like: Tensor, groups: int = 1) -> tuple[Tens
 
 
 def batch_moments(x: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-channel mean and biased variance (E[x²] − E[x]², no gradient) of (N, C, ...) x."""
-    mean, sqmean = moments(x, (0, *range(2, x.dim())))
-    return mean, torch.addcmul(sqmean, mean, mean, value=-1).clamp_min_(0)
+    """Per-channel mean and biased variance (fp32, no gradient) of (N, C, ...) x, from moments
+    shifted by one sample of each channel, K = x[0, c, 0, …]:
+
+      var = E[(x − K)²] − E[x − K]²,  mean = E[x − K] + K.
+
+    Unshifted, E[x²] − E[x]² cancels catastrophically when |mean| ≫ std (fp32 loses all digits
+    at |mean|/std ≈ 10³); with K from the data the subtraction x − K is exact near K (Sterbenz)
+    and the two terms are of the variance's size. Costs one elementwise pass over x."""
+    x = x.detach()
+    shift = x[(0, slice(None), *([0] * (x.dim() - 2)))]
+    mean, sqmean = moments(x - shift.view(1, -1, *([1] * (x.dim() - 2))), (0, *range(2, x.dim())))
+    var = torch.addcmul(sqmean, mean, mean, value=-1).clamp_min_(0)
+    return mean.add_(shift.to(mean.dtype)), var
 
 
 def batch_stat_norm(
