@@ -7,8 +7,14 @@ import pytest
 import torch
 from torch import nn
 
-from smallbatch.norms import BatchNorm2d, builtin_norms
-from smallbatch.testing import NormUnderTest, check_norm, norm_checks
+from smallbatch.norms import (
+    BatchNorm2d,
+    CrossIterationBatchNorm2d,
+    builtin_norms,
+    register_norm,
+    unregister_norm,
+)
+from smallbatch.testing import NormUnderTest, check_ddp, check_norm, norm_checks
 
 # What the kit found in the built-ins and is not fixed yet: strict, so a fix shows up here.
 KNOWN_FAILURES: dict[tuple[str, str], str] = {}
@@ -112,6 +118,12 @@ class _Detached(torch.autograd.Function):
         return grad  # should be 2·grad
 
 
+class LeakyCBN(CrossIterationBatchNorm2d):
+    """CBN that forgets to list its window in ddp_local_buffers: DDP overwrites rank 1's."""
+
+    ddp_local_buffers = ()
+
+
 BROKEN = [
     (NaNNorm, "shape_dtype", "NaN/Inf"),  # (every check that computes an output sees it)
     (BatchDependentEval, "eval_independent", "depends on the other samples"),
@@ -122,7 +134,22 @@ BROKEN = [
     (OnePassVariance, "robustness", "off by"),
     (BadHooks, "hooks", "diagnostics() must map names to floats"),
     (WrongGradient, "gradients", "train: Jacobian mismatch"),
+    (LeakyCBN, "ddp", "step 2: DDP output differs"),
 ]
+
+
+@pytest.mark.parametrize(
+    ("norm", "norm_args", "reason"),
+    [(name, {}, "equal for 3 steps") for name in builtin_norms(ghost_batches=True)]
+    # BRN with live r, d reads its running statistics: DDP keeps rank 0's, ghost batches
+    # average them, so only the first step is comparable
+    + [("brn", {"warmup": 0, "rmax_at": 0, "dmax_at": 0, "rmax": 2.0, "dmax": 1.0}, "step 1")],
+    ids=[*builtin_norms(ghost_batches=True), "brn-live"],
+)
+def test_two_process_ddp_equals_the_ghost_batch_emulation(norm, norm_args, reason):
+    """Also CBN's and MABN's windows stay per rank (ddp_local_buffers; LeakyCBN below fails)."""
+    result = check_ddp(NormUnderTest.build(norm, **norm_args))
+    assert result.status == "pass" and reason in result.reason, result
 
 
 @pytest.mark.parametrize("layer, check, reason", BROKEN, ids=[c for _, c, _ in BROKEN])
@@ -135,8 +162,9 @@ def test_a_plugin_broken_one_way_fails_exactly_that_check(layer, check, reason):
     others = {c.__name__: c(n) for c in fine}
     expected_extra = {
         BatchDependentEval: {"eval_independent", "batch_free"},
+        WrongGhost: {"ddp"},  # groups ignored: one process normalizes over 2b, DDP over b
         NaNNorm: {"eval_independent", "robustness", "bf16_autocast", "gradients", "batch_one",
-                  "state_round_trip", "ghost_batches"},
+                  "state_round_trip", "ghost_batches", "ddp"},
     }.get(layer, set())  # fmt: skip
     failing = {name.removeprefix("check_") for name, r in others.items() if r.status == "fail"}
     assert failing <= expected_extra, {k: v.reason for k, v in others.items() if v.status == "fail"}
@@ -179,6 +207,10 @@ def test_check_norm_command_prints_a_row_per_check_and_exits_by_the_result(capsy
     assert main(["check-norm", "gn", "--fast"]) == 0
     out = capsys.readouterr().out
     assert "shape_dtype" in out and "gn: " in out and " failed" in out
-    assert main(["check-norm", "brn", "--fast"]) == 1
+    register_norm("one_pass_variance", OnePassVariance)
+    try:
+        assert main(["check-norm", "one_pass_variance", "--fast"]) == 1
+    finally:
+        unregister_norm("one_pass_variance")
     assert "robustness        fail" in capsys.readouterr().out
     assert main(["check-norm", "gn", "--norm-args", "{bad"]) == 2
