@@ -72,3 +72,14 @@ def test_bench_help_shows_its_whole_description(capsys):
     assert "rotating order, so drift on a shared machine hits all norms alike" in " ".join(
         capsys.readouterr().out.split()
     )
+
+
+def test_conformance_table_writes_the_table_with_its_provenance(tmp_path, monkeypatch, capsys):
+    with pytest.raises(SystemExit) as exited:
+        _run("conformance_table.py", ["--norms", "ln", "--out", str(tmp_path)], monkeypatch, capsys)
+    assert exited.value.code == 0
+    table = (tmp_path / "conformance.md").read_text()
+    record = json.loads((tmp_path / "conformance.json").read_text())
+    assert record["norms"][0]["norm"] == "ln" and record["machine"]["cpu"]
+    assert "| ln | ✓ |" in table and "at commit" in table and "load average" in table
+    assert "ln · batch_one (pass)" in table  # reasons listed under the table
