@@ -1,10 +1,13 @@
 """What one training step of the reproduction's model costs, per norm, on this machine.
 
     .venv/bin/python scripts/step_cost.py [--norms bn brn ...] [--norm-batch 4] [--bf16]
-        [--compile] [--threads 1] [--steps 40] [--data]
+        [--compile] [--threads 1] [--steps 40] [--rounds 1] [--data]
 
 Times forward + backward + SGD step of CIFAR ResNet-8 (1×28×28 inputs, batch 32, random data)
-for each norm, one after the other, after 10 warm-up steps, and prints milliseconds per step.
+for each norm, one after the other, after 10 warm-up steps, and prints milliseconds per step;
+``--rounds R`` repeats that sequence R times (interleaved, so load on a shared machine falls on
+every norm alike) and prints each norm's fastest and median round and its fastest as a ratio
+to the first norm's. A norm is a registered name or a class path (``module.Class``).
 ``--data`` also times drawing 400 batches of Fashion-MNIST (the reproduction's loader and
 augmentation). Used for the speed table of docs/results.md; timings on a shared machine vary,
 so compare numbers from one run.
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from statistics import median
 
 import torch
 import torch.nn.functional as F
@@ -64,14 +68,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved repetitions")
     parser.add_argument("--data", action="store_true", help="also time the data loader")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     setting = f"nb={args.norm_batch or 32} bf16={args.bf16} compile={args.compile}"
     print(f"threads={torch.get_num_threads()} {setting}")
-    for norm in args.norms:
-        ms = step_ms(norm, args.norm_batch, args.bf16, args.compile, args.steps)
-        print(f"{norm:12s} {ms:7.1f} ms/step", flush=True)
+    rounds: dict[str, list[float]] = {norm: [] for norm in args.norms}
+    for _ in range(args.rounds):
+        for norm in args.norms:
+            rounds[norm].append(step_ms(norm, args.norm_batch, args.bf16, args.compile, args.steps))
+    first = min(rounds[args.norms[0]])
+    for norm, times in rounds.items():
+        if args.rounds == 1:
+            print(f"{norm:12s} {times[0]:7.1f} ms/step", flush=True)
+        else:
+            print(f"{norm:12s} {min(times):7.1f} ms/step fastest, {median(times):7.1f} median, "
+                  f"{min(times) / first:5.2f}x {args.norms[0]}")  # fmt: skip
     if args.data:
         print(f"{'data':12s} {data_ms():7.2f} ms/batch")
     return 0

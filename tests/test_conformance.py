@@ -172,29 +172,7 @@ def test_a_plugin_broken_one_way_fails_exactly_that_check(layer, check, reason):
 
 def test_the_robustness_check_fails_on_evonorm_b0s_former_one_pass_variance():
     """EvoNorm-B0 as it was before 4fed34b (E_g[x²] − E_g[x]² from per-sample moments)."""
-    from smallbatch.norms import EvoNormB0
-    from smallbatch.norms.base import check_batch_stats, ghost_groups
-
-    class OnePassEvoNormB0(EvoNormB0):
-        def forward(self, x):
-            if not self.training or self.v is None:
-                return super().forward(x)
-            check_batch_stats(x, self, self.norm_batch)
-            groups = ghost_groups(x, self.norm_batch, self)
-            n, c = x.shape[:2]
-            xf = x if x.dtype == torch.float64 else x.float()
-            mean_i, sq_i = xf.mean(dim=(2, 3)), xf.square().mean(dim=(2, 3))
-            mean_g = mean_i.view(groups, -1, c).mean(dim=1)
-            var_b = (sq_i.view(groups, -1, c).mean(dim=1) - mean_g.square()).clamp_min(0)
-            m = x[: n // groups, 0].numel()
-            with torch.no_grad():
-                unbiased = var_b.mean(0) * m / (m - 1)
-                self.running_var.lerp_(unbiased.to(self.running_var.dtype), self.momentum)
-            var_i = (sq_i - mean_i.square()).clamp_min(0)
-            left = var_b.add(self.eps).sqrt().repeat_interleave(n // groups, dim=0)
-            right = var_i.add(self.eps).sqrt()[..., None, None] + x * self.v.view(1, -1, 1, 1)
-            y = x / torch.maximum(left[..., None, None].to(x.dtype), right)
-            return y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+    from sb_test_helpers import OnePassEvoNormB0
 
     checks = {c.__name__: c for c in norm_checks(fast=True)}
     result = checks["check_robustness"](NormUnderTest.build(OnePassEvoNormB0))
