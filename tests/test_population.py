@@ -35,24 +35,21 @@ def _conv_bn() -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8))
 
 
-def test_pooled_statistics_of_torch_bn_equal_update_bn_over_one_batch():
+@pytest.mark.parametrize(
+    ("estimator", "update_bn_batches"),
+    [
+        ("precise_pooled", lambda data: [torch.cat(data)]),  # one batch of everything
+        ("precise", lambda data: data),  # the mean of each batch's statistics
+    ],
+    ids=["pooled-over-one-batch", "per-group-over-the-same-batches"],
+)
+def test_statistics_of_torch_bn_equal_update_bn(estimator, update_bn_batches):
     data = _batches()
     ours = _conv_bn()
     stats, _ = population_statistics(ours, data, images=10**6)
     theirs = copy.deepcopy(ours)
-    update_bn([torch.cat(data)], theirs)  # one batch of everything: the population
-    mean, var, _ = stats["1"]["precise_pooled"]
-    torch.testing.assert_close(mean, theirs[1].running_mean, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(var, theirs[1].running_var, atol=1e-5, rtol=1e-5)
-
-
-def test_per_group_statistics_of_torch_bn_equal_update_bn_over_the_same_batches():
-    data = _batches()
-    ours = _conv_bn()
-    stats, _ = population_statistics(ours, data, images=10**6)
-    theirs = copy.deepcopy(ours)
-    update_bn(data, theirs)  # the mean of each batch's statistics
-    mean, var, _ = stats["1"]["precise"]
+    update_bn(update_bn_batches(data), theirs)
+    mean, var, _ = stats["1"][estimator]
     torch.testing.assert_close(mean, theirs[1].running_mean, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(var, theirs[1].running_var, atol=1e-5, rtol=1e-5)
 

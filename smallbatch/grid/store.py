@@ -37,6 +37,7 @@ from .spec import Cell, GridSpec
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 ATTEMPTS_FILE = "attempts.json"
 LOCK_FILE = ".grid.lock"  # who holds the grid's lock (the lock itself is on the folder)
+UNREADABLE = "unreadable-"  # prefix of a checkpoint set aside because it does not read back
 
 
 class CellStatus(str, Enum):
@@ -92,6 +93,14 @@ def set_aside(path: Path, tag: str) -> Path:
     """Rename ``path`` to ``<name>.<tag>-<time>`` beside it (kept, never read again)."""
     aside = path.with_name(f"{path.name}.{tag}-{time.strftime('%Y%m%d-%H%M%S')}")
     path.replace(aside)
+    return aside
+
+
+def set_aside_unreadable(checkpoint: Path) -> Path:
+    """Rename a checkpoint that does not read back to ``unreadable-<time>-<name>`` beside it
+    (kept for inspection; never resumed: both scans skip that prefix)."""
+    aside = checkpoint.with_name(f"{UNREADABLE}{time.strftime('%Y%m%d-%H%M%S')}-{checkpoint.name}")
+    checkpoint.replace(aside)
     return aside
 
 
@@ -260,11 +269,7 @@ class ResultsStore:
         if state.stale or not last.exists():
             return None
         others = sorted(
-            (
-                p
-                for p in folder.glob("*.ckpt")
-                if p != last and not p.name.startswith("unreadable-")
-            ),
+            (p for p in folder.glob("*.ckpt") if p != last and not p.name.startswith(UNREADABLE)),
             key=lambda p: p.stat().st_mtime,
             reverse=True,
         )
@@ -278,8 +283,7 @@ class ResultsStore:
             if dry_run:
                 say(f"{where} is unreadable ({problem}); it would be moved aside")
                 continue
-            aside = folder / f"unreadable-{time.strftime('%Y%m%d-%H%M%S')}-{path.name}"
-            path.replace(aside)
+            aside = set_aside_unreadable(path)
             say(f"{where} is unreadable ({problem}); moved to {aside}")
         say(f"[grid] {state.cell.folder}: no readable checkpoint; starting afresh")
         return None
@@ -342,11 +346,10 @@ class ResultsStore:
         for path in sorted((state.folder / "checkpoints").glob("*.ckpt")):
             # a checkpoint truncated by a full disk (best-*.ckpt and the like) is kept aside,
             # never resumed; last.ckpt is resume_checkpoint's to check (it falls back and says so)
-            skip = path.name.startswith("unreadable-") or path == state.folder / LAST_CHECKPOINT
+            skip = path.name.startswith(UNREADABLE) or path == state.folder / LAST_CHECKPOINT
             problem = None if skip else checkpoint_problem(path)
             if problem is not None:
-                aside = path.with_name(f"unreadable-{time.strftime('%Y%m%d-%H%M%S')}-{path.name}")
-                path.replace(aside)
+                aside = set_aside_unreadable(path)
                 say(f"[grid] {state.cell.folder}: {path.name} is unreadable ({problem}); "
                     f"moved to {aside.name}")  # fmt: skip
         problem = self.invalid_attempts(state.cell)

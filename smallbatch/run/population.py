@@ -75,7 +75,8 @@ class _Moments:
     gap_mean: list[float] = field(default_factory=list)
     gap_logstd: list[float] = field(default_factory=list)
 
-    def add(self, x: Tensor, groups: int) -> None:
+    def add(self, x: Tensor, groups: int) -> tuple[Tensor, Tensor]:
+        """Add ``x``'s per-group moments; returns them, (var, mean) of shape (G, C)."""
         xg = x.detach().float().view(groups, x.shape[0] // groups, *x.shape[1:])
         var, mean = torch.var_mean(xg, dim=(1, 3, 4), correction=0)  # (G, C), two passes
         sq = var + mean.square()
@@ -89,6 +90,7 @@ class _Moments:
             self.unbiased_var += unbiased.sum(0)
         self.groups += groups
         self.values += groups * m
+        return var, mean
 
     def estimates(self) -> dict[str, tuple[Tensor, Tensor, Tensor]]:
         """estimator → (mean, var, sqmean) per channel."""
@@ -144,9 +146,9 @@ def population_statistics(
         def pre_hook(module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
             x = inputs[0]
             groups = ghost_groups(x, getattr(module, "norm_batch", None), module)
-            moments[name].add(x, groups)
+            var_g, mean_g = moments[name].add(x, groups)
             if name in ema:
-                _record_gap(x, groups, *ema[name], gaps)
+                _record_gap(var_g, mean_g, *ema[name], gaps)
 
         return pre_hook
 
@@ -179,11 +181,15 @@ def population_statistics(
 
 
 def _record_gap(
-    x: Tensor, groups: int, mean: Tensor, var: Tensor, eps: float, gaps: dict[str, list[float]]
+    var_g: Tensor,
+    mean_g: Tensor,
+    mean: Tensor,
+    var: Tensor,
+    eps: float,
+    gaps: dict[str, list[float]],
 ) -> None:
-    """|μ_g − μ|/σ and |log σ_g/σ| of each group against the EMA statistics (μ, σ²)."""
-    xg = x.float().view(groups, x.shape[0] // groups, *x.shape[1:])
-    var_g, mean_g = torch.var_mean(xg, dim=(1, 3, 4), correction=0)
+    """|μ_g − μ|/σ and |log σ_g/σ| of each group's statistics (σ²_g, μ_g; shape (G, C))
+    against the EMA statistics (μ, σ²)."""
     sigma = (var.float() + eps).sqrt()
     gaps["stat_gap_mean"].append(float(((mean_g - mean) / sigma).abs().mean()))
     gaps["stat_gap_logstd"].append(float(((var_g + eps).sqrt() / sigma).log().abs().mean()))
