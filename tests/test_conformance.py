@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from smallbatch.norms import (
@@ -15,6 +16,7 @@ from smallbatch.norms import (
     unregister_norm,
 )
 from smallbatch.testing import NormUnderTest, check_ddp, check_norm, norm_checks
+from smallbatch.testing.checks import check_gradients
 
 # What the kit found in the built-ins and is not fixed yet: strict, so a fix shows up here.
 KNOWN_FAILURES: dict[tuple[str, str], str] = {}
@@ -106,6 +108,23 @@ class WrongGradient(nn.GroupNorm):
 
     def forward(self, x):
         return _Detached.apply(super().forward(x))
+
+
+class Float32Internals(nn.GroupNorm):
+    """Correct gradients, computed in float32 whatever the input (as timm's EvoNorm and FRN)."""
+
+    def __init__(self, num_features):
+        super().__init__(1, num_features)
+
+    def forward(self, x):
+        w, b = self.weight.float(), self.bias.float()
+        return F.group_norm(x.float(), 1, w, b, self.eps).to(x.dtype)
+
+
+def test_a_layer_computing_in_float32_passes_the_gradient_check_saying_so():
+    result = check_gradients(NormUnderTest.build(Float32Internals))
+    assert result.status == "pass" and "within float32 tolerance only" in result.reason, result
+    assert check_gradients(NormUnderTest.build("gn")).reason == ""  # float64 throughout
 
 
 class _Detached(torch.autograd.Function):

@@ -63,7 +63,8 @@ class EvoNormB0(NormLayer, EvoNorm2dB0):
         # every variance from the per-sample moments over (H, W), each computed in two passes
         # (x − mean, then squares: exact also where |mean| >> std), and a group's σ²_B by the
         # law of total variance: the mean of the σ²_I plus the spread of the sample means
-        var_i, mean_i = torch.var_mean(x.float(), dim=(2, 3), correction=0)  # (N, C)
+        xf = x.to(torch.promote_types(x.dtype, torch.float32))  # fp32 or better (float64 stays)
+        var_i, mean_i = torch.var_mean(xf, dim=(2, 3), correction=0)  # (N, C)
         mean_ig = mean_i.view(groups, -1, c)
         spread = (mean_ig - mean_ig.mean(dim=1, keepdim=True)).square()
         var_b = (var_i.view(groups, -1, c) + spread).mean(dim=1)  # (G, C)

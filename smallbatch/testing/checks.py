@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -52,11 +53,29 @@ def check_bf16_autocast(n: NormUnderTest) -> CheckResult:
     return CheckResult("bf16_autocast", PASS, f"relative error {err:.1g}")
 
 
+# gradcheck settings: float64 throughout, and float32-level for layers that compute in float32
+# whatever the input's dtype (timm's EvoNorm and FRN: x.float() inside); still fails a gradient
+# off by 5 % or more
+FLOAT64_TOLERANCE = {"eps": 1e-6, "atol": 1e-4, "rtol": 1e-3}
+FLOAT32_TOLERANCE = {"eps": 1e-4, "atol": 5e-3, "rtol": 5e-2}
+
+
+def _gradcheck_failure(fn: Callable[[Tensor], Tensor], x: Tensor, **tolerance: float) -> str:
+    """The first line of gradcheck's complaint, or "" when it passes."""
+    try:
+        torch.autograd.gradcheck(fn, (x,), **tolerance)
+    except Exception as exc:  # noqa: BLE001 - GradcheckError, or the layer failing in float64
+        return str(exc).strip().splitlines()[0]
+    return ""
+
+
 def check_gradients(n: NormUnderTest) -> CheckResult:
     """Gradients against finite differences in float64 (``torch.autograd.gradcheck``), in
-    training and evaluation, each evaluation from the same layer state."""
+    training and evaluation, each evaluation from the same layer state. A layer that passes
+    only at float32-level tolerance passes, saying so."""
     base = n.pair().double()
     x = inputs(4, 3).double().requires_grad_(True)
+    float32_only = []
     for mode in ("train", "eval"):
         getattr(base, mode)()
 
@@ -65,11 +84,16 @@ def check_gradients(n: NormUnderTest) -> CheckResult:
             getattr(model, mode)()
             return model(inp)
 
-        try:
-            torch.autograd.gradcheck(fn, (x,), eps=1e-6, atol=1e-4, rtol=1e-3)
-        except Exception as exc:  # noqa: BLE001 - GradcheckError, or the layer failing in float64
-            first = str(exc).strip().splitlines()[0]
-            return CheckResult("gradients", FAIL, f"{mode}: {first}")
+        if not _gradcheck_failure(fn, x, **FLOAT64_TOLERANCE):
+            continue
+        failure = _gradcheck_failure(fn, x, **FLOAT32_TOLERANCE)
+        if failure:
+            return CheckResult("gradients", FAIL, f"{mode}: {failure}")
+        float32_only.append(mode)
+    if float32_only:
+        modes = " and ".join(float32_only)
+        return CheckResult("gradients", PASS, f"{modes}: within float32 tolerance only (the "
+                           "layer computes in float32 for float64 input?)")  # fmt: skip
     return CheckResult("gradients", PASS)
 
 
