@@ -137,6 +137,31 @@ class _Detached(torch.autograd.Function):
         return grad  # should be 2·grad
 
 
+class CompiledDiffers(nn.GroupNorm):
+    """Claims compile_safe and takes another path when traced (as a Python-side cache would)."""
+
+    compile_safe = True
+
+    def __init__(self, num_features):
+        super().__init__(1, num_features)
+
+    def forward(self, x):
+        y = super().forward(x)
+        return y * 2 if torch.compiler.is_compiling() else y
+
+
+class Bf16SkipsTheMean(nn.GroupNorm):
+    """A low-precision fast path that forgets to centre: fine in fp32, wrong under bf16."""
+
+    def __init__(self, num_features):
+        super().__init__(1, num_features)
+
+    def forward(self, x):
+        if x.dtype == torch.bfloat16:
+            return x / x.float().square().mean(dim=(1, 2, 3), keepdim=True).sqrt().to(x.dtype)
+        return super().forward(x)
+
+
 class LeakyCBN(CrossIterationBatchNorm2d):
     """CBN that forgets to list its window in ddp_local_buffers: DDP overwrites rank 1's."""
 
@@ -154,6 +179,8 @@ BROKEN = [
     (BadHooks, "hooks", "diagnostics() must map names to floats"),
     (WrongGradient, "gradients", "train: Jacobian mismatch"),
     (LeakyCBN, "ddp", "step 2: DDP output differs"),
+    (CompiledDiffers, "compile", "compiled output differs from eager"),
+    (Bf16SkipsTheMean, "bf16_autocast", "bf16 output off by"),
 ]
 
 
