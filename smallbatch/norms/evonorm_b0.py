@@ -64,7 +64,9 @@ class EvoNormB0(NormLayer, EvoNorm2dB0):
         # (x − mean, then squares: exact also where |mean| >> std), and a group's σ²_B by the
         # law of total variance: the mean of the σ²_I plus the spread of the sample means
         xf = x.to(torch.promote_types(x.dtype, torch.float32))  # fp32 or better (float64 stays)
-        var_i, mean_i = torch.var_mean(xf, dim=(2, 3), correction=0)  # (N, C)
+        mean_i = xf.mean(dim=(2, 3), keepdim=True)
+        var_i = (xf - mean_i).square().mean(dim=(2, 3))  # (N, C); cheaper than var_mean on CPU
+        mean_i = mean_i.view(n, c)
         mean_ig = mean_i.view(groups, -1, c)
         spread = (mean_ig - mean_ig.mean(dim=1, keepdim=True)).square()
         var_b = (var_i.view(groups, -1, c) + spread).mean(dim=1)  # (G, C)
