@@ -71,11 +71,6 @@ class RenormRamp:
     def _given(self) -> dict[str, float]:
         return {"warmup": self.warmup, "rmax_at": self.rmax_at, "dmax_at": self.dmax_at}
 
-    @property
-    def last(self) -> float:
-        """The last milestone (where both limits have reached their final values)."""
-        return max(self.rmax_at, self.dmax_at)
-
     def milestones(self, total_steps: int | None) -> tuple[float, float, float]:
         """(warmup, rmax_at, dmax_at) in steps for a run of ``total_steps`` (None: unknown), by
         :func:`~smallbatch.norms.schedule.place_milestones`' rule (``auto`` ends at 0.6 of it)."""

@@ -162,7 +162,7 @@ class CrossIterationBatchNorm2d(StepCounter, nn.Module):
         if self.unit == "steps" and self.window == 1:
             return  # plain BN at any step: nothing to place
         (burnin,) = place_milestones(
-            "CBN burn-in",
+            f"{layer_label(self)}: CBN burn-in",
             self.unit,
             {"burnin": self.burnin_arg},
             total_steps,

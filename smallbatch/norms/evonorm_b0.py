@@ -47,29 +47,33 @@ class EvoNormB0(NormLayer, EvoNorm2dB0):
         if self.v is None:
             return {}
         groups = ghost_groups(x, self.norm_batch, self)
-        xf = x.float()
-        var_i, _ = torch.var_mean(xf, dim=(2, 3), correction=0, keepdim=True)
-        xg = xf.view(groups, -1, *x.shape[1:])
-        var_b = torch.var(xg, dim=(1, 3, 4), correction=0, keepdim=True)
-        left = (var_b + self.eps).sqrt().expand_as(xg).reshape_as(xf)
-        right = xf * self.v.view(1, -1, 1, 1) + (var_i + self.eps).sqrt()
+        var_b, var_i = self.batch_and_instance_variances(x.detach(), groups)
+        xf = x.detach().to(var_i.dtype)
+        left = var_b.add(self.eps).sqrt().repeat_interleave(x.shape[0] // groups, dim=0)
+        right = xf * self.v.view(1, -1, 1, 1) + var_i.add(self.eps).sqrt()[..., None, None]
+        left = left[..., None, None].expand_as(right)
         return {"batch_share": float((left >= right).float().mean())}
+
+    def batch_and_instance_variances(self, x: Tensor, groups: int) -> tuple[Tensor, Tensor]:
+        """(σ²_B per group, shape (G, C); σ²_I per sample, shape (N, C)), biased, in fp32 or
+        better (float64 input stays float64). Each from per-sample moments over (H, W) computed
+        in two passes (x − mean, then squares: exact also where |mean| >> std; cheaper than
+        ``var_mean`` on CPU), σ²_B by the law of total variance: the mean of the σ²_I plus the
+        spread of the sample means."""
+        n, c = x.shape[:2]
+        xf = x.to(torch.promote_types(x.dtype, torch.float32))
+        mean_i = xf.mean(dim=(2, 3), keepdim=True)
+        var_i = (xf - mean_i).square().mean(dim=(2, 3))  # (N, C)
+        mean_ig = mean_i.view(groups, -1, c)
+        spread = (mean_ig - mean_ig.mean(dim=1, keepdim=True)).square()
+        return (var_i.view(groups, -1, c) + spread).mean(dim=1), var_i
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.v is None:
             return super().forward(x)
         groups = normalization_groups(x, self)
-        n, c = x.shape[:2]
-        # every variance from the per-sample moments over (H, W), each computed in two passes
-        # (x − mean, then squares: exact also where |mean| >> std), and a group's σ²_B by the
-        # law of total variance: the mean of the σ²_I plus the spread of the sample means
-        xf = x.to(torch.promote_types(x.dtype, torch.float32))  # fp32 or better (float64 stays)
-        mean_i = xf.mean(dim=(2, 3), keepdim=True)
-        var_i = (xf - mean_i).square().mean(dim=(2, 3))  # (N, C); cheaper than var_mean on CPU
-        mean_i = mean_i.view(n, c)
-        mean_ig = mean_i.view(groups, -1, c)
-        spread = (mean_ig - mean_ig.mean(dim=1, keepdim=True)).square()
-        var_b = (var_i.view(groups, -1, c) + spread).mean(dim=1)  # (G, C)
+        n = x.shape[0]
+        var_b, var_i = self.batch_and_instance_variances(x, groups)
         count = x[: n // groups, 0].numel()  # values per channel in a group
         with torch.no_grad():
             unbiased = var_b.mean(dim=0) * (count / max(count - 1, 1))

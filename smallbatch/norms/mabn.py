@@ -143,7 +143,7 @@ class MovingAverageBatchNorm2d(StepCounter, nn.Module):
         from ``AUTO_SHARE`` of it); ``steps`` refuses them, naming ``unit: fraction``."""
         warmup, renorm = self.milestones_arg
         self.warmup, self.renorm_after = place_milestones(
-            "MABN",
+            f"{layer_label(self)}: MABN",
             self.unit,
             {"warmup": warmup, "renorm_after": renorm},
             total_steps,

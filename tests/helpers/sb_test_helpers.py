@@ -8,7 +8,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
-from smallbatch.norms import EvoNormB0, normalization_groups
+from smallbatch.norms import EvoNormB0
 
 
 class KillAtStep(Callback):
@@ -109,32 +109,14 @@ class StallAfterStep(Callback):
 
 
 class OnePassEvoNormB0(EvoNormB0):
-    """EvoNorm-B0's training forward as it was before 4fed34b (one-pass variances,
-    E[x²] − E[x]² from per-sample moments): the robustness check must fail on it, and
-    scripts/step_cost.py times it against today's two-pass layer."""
+    """EvoNorm-B0 with its variances as they were before 4fed34b (one pass, E[x²] − E[x]² from
+    per-sample moments): the robustness check must fail on it, and scripts/step_cost.py times
+    it against today's two-pass layer."""
 
-    def forward(self, x):
-        if not self.training or self.v is None:
-            return super().forward(x)
-        groups = normalization_groups(x, self)
-        n, c = x.shape[:2]
+    def batch_and_instance_variances(self, x, groups):
+        c = x.shape[1]
         xf = x if x.dtype == torch.float64 else x.float()  # float64 for the kit's reference
         mean_i, sqmean_i = xf.mean(dim=(2, 3)), xf.square().mean(dim=(2, 3))
         mean_g = mean_i.view(groups, -1, c).mean(dim=1)
         var_b = (sqmean_i.view(groups, -1, c).mean(dim=1) - mean_g.square()).clamp_min(0)
-        count = x[: n // groups, 0].numel()
-        with torch.no_grad():
-            unbiased = var_b.mean(dim=0) * (count / max(count - 1, 1))
-            self.running_var.lerp_(unbiased.to(self.running_var.dtype), self.momentum)
-        var_i = (sqmean_i - mean_i.square()).clamp_min(0)
-        left = var_b.add(self.eps).sqrt().repeat_interleave(n // groups, dim=0)
-        shape = (1, -1, 1, 1)
-        right = torch.addcmul(
-            var_i.add(self.eps).sqrt().to(x.dtype)[..., None, None],
-            x,
-            self.v.to(x.dtype).view(shape),
-        )
-        y = x / torch.maximum(left.to(x.dtype)[..., None, None], right)
-        return torch.addcmul(
-            self.bias.to(x.dtype).view(shape), y, self.weight.to(x.dtype).view(shape)
-        )
+        return var_b, (sqmean_i - mean_i.square()).clamp_min(0)
