@@ -361,3 +361,25 @@ def test_a_bad_grid_json_still_gives_the_table_with_a_note(tmp_path, capsys, con
     assert report_main([str(run)]) == 0
     captured = capsys.readouterr()
     assert "grid.json is unreadable" in captured.err and "| bn |" in captured.out
+
+
+def test_times_line_counts_parallel_runs_once_and_session_gaps_not_at_all():
+    from smallbatch.analysis.report import timing_line
+
+    def run(start: str, end: str, host: str) -> dict:
+        return {
+            "started_utc": f"2026-01-01T{start}:00+00:00",
+            "ended_utc": f"2026-01-01T{end}:00+00:00",
+            "run_time_s": 3600 * (int(end[:2]) - int(start[:2])),
+            "machine": {"host": host, "cpu": "x"},
+        }
+
+    # two at a time on host a (10-12 and 11-13), a gap, then one run on host b (15-16)
+    results = [run("10:00", "12:00", "a"), run("11:00", "13:00", "a"), run("15:00", "16:00", "b")]
+    line = timing_line([*results, {"final_top1": 0.9}])
+    assert "summed run time 5.00 h" in line
+    assert "wall clock 6.00 h" in line
+    per_host = "3.00 h on a (x) (2 runs); 1.00 h on b (x) (1 runs)"
+    assert f"busy 4.00 h (at least one run going): {per_host}" in line
+    assert line.endswith("; 1 runs without recorded times.")
+    assert "busy 3.00 h (at least one run going), on a (x)." in timing_line(results[:2])

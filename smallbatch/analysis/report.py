@@ -423,25 +423,52 @@ def reading(stats: list[CellStats]) -> str:
     return text + "."
 
 
+def busy_seconds(intervals: list[tuple[Any, Any]]) -> float:
+    """Length of the union of [start, end] intervals: the time in which at least one run was
+    going, so that gaps between sessions count nothing and parallel runs count once."""
+    total, reach = 0.0, None
+    for start, end in sorted(intervals):
+        if reach is None or start > reach:
+            total += (end - start).total_seconds()
+            reach = end
+        elif end > reach:
+            total += (end - reach).total_seconds()
+            reach = end
+    return total
+
+
 def timing_line(results: list[dict[str, Any]]) -> str:
-    """The machine time of a set of runs from their records: the cells' summed run time and the
-    wall clock from the first start to the last end (runs without times are counted)."""
+    """The machine time of a set of runs from their records: the cells' summed run time, the
+    wall clock from the first start to the last end, and the busy time (the union of the runs'
+    intervals, per host when there are several); runs without times are counted."""
     from datetime import datetime
 
     timed = [r for r in results if r.get("started_utc") and r.get("ended_utc")]
     if not timed:
         return ""
-    starts = [datetime.fromisoformat(r["started_utc"]) for r in timed]
-    ends = [datetime.fromisoformat(r["ended_utc"]) for r in timed]
+    spans = [
+        (datetime.fromisoformat(r["started_utc"]), datetime.fromisoformat(r["ended_utc"]))
+        for r in timed
+    ]
     summed = sum(float(r.get("run_time_s") or r.get("wall_time_s") or 0) for r in timed)
-    wall = (max(ends) - min(starts)).total_seconds()
+    first, last = min(s for s, _ in spans), max(e for _, e in spans)
     machines = [r.get("machine") or {} for r in timed]
-    hosts = sorted({f"{m.get('host')} ({m.get('cpu')})" for m in machines})
+    labels = [f"{m.get('host')} ({m.get('cpu')})" for m in machines]
+    hosts = sorted(set(labels))
+    busy = f"busy {busy_seconds(spans) / 3600:.2f} h (at least one run going)"
+    if len(hosts) > 1:
+        per_host = []
+        for h in hosts:
+            own = [sp for sp, lab in zip(spans, labels, strict=True) if lab == h]
+            per_host.append(f"{busy_seconds(own) / 3600:.2f} h on {h} ({len(own)} runs)")
+        busy += ": " + "; ".join(per_host)
+    else:
+        busy += f", on {hosts[0]}"
     untimed = len(results) - len(timed)
     return (
         f"Times: {len(timed)} runs, summed run time {summed / 3600:.2f} h, wall clock "
-        f"{wall / 3600:.2f} h from {min(starts).isoformat()} to {max(ends).isoformat()}, on "
-        + ", ".join(hosts)
+        f"{(last - first).total_seconds() / 3600:.2f} h from {first.isoformat()} to "
+        f"{last.isoformat()}, {busy}"
         + (f"; {untimed} runs without recorded times" if untimed else "")
         + "."
     )
