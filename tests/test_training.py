@@ -59,6 +59,16 @@ def test_fit_on_real_fashion_mnist_learns(fashion_dir, tmp_path):
     assert (run / "config.yaml").exists() and (run / "checkpoints" / "last.ckpt").exists()
 
 
+def test_lightnings_default_root_dir_is_the_run_folder(fashion_dir, tmp_path):
+    """As Lightning users expect, --trainer.default_root_dir X puts the run's files in X."""
+    args = tiny_fit_args(fashion_dir, tmp_path / "unused", "--data.train_subset", "64")
+    at = args.index("--run_dir")
+    args[at : at + 2] = ["--trainer.default_root_dir", str(tmp_path / "mine")]
+    lightning_main(args)
+    assert read_result(tmp_path / "mine")["status"] == "finished"
+    assert (tmp_path / "mine" / "config.yaml").exists() and not (tmp_path / "unused").exists()
+
+
 def test_norm_from_class_path_outside_package(fashion_dir, tmp_path):
     norm = json.dumps({"class_path": "sb_test_helpers.ScaledGroupNorm", "init_args": {"scale": 2}})
     run = tmp_path / "run"

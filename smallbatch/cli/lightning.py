@@ -1,8 +1,9 @@
 """The suite's Lightning CLI (``smallbatch fit/validate/test/predict``): run folders, run
 names, W&B defaults, results and checkpoints around ``LightningCLI``.
 
-Every Lightning run gets a run folder (``--run_dir``, default ``runs/<name>/<time>``) that holds
-its config, checkpoints, W&B files and ``result.json``; two runs never share one unless asked.
+Every Lightning run gets a run folder (``--run_dir`` or Lightning's
+``--trainer.default_root_dir``, default ``runs/<name>/<time>``) that holds its config,
+checkpoints, W&B files and ``result.json``; two runs never share one unless asked.
 This module does not import the command table (``smallbatch.cli``), so ``smallbatch.grid`` can
 use it without an import cycle.
 """
@@ -182,7 +183,13 @@ class SmallBatchCLI(LightningCLI):
     """LightningCLI with run folders, cell naming, W&B defaults, results and checkpoints."""
 
     def add_arguments_to_parser(self, parser) -> None:
-        parser.add_argument("--run_dir", type=str | None, default=None, help="run folder")
+        parser.add_argument(
+            "--run_dir",
+            type=str | None,
+            default=None,
+            help="run folder (default: --trainer.default_root_dir if given, else "
+            "runs/<name>/<time>)",
+        )
         parser.add_argument(
             "--name", type=str | None, default=None, help="run name (default: from the cell)"
         )
@@ -199,7 +206,8 @@ class SmallBatchCLI(LightningCLI):
         if not run_dir and self.subcommand in EVAL_COMMANDS:
             # never write into the fit's folder: a new one beside its files, linked to it
             run_dir, eval_of = eval_run_dir(cfg, self.subcommand, name)
-        run_dir = run_dir or cfg.run_dir
+        # Lightning's own --trainer.default_root_dir names the run folder too (--run_dir wins)
+        run_dir = run_dir or cfg.run_dir or cfg.trainer.default_root_dir
         if not run_dir:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             run_dir = str(Path("runs") / name / f"{stamp}-{os.getpid()}")
