@@ -383,3 +383,5 @@ def test_times_line_counts_parallel_runs_once_and_session_gaps_not_at_all():
     assert f"busy 4.00 h (at least one run going): {per_host}" in line
     assert line.endswith("; 1 runs without recorded times.")
     assert "busy 3.00 h (at least one run going), on a (x)." in timing_line(results[:2])
+    inner = run("10:30", "11:30", "a")  # inside the first run: adds nothing
+    assert "busy 3.00 h (at least one run going)," in timing_line([*results[:2], inner])

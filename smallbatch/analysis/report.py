@@ -428,10 +428,8 @@ def busy_seconds(intervals: list[tuple[Any, Any]]) -> float:
     going, so that gaps between sessions count nothing and parallel runs count once."""
     total, reach = 0.0, None
     for start, end in sorted(intervals):
-        if reach is None or start > reach:
-            total += (end - start).total_seconds()
-            reach = end
-        elif end > reach:
+        reach = start if reach is None else max(reach, start)  # covered up to here already
+        if end > reach:
             total += (end - reach).total_seconds()
             reach = end
     return total
@@ -446,24 +444,22 @@ def timing_line(results: list[dict[str, Any]]) -> str:
     timed = [r for r in results if r.get("started_utc") and r.get("ended_utc")]
     if not timed:
         return ""
-    spans = [
-        (datetime.fromisoformat(r["started_utc"]), datetime.fromisoformat(r["ended_utc"]))
-        for r in timed
-    ]
+    by_host: dict[str, list[tuple[datetime, datetime]]] = {}
+    for r in timed:
+        m = r.get("machine") or {}
+        span = (datetime.fromisoformat(r["started_utc"]), datetime.fromisoformat(r["ended_utc"]))
+        by_host.setdefault(f"{m.get('host')} ({m.get('cpu')})", []).append(span)
+    spans = [span for host_spans in by_host.values() for span in host_spans]
     summed = sum(float(r.get("run_time_s") or r.get("wall_time_s") or 0) for r in timed)
     first, last = min(s for s, _ in spans), max(e for _, e in spans)
-    machines = [r.get("machine") or {} for r in timed]
-    labels = [f"{m.get('host')} ({m.get('cpu')})" for m in machines]
-    hosts = sorted(set(labels))
     busy = f"busy {busy_seconds(spans) / 3600:.2f} h (at least one run going)"
-    if len(hosts) > 1:
-        per_host = []
-        for h in hosts:
-            own = [sp for sp, lab in zip(spans, labels, strict=True) if lab == h]
-            per_host.append(f"{busy_seconds(own) / 3600:.2f} h on {h} ({len(own)} runs)")
-        busy += ": " + "; ".join(per_host)
+    if len(by_host) > 1:
+        busy += ": " + "; ".join(
+            f"{busy_seconds(own) / 3600:.2f} h on {host} ({len(own)} runs)"
+            for host, own in sorted(by_host.items())
+        )
     else:
-        busy += f", on {hosts[0]}"
+        busy += f", on {next(iter(by_host))}"
     untimed = len(results) - len(timed)
     return (
         f"Times: {len(timed)} runs, summed run time {summed / 3600:.2f} h, wall clock "
