@@ -251,6 +251,26 @@ def test_fixed_total_batch_table_draws_batch_free_and_synced_rows_flat(tmp_path,
     assert "Reading: at b=2, bn 69.0% (-20.0 from b=32); batch-free gn 84.0% at every b." in out
 
 
+def test_a_setting_given_to_some_norms_only_is_named_in_the_caption(tmp_path, capsys):
+    """A grid override (compile some norms) splits no row, so the caption says which norms had it;
+    a setting that varies within a norm is left to its row labels."""
+    run = tmp_path / "runs"
+    for norm, mode in (("bn", None), ("brn", None), ("frn", "default"), ("evonorm_s0", "default")):
+        write_result(run, norm, norm, 32, 0, 0.9, **{"model.compile_mode": mode})
+    for epochs in (1, 2):
+        write_result(run, f"gn{epochs}", "gn", 32, 0, 0.9, epochs=epochs)
+    assert report_main([str(run)]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "Set for some norms only: `compile_mode` is default for evonorm_s0 and frn "
+        "(unset for the others)."
+    ) in out
+    assert "max_epochs` is" not in out and "| gn (max_epochs=2) |" in out
+    write_result(run, "gn-compiled", "gn", 32, 1, 0.9, **{"model.compile_mode": "default"})
+    assert report_main([str(run)]) == 0
+    assert "Set for some norms only" not in capsys.readouterr().out
+
+
 def _with_evals(run, folder, norm, b, seed, ema, precise, batch, status="finished"):
     write_result(run, folder, norm, 32, seed, ema + 0.01, norm_batch=b, status=status)
     path = run / "cells" / folder / "result.json"

@@ -139,6 +139,7 @@ class CellStats:
     seeds: list[Any] = field(default_factory=list)  # the seed of each value
     duplicates: int = 0  # repeated runs of a seed left out
     evaluations: int = 0  # the fewest evaluations a run of this cell made
+    setting: dict[str, Any] = field(default_factory=dict)  # the cell's setting (dotted keys)
 
     @property
     def mean(self) -> float | None:
@@ -279,6 +280,7 @@ def aggregate(
         for s in group:
             cell = CellStats(label, norm, s.norm_batch, set(), [], 0, 0, modes[row_id], flat)
             cell.duplicates = s.duplicates
+            cell.setting = s.setting
             cell.evaluations = min((len(r.get("val_acc_history") or []) for r in s.results),
                                    default=0)  # fmt: skip
             for r in s.results:
@@ -357,6 +359,8 @@ def caption(
         )
     if any(s.diverged for s in stats):
         text += " Diverged runs are not averaged; `n div.` counts them."
+    if differences := norm_specific_settings(stats):
+        text += f" Set for some norms only: {differences}."
     if dropped := sum(s.duplicates for s in stats):
         text += (
             f" {dropped} repeated run(s) of a seed left out: a seed counts once per setting "
@@ -368,6 +372,40 @@ def caption(
     if invalid:
         text += f" Not included: {len(invalid)} invalid result file(s), listed below the table."
     return text
+
+
+def _is_norm_key(key: str) -> bool:
+    return key in ("model.norm", "cell.norm") or key.startswith(
+        ("model.norm_args", "cell.norm_args")
+    )
+
+
+def _listing(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
+def norm_specific_settings(stats: list[CellStats]) -> str:
+    """Settings the same within each norm but not across norms (a grid override such as
+    ``compile_mode`` for some norms), which no row label shows: "`key` is v for n1 and n2 (w for
+    the others)" per key, the most common value as "the others"; '' when all norms share them."""
+    rows = _row_order(stats)
+    by_norm: dict[str, list[dict[str, Any]]] = {}
+    for s in sorted(stats, key=lambda s: rows.index(s.row)):  # norms in the table's order
+        by_norm.setdefault(s.norm, []).append(s.setting)
+    parts = []
+    for key in sorted({k for s in stats for k in s.setting}):
+        if _is_column_key(key) or _is_norm_key(key):
+            continue
+        values = {n: {_value_text(st.get(key)) for st in sts} for n, sts in by_norm.items()}
+        if any(len(v) > 1 for v in values.values()) or len(set().union(*values.values())) < 2:
+            continue  # varies within a norm (its row labels say so) or is shared by all norms
+        groups: dict[str, list[str]] = {}
+        for norm, value in values.items():
+            groups.setdefault("unset" if (v := value.pop()) == "null" else v, []).append(norm)
+        *few, (common, _) = sorted(groups.items(), key=lambda g: len(g[1]))
+        text = "; ".join(f"{v} for {_listing(norms)}" for v, norms in few)
+        parts.append(f"`{_short(key)}` is {text} ({common} for the others)")
+    return "; ".join(parts)
 
 
 def markdown_table(
