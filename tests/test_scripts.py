@@ -83,3 +83,31 @@ def test_conformance_table_writes_the_table_with_its_provenance(tmp_path, monkey
     assert record["norms"][0]["norm"] == "ln" and record["machine"]["cpu"]
     assert "| ln | ✓ |" in table and "at commit" in table and "load average" in table
     assert "ln · batch_one (pass)" in table  # reasons listed under the table
+
+
+def test_quote_published_tables_rewrites_marked_tables_and_checks_them(
+    tmp_path, monkeypatch, capsys
+):
+    report = tmp_path / "results" / "report.md"
+    report.parent.mkdir()
+    report.write_text("# grid\n\ncaption\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\nReading: x\n")
+    doc = tmp_path / "doc.md"
+    old = "| a | b |\n|---|---|\n| 1 | 9 |\n| 3 | 4 |\n"
+    doc.write_text(f"intro\n\n<!-- table: results/report.md -->\n{old}\nafter\n| other |\n")
+    with pytest.raises(SystemExit) as stale:
+        _run("quote_published_tables.py", [str(doc), "--check"], monkeypatch, capsys)
+    assert stale.value.code == 1 and "doc.md" in capsys.readouterr().out
+    assert doc.read_text().count("| 1 | 9 |") == 1  # --check writes nothing
+    with pytest.raises(SystemExit) as done:
+        _run("quote_published_tables.py", [str(doc)], monkeypatch, capsys)
+    assert done.value.code == 0
+    assert doc.read_text() == (
+        "intro\n\n<!-- table: results/report.md -->\n| a | b |\n|---|---|\n| 1 | 2 |\n"
+        "\nafter\n| other |\n"
+    )
+    with pytest.raises(SystemExit) as fresh:
+        _run("quote_published_tables.py", [str(doc), "--check"], monkeypatch, capsys)
+    assert fresh.value.code == 0
+    doc.write_text("<!-- table: results/missing.md -->\n| a |\n")
+    with pytest.raises(SystemExit, match="missing.md, which does not exist"):
+        _run("quote_published_tables.py", [str(doc)], monkeypatch, capsys)
