@@ -43,3 +43,14 @@ def test_docs_results_quote_the_published_table_verbatim(folder: Path):
     report = (folder / "report" / "results.md").read_text()
     table = "\n".join(line for line in report.splitlines() if line.startswith("|"))
     assert table in (ROOT / "docs" / "results.md").read_text(), folder.name
+
+
+def test_every_marked_table_in_the_docs_quotes_its_report_file():
+    """Tables under a ``<!-- table: ... -->`` marker (scripts/quote_published_tables.py) equal the
+    committed report file they name."""
+    import runpy
+
+    quote = runpy.run_path(str(ROOT / "scripts" / "quote_published_tables.py"))["quote_tables"]
+    doc = ROOT / "docs" / "results.md"
+    assert "<!-- table: " in doc.read_text()
+    assert quote(doc)[1] == [], "run scripts/quote_published_tables.py docs/results.md"
