@@ -579,7 +579,7 @@ def _cell_pids(run_dir: Path) -> list[int]:
 def test_a_stopped_orphan_never_overwrites_a_result_a_later_attempt_finished(tmp_path, fashion_dir):
     path = write_grid(
         tmp_path, fashion_dir, axes={"model.norm": ["bn"], "data.batch_size": [4]},
-        args={"trainer.max_epochs": 2, "data.train_subset": 256},
+        args={"trainer.max_epochs": 4, "data.train_subset": 256},
     )  # fmt: skip
     spec = load_grid(path)
     grid = grid_proc(path)
@@ -587,7 +587,11 @@ def test_a_stopped_orphan_never_overwrites_a_result_a_later_attempt_finished(tmp
     while time.time() < deadline and not (pids := _cell_pids(spec.run_dir)):
         time.sleep(0.2)
     assert pids, "the cell never started"
-    time.sleep(8)  # training
+    # stop it mid-training: after its first epoch's checkpoint, not after a fixed time (a fast
+    # machine finished the whole cell within a fixed 8 s)
+    while time.time() < deadline and not list(spec.run_dir.glob("cells/*/**/last.ckpt")):
+        time.sleep(0.1)
+    assert _cell_pids(spec.run_dir) == pids, "the cell ended before it could be stopped"
     for pid in pids:
         os.kill(pid, signal.SIGSTOP)
     grid.kill()  # SIGKILL: the stopped cell gets its parent-death SIGTERM, pending
