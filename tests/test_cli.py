@@ -9,9 +9,11 @@ import pytest
 from smallbatch.cli import COMMANDS
 
 
-def _run(*args, code=None):
+def _run(*args, code=None, path_first=None):
     cmd = [sys.executable, *(code and ["-c", code] or ["-m", "smallbatch.cli", *args])]
     env = {k: v for k, v in os.environ.items() if k != "WANDB_SILENT"}  # see W&B's warnings
+    if path_first:
+        env["PATH"] = f"{path_first}{os.pathsep}{env.get('PATH', '')}"
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
 
 
@@ -55,7 +57,13 @@ def test_no_argv_echo_warning_on_an_ordinary_call():
     assert "LightningCLI's args parameter" not in proc.stderr
 
 
-NOISE = ("LightningCLI's args parameter", "anonymous setting", "litlogger", "LeafSpec")
+NOISE = (
+    "LightningCLI's args parameter",
+    "anonymous setting",
+    "litlogger",
+    "LeafSpec",
+    "`srun` command is available",
+)
 
 
 def test_ordinary_calls_print_none_of_the_known_warnings(tmp_path):
@@ -63,10 +71,15 @@ def test_ordinary_calls_print_none_of_the_known_warnings(tmp_path):
 
     norms = _run("norms")
     assert norms.returncode == 0
+    bin_dir = tmp_path / "bin"  # an `srun` on PATH, as on a cluster's login node or CI
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")
+    (bin_dir / "srun").chmod(0o755)
     fit = _run(
         *conftest.tiny_fit_args(conftest_fashion(tmp_path), tmp_path / "run"),
         "--trainer.logger",
         '{"class_path": "lightning.pytorch.loggers.WandbLogger", "init_args": {"project": "t"}}',
+        path_first=bin_dir,
     )
     assert fit.returncode == 0, fit.stderr[-2000:]
     for proc in (norms, fit):

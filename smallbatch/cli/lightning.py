@@ -18,7 +18,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar, TQDMProgressBar
@@ -26,6 +26,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 
 from ..data import SmallBatchDataModule
 from ..errors import debug_enabled, report, summarize_parse_error
+from ..hardware import AUTO, resolve_precision
 from ..naming import (
     is_location_key,
     is_setting_key,
@@ -163,6 +164,18 @@ class LoggedSaveConfigCallback(SaveConfigCallback):
             logger.log_hyperparams({"lightning": _jsonable(data)})
 
 
+def accept_auto_precision(parser: LightningArgumentParser) -> None:
+    """``--trainer.precision auto`` (:func:`smallbatch.hardware.resolve_precision`): Lightning's
+    type for the option, widened by ``auto``; resolved before the trainer is built."""
+    for action in parser._actions:
+        if action.dest == "trainer.precision" and hasattr(action, "_typehint"):
+            action._typehint = Literal[AUTO] | action._typehint  # type: ignore[attr-defined]
+            auto = "'auto': bf16-mixed where bf16 is native, else 32-true"
+            action.help = f"{action.help or ''} ({auto})"
+            return
+    raise RuntimeError("trainer.precision not found: the Lightning CLI changed its parser")
+
+
 class ConciseArgumentParser(LightningArgumentParser):
     """Lightning's parser, but a bad value or option ends with one ``error:`` line (what was
     wrong, what is accepted, a suggestion) instead of the whole usage and jsonargparse's
@@ -196,11 +209,16 @@ class SmallBatchCLI(LightningCLI):
         parser.add_argument("--group", type=str, default="adhoc", help="W&B group (a grid's name)")
         parser.add_argument("--tags", type=list[str], default=[], help="extra W&B tags")
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        accept_auto_precision(parser)
         parser.link_arguments("data.in_chans", "model.in_chans", apply_on="instantiate")
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         name = run_name(cfg)
+        requested = cfg.trainer.precision
+        cfg.trainer.precision, note = resolve_precision(requested, cfg.trainer.accelerator)
+        if note and os.environ.get("LOCAL_RANK", "0") == "0":  # once, not per DDP rank
+            print(note, file=sys.stderr if note.startswith("warning") else sys.stdout, flush=True)
         eval_of = None
         run_dir = os.environ.get("SMALLBATCH_RUN_DIR")  # set: a DDP rank of this very command
         if not run_dir and self.subcommand in EVAL_COMMANDS:
@@ -222,6 +240,8 @@ class SmallBatchCLI(LightningCLI):
         setting = run_setting(cfg)
         self._cell = {
             **cell,
+            "precision": str(cfg.trainer.precision or "32-true"),
+            "precision_requested": None if requested is None else str(requested),
             "setting": setting,
             "setting_digest": setting_digest(setting),
             "code_version": code_version(),
@@ -284,9 +304,16 @@ class _DropKnownNoise(logging.Filter):
         return not str(record.getMessage()).startswith(QUIET_LOG_PREFIXES)
 
 
+# Lightning's hint to prepend `srun`, printed whenever srun is on PATH: only useful inside a
+# SLURM allocation, so it is kept there and dropped where no SLURM job is set
+SRUN_HINT = "The `srun` command is available on your system but is not used"
+
+
 def _quiet_known_noise() -> None:
     for message in QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=message)
+    if not os.environ.get("SLURM_JOB_ID"):
+        warnings.filterwarnings("ignore", message=SRUN_HINT)
     log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     if not any(isinstance(f, _DropKnownNoise) for f in log.filters):
         log.addFilter(_DropKnownNoise())

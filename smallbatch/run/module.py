@@ -150,7 +150,8 @@ class SmallBatchModule(pl.LightningModule):
         # Per-device state (CBN windows) must not be overwritten by DDP's broadcast from rank 0.
         self._ddp_params_and_buffers_to_ignore = local_buffer_names(self)
         top5 = num_classes > 5
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        # updated every step, computed once an epoch: no per-step input validation
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc5 = MulticlassAccuracy(num_classes, top_k=5, average="micro") if top5 else None
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -159,6 +160,8 @@ class SmallBatchModule(pl.LightningModule):
         self.eval_acc: dict[str, float] = {}  # per evaluation mode (FinalEvaluation)
         self.end_diagnostics: dict[str, float] = {}
         self.diverged = False
+        self._nonfinite: Tensor | None = None  # first step whose loss was NaN/Inf (-1: none)
+        self._loss_steps = 0
         self.first_started_utc: str | None = None  # of the run's first attempt (checkpointed)
         self.elapsed_before = 0.0  # seconds of earlier attempts, through their last checkpoint
         self._attempt_start = time.time()
@@ -250,27 +253,61 @@ class SmallBatchModule(pl.LightningModule):
             self._gap = None
 
     # ----------------------------------------------------------------- steps
-    def _log_due(self) -> bool:
-        every = max(int(self.trainer.log_every_n_steps or 1), 1)
-        return self.hparams.diagnostics and (self.global_step + 1) % every == 0  # as Lightning
+    def _log_interval(self) -> int:
+        return max(int(self.trainer.log_every_n_steps or 1), 1)
+
+    def on_train_epoch_start(self) -> None:
+        self._reset_epoch_sums()
+
+    def _reset_epoch_sums(self) -> None:
+        """The epoch's loss sum and the first non-finite loss, kept on the device: no host sync
+        per step (read at each log interval, validation and epoch end)."""
+        self._loss_sum = torch.zeros((), device=self.device)
+        self._loss_steps = 0
+        self._nonfinite = torch.full((), -1, dtype=torch.long, device=self.device)
+        self._nonfinite_loss = torch.zeros((), device=self.device)
+
+    def _watch(self, loss: Tensor) -> None:
+        """Add a step's loss to the epoch's sum and remember the first step it was NaN/Inf."""
+        if self._nonfinite is None:  # resumed inside an epoch
+            self._reset_epoch_sums()
+        self._loss_sum += loss
+        self._loss_steps += 1
+        first = (self._nonfinite < 0) & ~torch.isfinite(loss)
+        self._nonfinite = torch.where(first, self.global_step, self._nonfinite)
+        self._nonfinite_loss = torch.where(first, loss, self._nonfinite_loss)
+
+    def check_diverged(self) -> bool:
+        """Whether a loss since the epoch started was NaN/Inf (one host sync); the first time,
+        mark the run diverged and stop it."""
+        if self.diverged or self._nonfinite is None:
+            return self.diverged
+        step = int(self._nonfinite)
+        if step >= 0:
+            self.diverged = True
+            self.trainer.should_stop = True
+            self.print(f"loss became {float(self._nonfinite_loss)} at step {step}: run diverged")
+        return self.diverged
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor | None:
+        """Forward and loss; Lightning's per-step logging (a few ms a step on a CPU) only every
+        ``trainer.log_every_n_steps`` steps, when the loggers write it anyway."""
         x, y = batch
-        due = self._log_due()
-        if due and self._gap is not None:
+        due = (self.global_step + 1) % self._log_interval() == 0  # as Lightning counts
+        diagnose = due and self.hparams.diagnostics
+        if diagnose and self._gap is not None:
             self._gap.armed = True
         logits = self(x)
         loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
-        if not torch.isfinite(loss):
-            self.diverged = True
-            self.trainer.should_stop = True
-            self.print(f"loss became {loss.item()} at step {self.global_step}: run diverged")
+        self._watch(loss.detach())
+        self.train_acc.update(logits.detach(), y)
+        if not due:
+            return loss
+        if self.check_diverged():
             return None
-        self.train_acc(logits, y)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+        self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True)
-        if due:
+        if diagnose:
             diag = layer_diagnostics(self.model)
             if self._gap is not None:
                 diag.update(self._gap.collect())
@@ -278,6 +315,20 @@ class SmallBatchModule(pl.LightningModule):
                 self.log_dict(diag, on_step=True, on_epoch=False)
                 self.diag_history.append((int(self.global_step), diag))
         return loss
+
+    def on_validation_start(self) -> None:
+        if self.trainer.training:  # validation during fit: not of weights that went NaN
+            self.check_diverged()
+
+    def on_train_epoch_end(self) -> None:
+        if self.check_diverged() or not self._loss_steps:
+            return
+        self.log("train/loss_epoch", self._loss_sum / self._loss_steps)
+        self.log("train/acc", self.train_acc.compute())
+        self.train_acc.reset()
+
+    def on_train_end(self) -> None:
+        self.check_diverged()  # a NaN after the last check: no final evaluation of it
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch

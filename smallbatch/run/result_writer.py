@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import platform
 import socket
 import time
 import uuid
@@ -15,6 +14,7 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
+from ..hardware import cpu_record
 from ..results import DONE_STATUSES, RESULT_FILE, Status, read_result, write_json_atomic
 
 
@@ -40,25 +40,14 @@ def utc_now(at: float | None = None) -> str:
 
 
 def machine() -> dict[str, Any]:
-    """Where a run ran: host, CPU model (and whether it has AMX, which bf16 convolutions use),
+    """Where a run ran: host, CPU model and what it computes natively
+    (:func:`smallbatch.hardware.cpu_record`: PyTorch's kernel capability, native bf16, AMX),
     torch's version and threads, the accelerator."""
     import torch
 
-    cpu, flags = None, set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and cpu is None:
-                cpu = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = set(value.split())
-    except OSError:
-        pass
-    cpu = cpu or platform.processor() or platform.machine()
     return {
         "host": socket.gethostname(),
-        "cpu": cpu,
-        "cpu_amx": any(f.startswith("amx") for f in flags),
+        **cpu_record(),
         "cpus": os.cpu_count(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
