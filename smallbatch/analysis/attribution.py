@@ -18,6 +18,7 @@ import math
 from statistics import fmean, stdev
 from typing import Any
 
+from ..errors import UserError, did_you_mean
 from .report import CellStats, _row_order, aggregate, t975
 
 
@@ -63,6 +64,63 @@ def paired_difference_table(results: list[dict[str, Any]], a: str, b: str) -> st
             x, y = _by_seed(first.get((row, n))), _by_seed(second.get((row, n)))
             cells.append(_fmt(*_mean_ci([y[s] - x[s] for s in x if s in y])))
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def resolve_row(stats: list[CellStats], name: str) -> str:
+    """The table row ``name`` means: a row label as printed, or a norm with a single row."""
+    rows = _row_order(stats)
+    if name in rows:
+        return name
+    of_norm = [r for r in rows if next(s.norm for s in stats if s.row == r) == name]
+    if len(of_norm) == 1:
+        return of_norm[0]
+    if of_norm:
+        listed = ", ".join(repr(r) for r in of_norm)
+        raise UserError(f"--diff: norm {name!r} has {len(of_norm)} rows ({listed}); give one "
+                        "row label as the table prints it")  # fmt: skip
+    norms = {s.norm for s in stats}
+    raise UserError(
+        f"--diff: {name!r} is no row of this table{did_you_mean(name, [*rows, *norms])} "
+        f"(rows: {', '.join(repr(r) for r in rows)}; or an evaluation mode for both)"
+    )
+
+
+def row_difference_table(
+    results: list[dict[str, Any]], a: str, b: str, metric: str = "final", mode: str = "ema"
+) -> str:
+    """Per normalization batch: row ``b``'s accuracy minus row ``a``'s, paired by seed (the
+    same seed in both rows; mean ± 95% CI, percentage points). A batch-free row run once at
+    the whole batch stands at every b."""
+    stats = aggregate(results, metric, mode)
+    row_a, row_b = resolve_row(stats, a), resolve_row(stats, b)
+    if row_a == row_b:
+        raise UserError(f"--diff: {a!r} and {b!r} are the same row ({row_a!r})")
+
+    def cells(row: str) -> dict[int, CellStats]:
+        own = [s for s in stats if s.row == row]
+        flat = next((s for s in own if s.flat == "batch-free"), None)
+        every = sorted({s.norm_batch for s in stats}, reverse=True)
+        return {n: flat for n in every} if flat else {s.norm_batch: s for s in own}
+
+    first, second = cells(row_a), cells(row_b)
+    batches = sorted(set(first) & set(second), reverse=True)
+    lines = [
+        f"`{row_b}` minus `{row_a}` ({metric}, {mode} evaluation; percentage points), paired "
+        "by seed: mean ± 95% confidence half-width (Student t) over the seeds both rows ran.",
+        "",
+        f"| b | {row_a} | {row_b} | difference | seeds |",
+        "|---|---|---|---|---|",
+    ]
+    for n in batches:
+        x, y = _by_seed(first[n]), _by_seed(second[n])
+        paired = [s for s in x if s in y]
+        diff = _fmt(*_mean_ci([y[s] - x[s] for s in paired]))
+        mean_a = _fmt(*_mean_ci([x[s] for s in paired]), sign=False)
+        mean_b = _fmt(*_mean_ci([y[s] for s in paired]), sign=False)
+        lines.append(f"| {n} | {mean_a} | {mean_b} | {diff} | {len(paired)} |")
+    if not batches:
+        lines.append("| – | no normalization batch in common | | | |")
     return "\n".join(lines) + "\n"
 
 

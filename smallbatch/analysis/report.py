@@ -25,8 +25,9 @@ from pathlib import Path
 from statistics import fmean, stdev
 from typing import Any
 
+from ..errors import UserError, did_you_mean
 from ..naming import is_setting_key, normalization_batch, stable_digest
-from ..results import InvalidResult, Status, load_result_file, write_atomic
+from ..results import DONE_STATUSES, InvalidResult, Status, load_result_file, write_atomic
 
 METRICS = {
     "final": ("final_val_acc", "final evaluation"),
@@ -131,7 +132,7 @@ class CellStats:
     batch_sizes: set[int]
     values: list[float]
     diverged: int
-    failed: int
+    failed: int  # seeds without a result (interrupted, failed, running): not in the mean
     mode: str = ""  # how b relates to the per-device batch in this row ("" = the same)
     # in a table of ghost-batch rows, a row run once at the whole per-device batch: "batch-free"
     # (the same computation at every b: drawn flat) or "reference" (statistics over all of it)
@@ -178,6 +179,7 @@ class _Setting:
     setting: dict[str, Any]
     results: list[dict[str, Any]] = field(default_factory=list)
     duplicates: int = 0  # repeated runs of a seed left out (one_run_per_seed)
+    incomplete: int = 0  # seeds of this setting with no result yet (split_incomplete)
 
     @property
     def first(self) -> dict[str, Any]:
@@ -241,11 +243,15 @@ def aggregate(
     """Group runs by setting (identical resolved config apart from the seed), then lay the
     settings out as rows (norm and whatever else differs) × normalization batch. Diverged runs
     are counted, never averaged; ``mode`` picks the evaluation (:data:`EVALS`)."""
+    done, incomplete = split_incomplete(results)
     settings: dict[str, _Setting] = {}
-    for r in results:
+    for r in done:
         setting = setting_of(r)
         digest = stable_digest(setting)
         settings.setdefault(digest, _Setting(_expand(setting))).results.append(r)
+    for r in incomplete:  # counted beside a setting that has results, never a setting of its own
+        if (known := settings.get(stable_digest(setting_of(r)))) is not None:
+            known.incomplete += 1
     for s in settings.values():
         s.results, s.duplicates = one_run_per_seed(s.results)
     by_norm: dict[str, list[_Setting]] = {}
@@ -280,6 +286,7 @@ def aggregate(
         for s in group:
             cell = CellStats(label, norm, s.norm_batch, set(), [], 0, 0, modes[row_id], flat)
             cell.duplicates = s.duplicates
+            cell.failed = s.incomplete
             cell.setting = s.setting
             cell.evaluations = min((len(r.get("val_acc_history") or []) for r in s.results),
                                    default=0)  # fmt: skip
@@ -288,15 +295,42 @@ def aggregate(
                 if r["status"] == Status.DIVERGED:
                     cell.diverged += 1  # counted beside the mean, never in it
                     continue
-                if r["status"] != Status.FINISHED:
-                    cell.failed += 1
-                    continue
                 value = value_of(r, metric, mode)
                 if isinstance(value, int | float):
                     cell.values.append(float(value))
                     cell.seeds.append(r.get("seed"))
             stats.append(cell)
     return stats
+
+
+def split_incomplete(
+    results: list[dict[str, Any]],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``(done, incomplete)``: runs with a result (finished or diverged), and runs that were
+    interrupted, killed, failed or are being resumed. Incomplete runs are never a row of their
+    own and never change another row's label; a seed that also has a done run is not listed."""
+    done = [r for r in results if r.get("status") in DONE_STATUSES]
+    have = {(stable_digest(setting_of(r)), r.get("seed")) for r in done}
+    incomplete = [
+        r
+        for r in results
+        if r.get("status") not in DONE_STATUSES
+        and (stable_digest(setting_of(r)), r.get("seed")) not in have
+    ]
+    return done, incomplete
+
+
+def incomplete_lines(results: list[dict[str, Any]]) -> list[str]:
+    """The runs left out of the table as incomplete, one line each (run name, status, error)."""
+    _, incomplete = split_incomplete(results)
+    if not incomplete:
+        return []
+    lines = [f"Incomplete, not in the table ({len(incomplete)}; run the grid again to finish):"]
+    for r in sorted(incomplete, key=lambda r: str(r.get("name"))):
+        error = str(r.get("error") or "").strip().splitlines()
+        why = f": {error[0][:160]}" if error else ""
+        lines.append(f"- `{r.get('name')}` (seed {r.get('seed')}): {r.get('status')}{why}")
+    return lines
 
 
 def _row_order(stats: list[CellStats]) -> list[str]:
@@ -413,8 +447,10 @@ def markdown_table(
     metric: str,
     invalid: list[tuple[str, str]] | None = None,
     mode: str = DEFAULT_EVAL,
+    incomplete: list[str] | None = None,
 ) -> str:
-    """Rows: norm settings; columns: normalization batch (largest first); then seed counts."""
+    """Rows: norm settings; columns: normalization batch (largest first); then seed counts;
+    ``incomplete``: the lines of :func:`incomplete_lines` (runs left out)."""
     invalid = invalid or []
     by_key = {(s.row, s.norm_batch): s for s in stats}
     batches = sorted({s.norm_batch for s in stats}, reverse=True)
@@ -429,6 +465,8 @@ def markdown_table(
         lines.append(f"| {row} | " + " | ".join(_fmt(c) for c in cells) + f" | {seeds} |")
     if line := reading(stats):
         lines += ["", line]
+    if incomplete:
+        lines += ["", *incomplete]
     if invalid:
         lines += ["", "Invalid result files (not in the table):"]
         lines += [f"- `{path}`: {reason}" for path, reason in invalid]
@@ -639,8 +677,8 @@ def main(argv: list[str] | None = None) -> int:
         "--diff",
         nargs=2,
         metavar=("A", "B"),
-        type=lambda v: v.replace("-", "_"),
-        help="also print B − A per norm and b, paired by seed (e.g. --diff ema precise)",
+        help="also print B − A per b, paired by seed: two evaluation modes for every row "
+        "(--diff ema precise), or two rows of the table: norms or row labels (--diff bn gn)",
     )
     parser.add_argument(
         "--attribution",
@@ -667,17 +705,38 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
-        parser.error(f"{run_dir} is not a folder")
+        parent = run_dir.parent if run_dir.parent.is_dir() else None
+        near = [str(parent / p.name) for p in parent.iterdir() if p.is_dir()] if parent else []
+        hint = did_you_mean(str(run_dir), near)
+        parser.error(f"{run_dir} is not a folder{hint}; give a grid run folder "
+                     "(runs/grid/<name>) or any folder that holds result.json files")  # fmt: skip
     loaded = load_results(run_dir)
     if not loaded.results:
         found = f" ({len(loaded.invalid)} invalid)" if loaded.invalid else ""
         parser.error(f"no valid result.json under {run_dir}{found}: run the grid first")
     if args.mode != DEFAULT_EVAL and args.metric != DEFAULT_METRIC:
         parser.error("--eval modes other than ema evaluate the final weights: use --metric final")
-    for mode in args.diff or []:
-        if mode not in EVALS:
-            parser.error(f"--diff: {mode!r} is not one of {list(EVALS)}")
+    diff_modes = [v.replace("-", "_") for v in args.diff or []]
+    if sum(m in EVALS for m in diff_modes) == 1:
+        parser.error(f"--diff: give two evaluation modes ({', '.join(EVALS)}) or two rows, "
+                     f"not one of each: {args.diff}")  # fmt: skip
     stats = aggregate(loaded.results, args.metric, args.mode)
+    extra = []
+    if args.diff and all(m in EVALS for m in diff_modes):
+        from .attribution import paired_difference_table
+
+        extra.append(paired_difference_table(loaded.results, *diff_modes))
+    elif args.diff:
+        from .attribution import row_difference_table
+
+        try:
+            extra.append(row_difference_table(loaded.results, *args.diff, args.metric, args.mode))
+        except UserError as exc:
+            parser.error(str(exc))
+    if args.attribution:
+        from .attribution import attribution_table
+
+        extra.append(attribution_table(loaded.results))
     grid_file = run_dir / "grid.json"
     try:
         manifest = json.loads(grid_file.read_text()) if grid_file.exists() else {}
@@ -690,7 +749,8 @@ def main(argv: list[str] | None = None) -> int:
     name = str(manifest.get("name") or run_dir.name)
     out = Path(args.out) if args.out else run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    table = markdown_table(stats, args.metric, loaded.invalid, args.mode)
+    incomplete = incomplete_lines(loaded.results)
+    table = markdown_table(stats, args.metric, loaded.invalid, args.mode, incomplete)
     if times := timing_line(loaded.results):
         table += f"\n{times}\n"
     suffix = "".join(
@@ -703,15 +763,6 @@ def main(argv: list[str] | None = None) -> int:
     label = args.metric if args.mode == DEFAULT_EVAL else f"{args.mode} evaluation"
     plot(stats, png, f"{name}: error vs normalization batch", label)
     print(table)
-    extra = []
-    if args.diff:
-        from .attribution import paired_difference_table
-
-        extra.append(paired_difference_table(loaded.results, *args.diff))
-    if args.attribution:
-        from .attribution import attribution_table
-
-        extra.append(attribution_table(loaded.results))
     for text in extra:
         print(text)
     if extra:

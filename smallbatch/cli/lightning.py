@@ -37,7 +37,7 @@ from ..naming import (
 from ..results import BASE_STAMP, GRID_BASE_ENV, base_config_record, write_json_atomic
 from ..run.final_eval import FinalEvaluation
 from ..run.module import SmallBatchModule, norm_display_name
-from ..run.progress import EpochLinePrinter
+from ..run.progress import EpochLinePrinter, StepProgressPrinter
 from ..run.result_writer import ResultWriter
 from ..run.wandb_logger import configure_wandb_logger, finish_wandb_runs
 
@@ -277,8 +277,9 @@ class SmallBatchCLI(LightningCLI):
             interactive = sys.stdout.isatty() and not os.environ.get("CI")
             if interactive:
                 callbacks.append(RichProgressBar())
-            else:  # CI logs: no bar, one plain line per epoch
+            else:  # logs (CI, grid cells, SLURM): no bar; a line per epoch and every 5 %
                 callbacks += [TQDMProgressBar(refresh_rate=0), EpochLinePrinter()]
+                callbacks.append(StepProgressPrinter())
         # the final evaluations first: the result writer records what they measured
         callbacks += [FinalEvaluation(), ResultWriter(self._digest, self._cell)]
         trainer = super()._instantiate_trainer(config, callbacks)

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..results import GRID_BASE_ENV
+from ..run.progress import PROGRESS_PREFIX
 from .spec import GridSpec
 from .store import CellState, CellStatus, ResultsStore, checkpoint_mtime
 
@@ -53,6 +54,7 @@ class Running:
     started: float = field(default_factory=time.time)
     checkpoint_mtime: float | None = None  # of last.ckpt when the run started (progress check)
     stopped_at: float | None = None  # when the executor sent SIGTERM for its time limit
+    log_offset: int = 0  # how much of the cell's stdout.log the grid has read for progress
 
 
 class LocalExecutor:
@@ -113,8 +115,26 @@ class LocalExecutor:
         ):
             out.write(f"\n$ {' '.join(cmd)}\n".encode())
             out.flush()
+            offset = out.tell()
             proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, preexec_fn=_child_setup)
-        return Running(state, proc, gpus, checkpoint_mtime=checkpoint_mtime(state.folder))
+        started = Running(state, proc, gpus, checkpoint_mtime=checkpoint_mtime(state.folder))
+        started.log_offset = offset
+        return started
+
+    @staticmethod
+    def progress_lines(run: Running) -> list[str]:
+        """The cell's new ``progress:`` lines (:mod:`smallbatch.run.progress`) since the last
+        call, read from its stdout.log."""
+        try:
+            with open(run.state.folder / "stdout.log", "rb") as log:
+                log.seek(run.log_offset)
+                data = log.read()
+        except OSError:
+            return []
+        complete = data[: data.rfind(b"\n") + 1]  # a line still being written waits
+        run.log_offset += len(complete)
+        lines = complete.decode(errors="replace").splitlines()
+        return [line.strip() for line in lines if line.startswith(PROGRESS_PREFIX)]
 
     def _enforce_time_limit(self, run: Running) -> None:
         """SIGTERM a cell past ``timeout_min`` (SIGKILL a minute later if it is still there)."""
@@ -146,8 +166,14 @@ class LocalExecutor:
             except subprocess.TimeoutExpired:
                 os.killpg(run.proc.pid, signal.SIGKILL)
 
-    def run(self, todo: list[CellState], on_event: Callable[[str, CellState], None]) -> None:
-        """Run ``todo`` to completion (or until SIGTERM/SIGINT); report start/finish events."""
+    def run(
+        self,
+        todo: list[CellState],
+        on_event: Callable[[str, CellState], None],
+        on_progress: Callable[[CellState, str], None] | None = None,
+    ) -> None:
+        """Run ``todo`` to completion (or until SIGTERM/SIGINT); report start/finish events and
+        each running cell's progress lines."""
         queue = list(todo)
         running: list[Running] = []
 
@@ -166,6 +192,9 @@ class LocalExecutor:
                     on_event("start", state)
                 for run in list(running):
                     code = run.proc.poll()
+                    if on_progress is not None:
+                        for line in self.progress_lines(run):
+                            on_progress(run.state, line)
                     if code is None:
                         self._enforce_time_limit(run)
                         continue

@@ -74,6 +74,11 @@ class GridProgress:
                 flush=True,
             )
 
+    def cell_progress(self, state: CellState, line: str) -> None:
+        """A running cell's progress line, echoed where no bar is drawn (logs, CI, nohup)."""
+        if not self.interactive:
+            print(f"[grid] {state.cell.folder} {line}", flush=True)
+
 
 def run_grid(spec: GridSpec, dry_run: bool = False, emit: bool = False, wait: bool = True) -> int:
     """Run the grid; returns 0 when every cell has a result (finished or diverged)."""
@@ -117,7 +122,7 @@ def run_grid(spec: GridSpec, dry_run: bool = False, emit: bool = False, wait: bo
         else:
             progress = GridProgress(states, console)
             with progress.progress:
-                LocalExecutor(spec, store).run(todo, progress.event)
+                LocalExecutor(spec, store).run(todo, progress.event, progress.cell_progress)
     except KeyboardInterrupt as exc:
         print(f"\n{exc or 'interrupted'}", file=sys.stderr)
         return 130
