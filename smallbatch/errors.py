@@ -37,6 +37,24 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     return (UserError,)
 
 
+def where_raised(exc: BaseException) -> str:
+    """``file:line`` where the first error of ``exc``'s chain of causes was raised (its
+    innermost frame outside Python's import machinery: where a module's own import or a
+    constructor failed), or ``""``."""
+    import traceback
+
+    seen = {id(exc)}
+    while (cause := exc.__cause__ or exc.__context__) is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        exc = cause
+    frames = [
+        f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith("<frozen")
+    ]
+    if isinstance(exc, SyntaxError) and exc.filename:  # the file that does not parse
+        return f"{exc.filename}:{exc.lineno}"
+    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+
+
 def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__

@@ -568,19 +568,17 @@ NICE_TICKS = (1, 1.5, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 17.5, 20, 
               60, 70, 80, 90, 100)  # fmt: skip
 
 
-def plot(stats: list[CellStats], path: Path, title: str, metric: str) -> None:
-    """Top-1 error (%) against the normalization batch, log2 axis, one line per row, 95%
-    confidence bars; a log error axis when the errors span more than 4× (a collapse beside
-    rows a point apart)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+def _row_color(i: int) -> Any:
+    """One colour per row: matplotlib's ten, then tab20's light ones."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8.8, 4.6), dpi=120)
-    for i, row in enumerate(_row_order(stats)):
-        # one colour per row, flat lines included: matplotlib's ten, then tab20's light ones
-        color = f"C{i}" if i < 10 else plt.get_cmap("tab20")(2 * (i - 10) % 20 + 1)
+    return f"C{i}" if i < 10 else plt.get_cmap("tab20")(2 * (i - 10) % 20 + 1)
+
+
+def _draw_rows(ax: Any, stats: list[CellStats], rows: list[str], colors: dict[str, Any]) -> None:
+    """Each row as error bars against b, or a horizontal line with its 95% band when it is one
+    value for every b."""
+    for row in rows:
         pts = sorted(
             (s for s in stats if s.row == row and s.mean is not None), key=lambda s: s.norm_batch
         )
@@ -589,16 +587,61 @@ def plot(stats: list[CellStats], path: Path, title: str, metric: str) -> None:
         if pts[0].flat:  # one value for every b: a horizontal line with its 95% band
             y, err = 100 * (1 - pts[0].mean), 100 * (pts[0].ci95 or 0)
             style = "-." if pts[0].flat == "batch-free" else "--"
-            ax.axhline(y, linestyle=style, linewidth=1.5, color=color, label=row)
+            ax.axhline(y, linestyle=style, linewidth=1.5, color=colors[row], label=row)
             if err:
-                ax.axhspan(y - err, y + err, color=color, alpha=0.12)
+                ax.axhspan(y - err, y + err, color=colors[row], alpha=0.12)
             continue
         xs = [s.norm_batch for s in pts]
         ys = [100 * (1 - s.mean) for s in pts]
         errs = [100 * (s.ci95 or 0) for s in pts]
-        ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, color=color, label=row)
+        ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, color=colors[row], label=row)
+
+
+def _is_batch_free_row(stats: list[CellStats], row: str) -> bool:
+    return any(s.row == row and s.flat == "batch-free" for s in stats)
+
+
+def plot(stats: list[CellStats], path: Path, title: str, metric: str) -> None:
+    """Top-1 error (%) against the normalization batch, log2 axis, one line per row, 95%
+    confidence bars; a log error axis when the errors span more than 4× (a collapse beside
+    rows a point apart). Rows that use batch statistics and batch-free rows (one value at
+    every b) are drawn in two panels side by side, on one error axis, when both are there."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = _row_order(stats)
+    colors = {row: _row_color(i) for i, row in enumerate(order)}
+    free = [r for r in order if _is_batch_free_row(stats, r)]
+    dependent = [r for r in order if r not in free]
+    panels = (
+        [(dependent, "batch statistics"), (free, "batch-free: the same at every b")]
+        if free and dependent
+        else [(order, "")]
+    )
+    wide = len(panels) > 1
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(11.5 if wide else 8.8, 5.2 if wide else 4.6), dpi=120,
+        sharey=True, squeeze=False,
+    )  # fmt: skip
     batches = sorted({s.norm_batch for s in stats})
     errors = [100 * (1 - s.mean) for s in stats if s.mean is not None]
+    bars = any(s.ci95 for s in stats)
+    for ax, (rows, subtitle) in zip(axes[0], panels, strict=True):
+        _draw_rows(ax, stats, rows, colors)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(batches, [str(b) for b in batches])
+        ax.invert_xaxis()
+        ax.set_xlabel("normalization batch b (samples per normalization group)")
+        ax.grid(True, alpha=0.3)
+        if wide:
+            ax.set_title(subtitle, fontsize="medium")
+            ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
+        else:
+            ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                      borderaxespad=0)  # fmt: skip
+    ax = axes[0][0]
     if errors and min(errors) > 0 and max(errors) / min(errors) > 4:
         # a collapse next to rows a point apart: a log axis keeps both readable, labelled
         # across the whole range of the data (not only at powers of ten)
@@ -611,15 +654,11 @@ def plot(stats: list[CellStats], path: Path, title: str, metric: str) -> None:
         ax.yaxis.set_minor_locator(NullLocator())
         ax.set_yticks(ticks, [f"{t:g}" for t in ticks])
         ax.set_ylim(lo, hi)
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(batches, [str(b) for b in batches])
-    ax.invert_xaxis()
-    ax.set_xlabel("normalization batch b (samples per normalization group)")
-    bars = any(s.ci95 for s in stats)
     ax.set_ylabel(f"top-1 error (%), {metric}" + ("; bars: 95% CI" if bars else ", one seed"))
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    if wide:
+        fig.suptitle(title)
+    else:
+        ax.set_title(title)
     fig.tight_layout()
     png = io.BytesIO()
     fig.savefig(png, format="png")

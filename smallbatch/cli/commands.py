@@ -51,7 +51,15 @@ def grid_command(argv: list[str]) -> int:
     """``smallbatch grid --config FILE``: run (or resume) a grid of ``smallbatch fit`` cells."""
     parser = argparse.ArgumentParser(prog="smallbatch grid", description=grid_command.__doc__)
     parser.add_argument("--config", required=True, help="grid file (configs/grid/*.yaml)")
-    parser.add_argument("--dry-run", action="store_true", help="print cells and commands only")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print cells, commands and an estimate of the grid's time on this machine (from a "
+        "few timed steps of each distinct cell); run nothing",
+    )
+    parser.add_argument(
+        "--no-estimate", action="store_true", help="--dry-run without timing any step"
+    )
     parser.add_argument("--emit", action="store_true", help="write cells.txt for jobs/ scripts")
     parser.add_argument("--no-wait", action="store_true", help="SLURM: submit and return")
     parser.add_argument("--run-root", default=None, help="override the grid file's run_root")
@@ -66,7 +74,13 @@ def grid_command(argv: list[str]) -> int:
     if args.run_root:
         spec.run_root = Path(args.run_root)
     try:
-        return run_grid(spec, dry_run=args.dry_run, emit=args.emit, wait=not args.no_wait)
+        return run_grid(
+            spec,
+            dry_run=args.dry_run,
+            emit=args.emit,
+            wait=not args.no_wait,
+            estimate=not args.no_estimate,
+        )
     except GridBusyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3

@@ -27,6 +27,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from ..data import SmallBatchDataModule
 from ..errors import debug_enabled, report, summarize_parse_error
 from ..hardware import AUTO, resolve_precision
+from ..models.preflight import check_feature_maps
 from ..naming import (
     is_location_key,
     is_setting_key,
@@ -34,6 +35,7 @@ from ..naming import (
     run_label,
     stable_digest,
 )
+from ..norms import probe_norm
 from ..results import BASE_STAMP, GRID_BASE_ENV, base_config_record, write_json_atomic
 from ..run.final_eval import FinalEvaluation
 from ..run.module import SmallBatchModule, norm_display_name
@@ -153,6 +155,23 @@ def fit_wandb_id(fit_dir: str | os.PathLike) -> str | None:
     return runs[-1].name.rsplit("-", 1)[-1] if runs else None
 
 
+def ignore_norm_batch_of_batch_free_norms(cfg: Namespace) -> None:
+    """``--model.norm_batch`` on a norm that uses no batch statistics (GN, LN, ...) changes
+    nothing it computes: said once, then dropped from the config and the run's name."""
+    if cfg.model.norm_batch is None:
+        return
+    if probe_norm(cfg.model.norm, **(cfg.model.norm_args or {})).batch_free:
+        label = norm_display_name(cfg.model.norm)
+        if os.environ.get("LOCAL_RANK", "0") == "0":
+            print(
+                f"note: --model.norm_batch {cfg.model.norm_batch} is ignored: {label} uses no "
+                "batch statistics, so every normalization batch computes the same (left out of "
+                "the run's name)",
+                file=sys.stderr,
+            )
+        cfg.model.norm_batch = None
+
+
 class LoggedSaveConfigCallback(SaveConfigCallback):
     """Saves config.yaml in the run folder and also records the whole config in the loggers."""
 
@@ -214,6 +233,7 @@ class SmallBatchCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
+        ignore_norm_batch_of_batch_free_norms(cfg)
         name = run_name(cfg)
         requested = cfg.trainer.precision
         cfg.trainer.precision, note = resolve_precision(requested, cfg.trainer.accelerator)
@@ -250,6 +270,11 @@ class SmallBatchCLI(LightningCLI):
         base = os.environ.get(GRID_BASE_ENV)
         if base and self.subcommand == "fit":  # a grid cell: the base config as it read it
             write_json_atomic(Path(run_dir) / BASE_STAMP, base_config_record(base))
+
+    def before_fit(self) -> None:
+        """Shapes first: a batch that is no multiple of its ghost batch, or batch 1 at a 1x1
+        map, ends here with one line, before a model summary or anything in the run folder."""
+        check_feature_maps(self.model.model, self.datamodule, copy_first=True)
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]):
         run_dir = Path(config["default_root_dir"])

@@ -80,8 +80,29 @@ class GridProgress:
             print(f"[grid] {state.cell.folder} {line}", flush=True)
 
 
-def run_grid(spec: GridSpec, dry_run: bool = False, emit: bool = False, wait: bool = True) -> int:
-    """Run the grid; returns 0 when every cell has a result (finished or diverged)."""
+def cells_at_once(spec: GridSpec) -> int:
+    """How many cells the grid's executor runs at once (SLURM: its array parallelism)."""
+    cfg = spec.executor
+    if cfg.get("kind") == "slurm":
+        return int(cfg.get("array_parallelism") or 64)  # as smallbatch.grid.slurm submits
+    from .local import visible_gpus
+
+    gpus = visible_gpus()
+    if gpus:
+        return len(gpus) * int(cfg.get("jobs_per_gpu", 2))
+    return int(cfg.get("max_parallel", 1))
+
+
+def run_grid(
+    spec: GridSpec,
+    dry_run: bool = False,
+    emit: bool = False,
+    wait: bool = True,
+    estimate: bool = True,
+) -> int:
+    """Run the grid; returns 0 when every cell has a result (finished or diverged).
+    ``dry_run`` prints the cells, their commands and, with ``estimate``, the time they will
+    take on this machine (:mod:`smallbatch.grid.estimate`)."""
     console = Console(stderr=False)
     store = ResultsStore(spec)
     states = store.states()
@@ -95,6 +116,12 @@ def run_grid(spec: GridSpec, dry_run: bool = False, emit: bool = False, wait: bo
         for s in states:
             cmd = shlex.join(spec.command(s.cell) + store.resume_args(s, dry_run=True))
             print(f"[{s.status}] {s.cell.folder}\n  {cmd}")
+        if estimate:
+            from .estimate import estimate_lines
+
+            todo = [s.cell for s in states if s.status in RUNNABLE]
+            for line in estimate_lines(spec, todo, cells_at_once(spec)):
+                print(line, flush=True)
         return 0
     for s in states:
         if s.invalid_result:

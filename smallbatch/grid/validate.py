@@ -9,7 +9,8 @@ from typing import Any
 
 import yaml
 
-from ..errors import UserError, first_line
+from ..errors import first_line
+from ..models.preflight import check_feature_maps
 from .spec import Cell, GridSpec, GridSpecError, spec_error
 
 
@@ -87,32 +88,8 @@ def _check_cell_builds(spec: GridSpec, cell: Cell, config: dict[str, Any]) -> No
                     model_args[key] = getattr(datamodule, key)
         model = SmallBatchModule(**model_args)
         if datamodule is not None:
-            check_feature_maps(model, datamodule)
+            check_feature_maps(model.model, datamodule)
     except Exception as exc:  # noqa: BLE001 - a plugin's constructor failing is the user's
         raise GridSpecError(
             f"{spec.source}: cell {cell.label} ({cell.overrides}): {first_line(exc)}"
         ) from exc
-
-
-def check_feature_maps(model: Any, datamodule: Any) -> None:
-    """One training-mode forward of the backbone on the meta device (shapes only, nothing
-    computed) at the data's image size and per-device batch: a batch-statistics layer that would
-    see one value per channel (batch 1 at a 1x1 map, ghost groups included) raises
-    :class:`BatchStatsError` here instead of in the cell. Data modules without ``image_size``,
-    and layers the meta device cannot run, are left to the cell."""
-    import torch
-
-    from ..norms import BatchStatsError
-
-    size, chans = getattr(datamodule, "image_size", None), getattr(datamodule, "in_chans", None)
-    batch = getattr(datamodule, "batch_size", None)
-    if not all(isinstance(v, int) and v > 0 for v in (size, chans, batch)):
-        return
-    backbone = model.model.to("meta").train()
-    try:
-        # forward, not __call__: a compiled backbone (nn.Module.compile) is not compiled for this
-        backbone.forward(torch.empty(batch, chans, size, size, device="meta"))
-    except (BatchStatsError, UserError):  # batch 1 at 1x1; a batch that is no multiple of b
-        raise
-    except Exception:  # noqa: BLE001 - not a shape problem; the cell's run will show it
-        return

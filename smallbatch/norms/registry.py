@@ -22,7 +22,7 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import UserError
+from ..errors import UserError, did_you_mean, first_line, where_raised
 
 ENTRY_POINT_GROUP = "smallbatch.norms"
 # Comma-separated norm names that plugins may replace (e.g. "gn"); any other clash is an error.
@@ -49,6 +49,8 @@ class NormEntry:
 
 _REGISTRY: dict[str, NormEntry] = {}
 _PLUGINS_LOADED = False
+# plugin entry points that failed to load: name -> (entry point value, distribution, reason)
+_PLUGIN_FAILURES: dict[str, tuple[str, str, str]] = {}
 
 
 def _first_doc_line(obj: Any) -> str:
@@ -123,15 +125,18 @@ def load_plugins(force: bool = False) -> list[str]:
     allowed = {n.strip().lower() for n in os.environ.get(OVERRIDE_ENV, "").split(",")}
     added, clashes = [], []
     for ep in entry_points(group=ENTRY_POINT_GROUP):
+        dist = getattr(getattr(ep, "dist", None), "name", None) or ep.value.split(":")[0]
         try:
             obj = ep.load()
         except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the suite
+            where = where_raised(exc)
+            reason = f"{type(exc).__name__}: {first_line(exc)}" + (f" ({where})" if where else "")
+            _PLUGIN_FAILURES[ep.name.lower()] = (ep.value, dist, reason)
             warnings.warn(
-                f"smallbatch: norm plugin {ep.name!r} ({ep.value}) failed to load: {exc}",
+                f"smallbatch: norm plugin {ep.name!r} ({ep.value}) failed to load: {reason}",
                 stacklevel=2,
             )
             continue
-        dist = getattr(getattr(ep, "dist", None), "name", None) or ep.value.split(":")[0]
         source, key = f"plugin: {dist}", ep.name.lower()
         existing = _REGISTRY.get(key)
         if existing is not None and existing.source != source and key not in allowed:
@@ -169,18 +174,35 @@ def import_object(path: str) -> Any:
         )
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise NormConfigError(
-            f"norm class_path {path!r} could not be imported: {exc}. Expected "
-            "'package.module.ClassName' importable in this environment "
-            "(is the package installed, or on PYTHONPATH?)"
-        ) from exc
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if module_name == missing or module_name.startswith(f"{missing}."):
+            raise NormConfigError(
+                f"norm class_path {path!r}: no module named {missing!r}. Expected "
+                "'package.module.ClassName' importable in this environment: install the package "
+                "(pip install -e <folder>) or put its folder on PYTHONPATH"
+            ) from exc
+        raise _import_failed(path, module_name, exc) from exc
+    except Exception as exc:  # noqa: BLE001 - the module's own code failed while importing
+        raise _import_failed(path, module_name, exc) from exc
     try:
         return getattr(module, attr)
     except AttributeError as exc:
+        names = [n for n, v in vars(module).items() if isinstance(v, type) or callable(v)]
         raise NormConfigError(
             f"norm class_path {path!r}: module {module_name!r} has no attribute {attr!r}"
+            f"{did_you_mean(attr, [n for n in names if not n.startswith('_')])}"
         ) from exc
+
+
+def _import_failed(path: str, module_name: str, exc: BaseException) -> NormConfigError:
+    """The module exists but its own import raised: say what, where, and that the fix is there."""
+    where = where_raised(exc)
+    at = f" at {where}" if where else ""
+    return NormConfigError(
+        f"norm class_path {path!r}: importing {module_name!r} failed{at}: "
+        f"{type(exc).__name__}: {first_line(exc)}. The module was found; fix that error in it"
+    )
 
 
 def resolve_norm(spec: NormSpecLike) -> tuple[NormFactory, dict[str, Any], str]:
@@ -205,9 +227,14 @@ def resolve_norm(spec: NormSpecLike) -> tuple[NormFactory, dict[str, Any], str]:
         return registry[key].factory, init_args, key
     if "." in spec or ":" in spec:
         return import_object(spec), init_args, spec
-    close = difflib.get_close_matches(key, list(registry), n=1)
+    if key in _PLUGIN_FAILURES:
+        value, dist, reason = _PLUGIN_FAILURES[key]
+        raise NormConfigError(
+            f"norm {spec!r} is a plugin of {dist!r} ({value}) that failed to import: {reason}. "
+            "Fix that error in the plugin (or reinstall it); `smallbatch norms` lists the others"
+        )
     raise NormConfigError(
-        f"unknown norm {spec!r}{f'; did you mean {close[0]!r}?' if close else ''} "
+        f"unknown norm {spec!r}{did_you_mean(key, registry)} "
         f"Registered norms: {', '.join(registry)}. "
         "A class from your own package can be given as 'package.module.ClassName' or as "
         "{class_path: ..., init_args: {...}}"

@@ -37,7 +37,17 @@ from .checks import (
     check_state_round_trip,
 )
 from .ddp import check_ddp
-from .harness import FAIL, PASS, SKIP, CheckResult, NormUnderTest, Report
+from .harness import (
+    CHANNELS,
+    FAIL,
+    PASS,
+    SKIP,
+    CheckResult,
+    KitBuildError,
+    NormUnderTest,
+    Report,
+    failure_reason,
+)
 
 FAST_CHECKS: list[Callable[[NormUnderTest], CheckResult]] = [
     check_shape_dtype, check_eval_independent, check_batch_free, check_batch_one,
@@ -56,13 +66,21 @@ def check_norm(spec: Any, fast: bool = False, **norm_args: Any) -> Report:
     """Run every check on ``spec`` (a registered name, class path or mapping)."""
     start = time.perf_counter()
     report = Report(str(spec.get("class_path") if isinstance(spec, dict) else spec))
-    n = NormUnderTest.build(spec, **norm_args)
+    try:
+        n = NormUnderTest.build(spec, **norm_args)
+    except KitBuildError as exc:  # one failure with the reason, not one per check
+        report.results.append(CheckResult("build", FAIL, str(exc)))
+        report.seconds = time.perf_counter() - start
+        return report
+    if n.channels != CHANNELS:
+        report.results.append(CheckResult("build", PASS, f"{n.channels} channels (not buildable "
+                                          f"with {CHANNELS})"))  # fmt: skip
     for check in norm_checks(fast):
         try:
             result = check(n)
         except Exception as exc:  # noqa: BLE001 - a check that crashes is a failure, said why
             name = check.__name__.removeprefix("check_")
-            result = CheckResult(name, FAIL, f"{type(exc).__name__}: {str(exc)[:100]}")
+            result = CheckResult(name, FAIL, failure_reason(exc))  # whole, with file and line
         report.results.append(result)
     report.seconds = time.perf_counter() - start
     return report

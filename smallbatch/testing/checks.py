@@ -13,13 +13,13 @@ from torch import Tensor, nn
 
 from ..norms import BatchStatsError, set_norm_batch
 from .harness import (
-    CHANNELS,
     FAIL,
     PASS,
     SKIP,
     CheckResult,
     NormUnderTest,
     close,
+    failure_reason,
     inputs,
     train_steps,
 )
@@ -32,7 +32,7 @@ def check_shape_dtype(n: NormUnderTest) -> CheckResult:
     for mode in ("train", "eval"):
         getattr(model, mode)()
         y = model(x)
-        if y.shape != (8, CHANNELS, 6, 6) or y.dtype != x.dtype or y.device != x.device:
+        if y.shape != (8, n.channels, 6, 6) or y.dtype != x.dtype or y.device != x.device:
             return CheckResult("shape_dtype", FAIL, f"{mode}: got {tuple(y.shape)} {y.dtype}")
         if not torch.isfinite(y).all():
             return CheckResult("shape_dtype", FAIL, f"{mode}: output has NaN/Inf")
@@ -140,7 +140,7 @@ def check_batch_one(n: NormUnderTest) -> CheckResult:
             return CheckResult("batch_one", FAIL, f"BatchStatsError does not name {name!r}")
         return CheckResult("batch_one", PASS, "raises BatchStatsError naming the layer")
     except Exception as exc:  # noqa: BLE001 - any other error is the failure reported
-        return CheckResult("batch_one", FAIL, f"{type(exc).__name__}: {str(exc)[:80]}")
+        return CheckResult("batch_one", FAIL, failure_reason(exc))
     if not torch.isfinite(y).all():
         return CheckResult("batch_one", FAIL, "NaN/Inf at batch 1 on a 1x1 map")
     return CheckResult("batch_one", PASS, "works")
@@ -166,7 +166,9 @@ def check_ghost_batches(n: NormUnderTest) -> CheckResult:
 
 def check_state_round_trip(n: NormUnderTest) -> CheckResult:
     """The whole state is in the state dict: a fresh layer loaded from it continues a run
-    exactly (kill and resume mid-training equals an uninterrupted run, bit for bit)."""
+    exactly (kill and resume mid-training equals an uninterrupted run, bit for bit): its
+    training outputs, then its buffers and its eval output after the further steps (state kept
+    in Python, such as a step counter that drives only the running statistics, shows there)."""
     batches = [inputs(seed=s) for s in range(6)]
     whole = n.pair()
     uninterrupted = train_steps(whole, batches)
@@ -178,6 +180,21 @@ def check_state_round_trip(n: NormUnderTest) -> CheckResult:
     if not all(torch.equal(a, b) for a, b in zip(uninterrupted[3:], after, strict=True)):
         return CheckResult("state_round_trip", FAIL, "a layer loaded from the state dict "
                            "continues differently (state kept outside it?)")  # fmt: skip
+    kept, loaded = whole.state_dict(), resumed.state_dict()
+    for name, value in kept.items():
+        if isinstance(value, Tensor) and not torch.equal(value, loaded[name]):
+            err = float((value.double() - loaded[name].double()).abs().max())
+            return CheckResult("state_round_trip", FAIL, f"after a save/load and 3 more steps, "
+                               f"{name} differs by {err:.2g} from the uninterrupted run (state "
+                               "kept outside the state dict?)")  # fmt: skip
+    x = inputs(seed=9)
+    with torch.no_grad():
+        ours, reference = resumed.eval()(x), whole.eval()(x)
+    if not torch.equal(ours, reference):
+        err = float((ours - reference).abs().max())
+        return CheckResult("state_round_trip", FAIL, f"after a save/load and 3 more steps, the "
+                           f"eval output differs by {err:.2g} from the uninterrupted run (state "
+                           "kept outside the state dict?)")  # fmt: skip
     return CheckResult("state_round_trip", PASS)
 
 
@@ -204,7 +221,7 @@ def check_robustness(n: NormUnderTest) -> CheckResult:
     model = n.pair()
     with torch.no_grad():  # the conv passes channel c through (its centre tap): the norm's
         model[0].weight.zero_()  # input has the |mean|/std of x
-        for c in range(CHANNELS):
+        for c in range(n.channels):
             model[0].weight[c, c % 4, 1, 1] = 1.0 + 0.1 * c
     x = 1000 + torch.randn(8, 4, 6, 6, generator=torch.Generator().manual_seed(3))
     double = copy.deepcopy(model).double()
@@ -237,7 +254,9 @@ def check_hooks(n: NormUnderTest) -> CheckResult:
     size = getattr(layer, "state_bytes", lambda: 0)()
     if not isinstance(size, int):
         return CheckResult("hooks", FAIL, f"state_bytes() must be an int, got {size!r}")
-    extra = getattr(layer, "input_diagnostics", lambda x: {})(inputs().new_ones(2, CHANNELS, 3, 3))
+    extra = getattr(layer, "input_diagnostics", lambda x: {})(
+        inputs().new_ones(2, n.channels, 3, 3)
+    )
     if not isinstance(extra, dict):
         return CheckResult("hooks", FAIL, "input_diagnostics() must return a dict")
     return CheckResult("hooks", PASS)

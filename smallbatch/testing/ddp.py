@@ -87,7 +87,7 @@ def check_ddp(n: NormUnderTest) -> CheckResult:
                      nprocs=WORLD, join=True)  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - a rank's error, reported in one line
             lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
-            last = lines[-1][:100] if lines else repr(exc)
+            last = lines[-1] if lines else repr(exc)  # whole: never cut mid-sentence
             return CheckResult("ddp", FAIL, f"a DDP rank failed: {last}")
         ranks = [torch.load(Path(out) / f"rank{r}.pt") for r in range(WORLD)]
     ghost = n.pair()

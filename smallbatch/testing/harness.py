@@ -9,11 +9,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..errors import first_line, where_raised
 from ..models.swap import swap_norms
 from ..norms import probe_norm
 from ..norms.base import NormTraits
 
-CHANNELS = 8
+CHANNELS = 8  # the kit's channel count; a layer that cannot be built with it gets WIDE_CHANNELS
+WIDE_CHANNELS = 32  # a multiple of 32 groups (timm's EvoNorm-S1/S0 default to 32 groups)
 PASS, FAIL, SKIP = "pass", "fail", "skip"
 
 
@@ -45,6 +47,17 @@ class Report:
         return "\n".join(lines)
 
 
+class KitBuildError(Exception):
+    """The kit cannot build the norm at any channel count it tries: one failure, not one per
+    check."""
+
+
+def failure_reason(exc: BaseException) -> str:
+    """``Type: first line (file:line)``: a failure said whole, with where it was raised."""
+    where = where_raised(exc)
+    return f"{type(exc).__name__}: {first_line(exc)}" + (f" ({where})" if where else "")
+
+
 @dataclass
 class NormUnderTest:
     """A norm as the kit sees it: how to build a conv → norm pair, and its traits."""
@@ -52,16 +65,34 @@ class NormUnderTest:
     spec: Any
     norm_args: dict[str, Any]
     traits: NormTraits
+    channels: int = CHANNELS
 
     @classmethod
     def build(cls, spec: Any, **norm_args: Any) -> NormUnderTest:
-        return cls(spec, dict(norm_args), probe_norm(spec, **norm_args))
+        """The norm at the kit's channel count, or at :data:`WIDE_CHANNELS` when it cannot be
+        built with that (e.g. 32 groups); raises :class:`KitBuildError` (reason, file and
+        line) when neither builds."""
+        try:
+            traits = probe_norm(spec, **norm_args)
+        except Exception as exc:  # noqa: BLE001 - said once, with where it was raised
+            raise KitBuildError(
+                f"cannot build a layer of 64 channels: {failure_reason(exc)}"
+            ) from exc
+        failures = []
+        for channels in (CHANNELS, WIDE_CHANNELS):
+            n = cls(spec, dict(norm_args), traits, channels)
+            try:
+                n.pair()(inputs())
+                return n
+            except Exception as exc:  # noqa: BLE001 - try the wider channel count
+                failures.append(f"{channels} channels: {failure_reason(exc)}")
+        raise KitBuildError("cannot build or run a conv -> norm pair at " + "; ".join(failures))
 
     def pair(self, seed: int = 0, **extra: Any) -> nn.Sequential:
         """conv(4 → 8, 3×3) → norm, in training mode, seeded."""
         torch.manual_seed(seed)
-        model = nn.Sequential(nn.Conv2d(4, CHANNELS, 3, padding=1, bias=False),
-                              nn.BatchNorm2d(CHANNELS))  # fmt: skip
+        model = nn.Sequential(nn.Conv2d(4, self.channels, 3, padding=1, bias=False),
+                              nn.BatchNorm2d(self.channels))  # fmt: skip
         swap_norms(model, self.spec, example_input=torch.zeros(2, 4, 6, 6),
                    norm_act="keep_activation", **{**self.norm_args, **extra})  # fmt: skip
         with torch.no_grad():  # affine parameters away from their init, when the layer has them
