@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from smallbatch.analysis.report import main as report_main
 from smallbatch.analysis.report import t975
+from smallbatch.analysis.report_command import main as report_main
 
 FIXTURE = {  # (norm, batch): best accuracies over seeds 0, 1
     ("bn", 32): [0.90, 0.92],

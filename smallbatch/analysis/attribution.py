@@ -19,7 +19,7 @@ from statistics import fmean, stdev
 from typing import Any
 
 from ..errors import UserError, did_you_mean
-from .report import CellStats, _row_order, aggregate, t975
+from .report import CellStats, aggregate, row_order, t975
 
 
 def _mean_ci(values: list[float]) -> tuple[float | None, float | None]:
@@ -58,7 +58,7 @@ def paired_difference_table(results: list[dict[str, Any]], a: str, b: str) -> st
         "| norm | " + " | ".join(f"b={n}" for n in batches) + " |",
         "|" + "---|" * (len(batches) + 1),
     ]
-    for row in _row_order(stats):
+    for row in row_order(stats):
         cells = []
         for n in batches:
             x, y = _by_seed(first.get((row, n))), _by_seed(second.get((row, n)))
@@ -69,7 +69,7 @@ def paired_difference_table(results: list[dict[str, Any]], a: str, b: str) -> st
 
 def resolve_row(stats: list[CellStats], name: str) -> str:
     """The table row ``name`` means: a row label as printed, or a norm with a single row."""
-    rows = _row_order(stats)
+    rows = row_order(stats)
     if name in rows:
         return name
     of_norm = [r for r in rows if next(s.norm for s in stats if s.row == r) == name]
@@ -143,7 +143,7 @@ def attribution_table(
         "| norm | b | ema accuracy | drop | estimate | inconsistency | remaining |",
         "|---|---|---|---|---|---|---|",
     ]
-    for row in _row_order(stats):
+    for row in row_order(stats):
         if norms and row not in norms:
             continue
         for n in batches or all_b:

@@ -14,18 +14,15 @@ the same data it reports: optimistic) stays available and is labelled as such.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import fmean, stdev
 from typing import Any
 
-from ..errors import UserError, did_you_mean
 from ..naming import is_setting_key, normalization_batch, stable_digest
 from ..results import DONE_STATUSES, InvalidResult, Status, load_result_file, write_atomic
 
@@ -333,7 +330,7 @@ def incomplete_lines(results: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def _row_order(stats: list[CellStats]) -> list[str]:
+def row_order(stats: list[CellStats]) -> list[str]:
     """Rows in the registry's order of norms (built-ins as listed by ``smallbatch norms``)."""
     from ..norms.registry import available_norms
 
@@ -422,7 +419,7 @@ def norm_specific_settings(stats: list[CellStats]) -> str:
     """Settings the same within each norm but not across norms (a grid override such as
     ``compile_mode`` for some norms), which no row label shows: "`key` is v for n1 and n2 (w for
     the others)" per key, the most common value as "the others"; '' when all norms share them."""
-    rows = _row_order(stats)
+    rows = row_order(stats)
     by_norm: dict[str, list[dict[str, Any]]] = {}
     for s in sorted(stats, key=lambda s: rows.index(s.row)):  # norms in the table's order
         by_norm.setdefault(s.norm, []).append(s.setting)
@@ -456,7 +453,7 @@ def markdown_table(
     batches = sorted({s.norm_batch for s in stats}, reverse=True)
     head = "| norm | " + " | ".join(f"b={b}" for b in batches) + " | seeds |"
     lines = [caption(stats, metric, invalid, mode), "", head, "|" + "---|" * (len(batches) + 2)]
-    for row in _row_order(stats):
+    for row in row_order(stats):
         cells = [by_key.get((row, b)) for b in batches]
         flat = next((s for s in stats if s.row == row and s.flat == "batch-free"), None)
         if flat is not None:
@@ -484,7 +481,7 @@ def reading(stats: list[CellStats]) -> str:
     flat = [s for s in stats if s.flat == "batch-free" and s.mean is not None]
     best_flat = max(flat, key=lambda s: s.mean, default=None)
     parts = []
-    for row in _row_order(stats):
+    for row in row_order(stats):
         lo, hi = by_key.get((row, small)), by_key.get((row, large))
         if lo is None or hi is None or lo.flat:
             continue
@@ -547,7 +544,7 @@ def timing_line(results: list[dict[str, Any]]) -> str:
 
 
 def write_csv(stats: list[CellStats], path: Path, metric: str) -> None:
-    order = {row: i for i, row in enumerate(_row_order(stats))}
+    order = {row: i for i, row in enumerate(row_order(stats))}
     text = io.StringIO(newline="")
     w = csv.writer(text)
     w.writerow(
@@ -611,7 +608,7 @@ def plot(stats: list[CellStats], path: Path, title: str, metric: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    order = _row_order(stats)
+    order = row_order(stats)
     colors = {row: _row_color(i) for i, row in enumerate(order)}
     free = [r for r in order if _is_batch_free_row(stats, r)]
     dependent = [r for r in order if r not in free]
@@ -690,127 +687,3 @@ def log_to_wandb(stats: list[CellStats], png: Path, project: str, group: str, me
     else:
         lines.append("W&B workspace view: not saved (offline; it needs a W&B key)")
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="smallbatch report", description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", help="grid run folder (or any folder of runs)")
-    parser.add_argument(
-        "--metric",
-        choices=list(METRICS),
-        default=DEFAULT_METRIC,
-        help="final (default): last evaluation; median_last5: median of the last 5 (GN paper); "
-        "best: best evaluation, selected on the evaluation data (optimistic)",
-    )
-    parser.add_argument(
-        "--eval",
-        dest="mode",
-        type=lambda v: v.replace("-", "_"),
-        choices=list(EVALS),
-        default=DEFAULT_EVAL,
-        help="how the final weights are evaluated: ema (default: running statistics, as "
-        "trained), precise / precise-pooled (population statistics recomputed with frozen "
-        "weights), batch (each test group of b normalized with its own statistics)",
-    )
-    parser.add_argument(
-        "--diff",
-        nargs=2,
-        metavar=("A", "B"),
-        help="also print B − A per b, paired by seed: two evaluation modes for every row "
-        "(--diff ema precise), or two rows of the table: norms or row labels (--diff bn gn)",
-    )
-    parser.add_argument(
-        "--attribution",
-        action="store_true",
-        help="also print each drop from BN at the largest b split into estimate, "
-        "inconsistency and remaining (docs/results.md)",
-    )
-    parser.add_argument(
-        "--out",
-        default=None,
-        help="output folder (default RUN_DIR/report); file names carry a metric or evaluation "
-        "other than the default (results-precise.md, ...)",
-    )
-    parser.add_argument(
-        "--wandb",
-        action="store_true",
-        help="update the grid's W&B summary run and, with a W&B key, save its workspace view",
-    )
-    parser.add_argument(
-        "--project",
-        default=None,
-        help="W&B project for --wandb (default: the one the grid's cells logged to)",
-    )
-    args = parser.parse_args(argv)
-    run_dir = Path(args.run_dir)
-    if not run_dir.is_dir():
-        parent = run_dir.parent if run_dir.parent.is_dir() else None
-        near = [str(parent / p.name) for p in parent.iterdir() if p.is_dir()] if parent else []
-        hint = did_you_mean(str(run_dir), near)
-        parser.error(f"{run_dir} is not a folder{hint}; give a grid run folder "
-                     "(runs/grid/<name>) or any folder that holds result.json files")  # fmt: skip
-    loaded = load_results(run_dir)
-    if not loaded.results:
-        found = f" ({len(loaded.invalid)} invalid)" if loaded.invalid else ""
-        parser.error(f"no valid result.json under {run_dir}{found}: run the grid first")
-    if args.mode != DEFAULT_EVAL and args.metric != DEFAULT_METRIC:
-        parser.error("--eval modes other than ema evaluate the final weights: use --metric final")
-    diff_modes = [v.replace("-", "_") for v in args.diff or []]
-    if sum(m in EVALS for m in diff_modes) == 1:
-        parser.error(f"--diff: give two evaluation modes ({', '.join(EVALS)}) or two rows, "
-                     f"not one of each: {args.diff}")  # fmt: skip
-    stats = aggregate(loaded.results, args.metric, args.mode)
-    extra = []
-    if args.diff and all(m in EVALS for m in diff_modes):
-        from .attribution import paired_difference_table
-
-        extra.append(paired_difference_table(loaded.results, *diff_modes))
-    elif args.diff:
-        from .attribution import row_difference_table
-
-        try:
-            extra.append(row_difference_table(loaded.results, *args.diff, args.metric, args.mode))
-        except UserError as exc:
-            parser.error(str(exc))
-    if args.attribution:
-        from .attribution import attribution_table
-
-        extra.append(attribution_table(loaded.results))
-    grid_file = run_dir / "grid.json"
-    try:
-        manifest = json.loads(grid_file.read_text()) if grid_file.exists() else {}
-        if not isinstance(manifest, dict):
-            raise ValueError(f"expected a JSON object, got {type(manifest).__name__}")
-    except (OSError, ValueError) as exc:  # the results are fine: report them all the same
-        print(f"note: {grid_file} is unreadable ({str(exc).splitlines()[0]}); the grid is "
-              f"named after its folder", file=sys.stderr)  # fmt: skip
-        manifest = {}
-    name = str(manifest.get("name") or run_dir.name)
-    out = Path(args.out) if args.out else run_dir / "report"
-    out.mkdir(parents=True, exist_ok=True)
-    incomplete = incomplete_lines(loaded.results)
-    table = markdown_table(stats, args.metric, loaded.invalid, args.mode, incomplete)
-    if times := timing_line(loaded.results):
-        table += f"\n{times}\n"
-    suffix = "".join(
-        f"-{v}" for v, d in ((args.metric, DEFAULT_METRIC), (args.mode, DEFAULT_EVAL)) if v != d
-    )
-    md, csv_path = out / f"results{suffix}.md", out / f"results{suffix}.csv"
-    write_atomic(md, f"# {name}\n\n{table}")
-    write_csv(stats, csv_path, args.metric)
-    png = out / f"error_vs_batch{suffix}.png"
-    label = args.metric if args.mode == DEFAULT_EVAL else f"{args.mode} evaluation"
-    plot(stats, png, f"{name}: error vs normalization batch", label)
-    print(table)
-    for text in extra:
-        print(text)
-    if extra:
-        write_atomic(out / f"differences{suffix}.md", f"# {name}\n\n" + "\n".join(extra))
-    print(f"table: {md}\ncsv:   {csv_path}\nplot:  {png}")
-    if args.wandb:
-        from .dashboard import grid_project
-
-        base = manifest.get("base_config")
-        project = args.project or grid_project(loaded.results, base and Path(base)) or "smallbatch"
-        print(log_to_wandb(stats, png, project, name, args.metric))
-    return 0

@@ -88,7 +88,7 @@ def grid_command(argv: list[str]) -> int:
 
 def report_command(argv: list[str]) -> int:
     """``smallbatch report RUN_DIR``: norm × batch-size table (Markdown, CSV) and plot (PNG)."""
-    from ..analysis.report import main as report_main
+    from ..analysis.report_command import main as report_main
 
     return report_main(argv)
 

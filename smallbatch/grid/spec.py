@@ -327,8 +327,9 @@ def spec_error(path: Path, key: str, message: str) -> GridSpecError:
     return GridSpecError(f"{path}: {key}: {message}")
 
 
-def load_grid(path: str | Path, validate_cli: bool = True) -> GridSpec:
-    """Read and validate a grid file; nothing runs when it is invalid."""
+def read_grid(path: str | Path) -> GridSpec:
+    """Read a grid file and check its own keys, axes and values (nothing runs when it is
+    invalid); parsing each cell with the CLI is :func:`smallbatch.grid.validate.load_grid`."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -419,8 +420,4 @@ def load_grid(path: str | Path, validate_cli: bool = True) -> GridSpec:
         if not spec.matches_some_cell(rule.get("when") or {}):
             print(f"note: {path}: overrides[{i}].when {rule.get('when')} matches no cell; "
                   "its `set` is never applied", file=sys.stderr)  # fmt: skip
-    if validate_cli:
-        from .validate import validate_cells
-
-        validate_cells(spec)
     return spec

@@ -5,13 +5,22 @@ fails the grid with one line naming the file and the key instead of failing its 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 from ..errors import first_line
 from ..models.preflight import check_feature_maps
-from .spec import Cell, GridSpec, GridSpecError, spec_error
+from .spec import Cell, GridSpec, GridSpecError, read_grid, spec_error
+
+
+def load_grid(path: str | Path) -> GridSpec:
+    """Read a grid file (:func:`smallbatch.grid.spec.read_grid`) and validate every cell
+    (:func:`validate_cells`): what ``smallbatch grid`` runs."""
+    spec = read_grid(path)
+    validate_cells(spec)
+    return spec
 
 
 def validate_cells(spec: GridSpec) -> None:

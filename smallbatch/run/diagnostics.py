@@ -27,20 +27,31 @@ def _has_running_stats(m: nn.Module) -> bool:
 
 
 class BatchStatGap:
-    """Forward pre-hooks that, when armed for one step, measure batch-vs-running statistics."""
+    """Forward pre-hooks that, while armed for one step, measure batch-vs-running statistics.
+    The hooks exist only while armed: a module with a hook takes PyTorch's slower call path,
+    which the steps in between need not pay."""
 
     def __init__(self, model: nn.Module) -> None:
-        self.armed = False
         self._mean_gaps: list[float] = []
         self._std_gaps: list[float] = []
-        self.handles = [
-            m.register_forward_pre_hook(self._hook)
-            for m in model.modules()
-            if _has_running_stats(m) and m.running_mean.dim() == 1
+        self._layers = [
+            m for m in model.modules() if _has_running_stats(m) and m.running_mean.dim() == 1
         ]
+        self.handles: list = []
+
+    @property
+    def armed(self) -> bool:
+        return bool(self.handles)
+
+    @armed.setter
+    def armed(self, on: bool) -> None:
+        if on and not self.handles:
+            self.handles = [m.register_forward_pre_hook(self._hook) for m in self._layers]
+        elif not on:
+            self.remove()
 
     def _hook(self, module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
-        if not (self.armed and module.training):
+        if not module.training:
             return
         x = inputs[0]
         if x.dim() != 4 or x.shape[0] * x.shape[2] * x.shape[3] < 2:
@@ -69,3 +80,4 @@ class BatchStatGap:
     def remove(self) -> None:
         for h in self.handles:
             h.remove()
+        self.handles = []

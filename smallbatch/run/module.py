@@ -160,8 +160,9 @@ class SmallBatchModule(pl.LightningModule):
         self.eval_acc: dict[str, float] = {}  # per evaluation mode (FinalEvaluation)
         self.end_diagnostics: dict[str, float] = {}
         self.diverged = False
-        self._nonfinite: Tensor | None = None  # first step whose loss was NaN/Inf (-1: none)
+        self._loss_sum: Tensor | None = None  # the epoch's loss sum (NaN/Inf once one was)
         self._loss_steps = 0
+        self._checked_step = 0
         self.first_started_utc: str | None = None  # of the run's first attempt (checkpointed)
         self.elapsed_before = 0.0  # seconds of earlier attempts, through their last checkpoint
         self._attempt_start = time.time()
@@ -260,33 +261,33 @@ class SmallBatchModule(pl.LightningModule):
         self._reset_epoch_sums()
 
     def _reset_epoch_sums(self) -> None:
-        """The epoch's loss sum and the first non-finite loss, kept on the device: no host sync
-        per step (read at each log interval, validation and epoch end)."""
+        """The epoch's loss sum, kept on the device: no host sync per step. A NaN/Inf loss
+        makes the sum non-finite, which each log interval, validation and the epoch's end read
+        (one sync each)."""
         self._loss_sum = torch.zeros((), device=self.device)
         self._loss_steps = 0
-        self._nonfinite = torch.full((), -1, dtype=torch.long, device=self.device)
-        self._nonfinite_loss = torch.zeros((), device=self.device)
+        self._checked_step = self.global_step  # the last step known to be finite
 
     def _watch(self, loss: Tensor) -> None:
-        """Add a step's loss to the epoch's sum and remember the first step it was NaN/Inf."""
-        if self._nonfinite is None:  # resumed inside an epoch
+        """Add a step's loss to the epoch's sum (one addition on the device)."""
+        if self._loss_sum is None:  # resumed inside an epoch
             self._reset_epoch_sums()
         self._loss_sum += loss
         self._loss_steps += 1
-        first = (self._nonfinite < 0) & ~torch.isfinite(loss)
-        self._nonfinite = torch.where(first, self.global_step, self._nonfinite)
-        self._nonfinite_loss = torch.where(first, loss, self._nonfinite_loss)
 
     def check_diverged(self) -> bool:
         """Whether a loss since the epoch started was NaN/Inf (one host sync); the first time,
-        mark the run diverged and stop it."""
-        if self.diverged or self._nonfinite is None:
+        mark the run diverged, say between which steps, and stop it."""
+        if self.diverged or self._loss_sum is None:
             return self.diverged
-        step = int(self._nonfinite)
-        if step >= 0:
+        total = float(self._loss_sum)
+        if math.isfinite(total):
+            self._checked_step = self.global_step
+        else:
             self.diverged = True
             self.trainer.should_stop = True
-            self.print(f"loss became {float(self._nonfinite_loss)} at step {step}: run diverged")
+            self.print(f"loss became {total} between steps {self._checked_step} and "
+                       f"{self.global_step}: run diverged")  # fmt: skip
         return self.diverged
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor | None:
