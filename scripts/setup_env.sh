@@ -8,10 +8,13 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 if ! .venv/bin/python -c "import smallbatch, pytest, smallbatch_bcn" 2>/dev/null; then
+  # quiet: setuptools' "Editable installation" notice is a warning of the build backend
+  export PYTHONWARNINGS=ignore
   .venv/bin/pip install --quiet --upgrade pip
   .venv/bin/pip install --quiet -e ".[test]"
   # the example norm plugin (docs/plugins.md): its tests and a grid test use it
   .venv/bin/pip install --quiet --no-build-isolation --no-deps -e ./examples/smallbatch-bcn
+  unset PYTHONWARNINGS
 fi
 # Real data offline: Debian's dataset-fashion-mnist (the data module also finds ../shared/data).
 if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

@@ -65,6 +65,7 @@ def _package_imports(path: Path) -> set[str]:
     [
         ("errors.py", set()),
         ("naming.py", set()),
+        ("hardware.py", set()),
         ("results.py", {"smallbatch.naming"}),
     ],
 )
