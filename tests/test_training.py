@@ -219,6 +219,9 @@ def test_nan_loss_gives_diverged_result_without_traceback(fashion_dir, tmp_path)
     result = read_result(run)
     assert result["status"] == "diverged"
     assert result["error"] is None
+    # 16 steps, fewer than the log interval: found before the epoch's validation, which then
+    # records no accuracy of the NaN weights
+    assert result["val_acc_history"] == [] and result["final_val_acc"] is None
 
 
 def test_missing_dataset_gives_clear_error(tmp_path, monkeypatch):

@@ -11,6 +11,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from timm.optim import param_groups_weight_decay
 from torch import Tensor
@@ -318,7 +319,7 @@ class SmallBatchModule(pl.LightningModule):
         return loss
 
     def on_validation_start(self) -> None:
-        if self.trainer.training:  # validation during fit: not of weights that went NaN
+        if self.trainer.state.fn == TrainerFn.FITTING:  # a fit's validation: not of NaN weights
             self.check_diverged()
 
     def on_train_epoch_end(self) -> None:
