@@ -55,6 +55,12 @@ def where_raised(exc: BaseException) -> str:
     return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else ""
 
 
+def error_summary(exc: BaseException) -> str:
+    """``Type: first line (file:line)``: an error said whole, with where it was raised."""
+    where = where_raised(exc)
+    return f"{type(exc).__name__}: {first_line(exc)}" + (f" ({where})" if where else "")
+
+
 def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__

@@ -19,7 +19,7 @@ from statistics import fmean, stdev
 from typing import Any
 
 from ..errors import UserError, did_you_mean
-from .report import CellStats, aggregate, row_order, t975
+from .report import CellStats, aggregate, batch_free_cell, row_order, t975
 
 
 def _mean_ci(values: list[float]) -> tuple[float | None, float | None]:
@@ -98,10 +98,10 @@ def row_difference_table(
         raise UserError(f"--diff: {a!r} and {b!r} are the same row ({row_a!r})")
 
     def cells(row: str) -> dict[int, CellStats]:
-        own = [s for s in stats if s.row == row]
-        flat = next((s for s in own if s.flat == "batch-free"), None)
-        every = sorted({s.norm_batch for s in stats}, reverse=True)
-        return {n: flat for n in every} if flat else {s.norm_batch: s for s in own}
+        flat = batch_free_cell(stats, row)
+        if flat is not None:
+            return {s.norm_batch: flat for s in stats}
+        return {s.norm_batch: s for s in stats if s.row == row}
 
     first, second = cells(row_a), cells(row_b)
     batches = sorted(set(first) & set(second), reverse=True)

@@ -330,6 +330,12 @@ def incomplete_lines(results: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def batch_free_cell(stats: list[CellStats], row: str) -> CellStats | None:
+    """The one cell of a batch-free row run once at the whole batch (it stands at every b),
+    or None for any other row."""
+    return next((s for s in stats if s.row == row and s.flat == "batch-free"), None)
+
+
 def row_order(stats: list[CellStats]) -> list[str]:
     """Rows in the registry's order of norms (built-ins as listed by ``smallbatch norms``)."""
     from ..norms.registry import available_norms
@@ -455,7 +461,7 @@ def markdown_table(
     lines = [caption(stats, metric, invalid, mode), "", head, "|" + "---|" * (len(batches) + 2)]
     for row in row_order(stats):
         cells = [by_key.get((row, b)) for b in batches]
-        flat = next((s for s in stats if s.row == row and s.flat == "batch-free"), None)
+        flat = batch_free_cell(stats, row)
         if flat is not None:
             cells = [flat] * len(batches)
         seeds = _seed_count([c for c in cells if c is not None])
@@ -594,10 +600,6 @@ def _draw_rows(ax: Any, stats: list[CellStats], rows: list[str], colors: dict[st
         ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, color=colors[row], label=row)
 
 
-def _is_batch_free_row(stats: list[CellStats], row: str) -> bool:
-    return any(s.row == row and s.flat == "batch-free" for s in stats)
-
-
 def plot(stats: list[CellStats], path: Path, title: str, metric: str) -> None:
     """Top-1 error (%) against the normalization batch, log2 axis, one line per row, 95%
     confidence bars; a log error axis when the errors span more than 4× (a collapse beside
@@ -610,7 +612,7 @@ def plot(stats: list[CellStats], path: Path, title: str, metric: str) -> None:
 
     order = row_order(stats)
     colors = {row: _row_color(i) for i, row in enumerate(order)}
-    free = [r for r in order if _is_batch_free_row(stats, r)]
+    free = [r for r in order if batch_free_cell(stats, r) is not None]
     dependent = [r for r in order if r not in free]
     panels = (
         [(dependent, "batch statistics"), (free, "batch-free: the same at every b")]

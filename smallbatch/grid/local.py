@@ -72,6 +72,12 @@ class LocalExecutor:
         self.cpu_busy = 0
         self.stopping = False
 
+    @property
+    def cells_at_once(self) -> int:
+        """How many single-device cells run at once: GPUs × ``jobs_per_gpu``, else
+        ``max_parallel``."""
+        return len(self.gpus) * self.jobs_per_gpu if self.gpus else self.max_parallel
+
     def _allocate(self, devices: int) -> list[str] | None:
         if not self.gpus:
             if self.cpu_busy + devices > max(self.max_parallel, devices):
@@ -115,11 +121,10 @@ class LocalExecutor:
         ):
             out.write(f"\n$ {' '.join(cmd)}\n".encode())
             out.flush()
-            offset = out.tell()
+            offset = out.tell()  # progress lines are read from here on
             proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, preexec_fn=_child_setup)
-        started = Running(state, proc, gpus, checkpoint_mtime=checkpoint_mtime(state.folder))
-        started.log_offset = offset
-        return started
+        mtime = checkpoint_mtime(state.folder)
+        return Running(state, proc, gpus, checkpoint_mtime=mtime, log_offset=offset)
 
     @staticmethod
     def progress_lines(run: Running) -> list[str]:

@@ -80,17 +80,13 @@ class GridProgress:
             print(f"[grid] {state.cell.folder} {line}", flush=True)
 
 
-def cells_at_once(spec: GridSpec) -> int:
+def cells_at_once(spec: GridSpec, store: ResultsStore) -> int:
     """How many cells the grid's executor runs at once (SLURM: its array parallelism)."""
-    cfg = spec.executor
-    if cfg.get("kind") == "slurm":
-        return int(cfg.get("array_parallelism") or 64)  # as smallbatch.grid.slurm submits
-    from .local import visible_gpus
+    if spec.executor.get("kind") == "slurm":
+        from .slurm import array_parallelism
 
-    gpus = visible_gpus()
-    if gpus:
-        return len(gpus) * int(cfg.get("jobs_per_gpu", 2))
-    return int(cfg.get("max_parallel", 1))
+        return array_parallelism(spec)
+    return LocalExecutor(spec, store).cells_at_once
 
 
 def run_grid(
@@ -120,7 +116,7 @@ def run_grid(
             from .estimate import estimate_lines
 
             todo = [s.cell for s in states if s.status in RUNNABLE]
-            for line in estimate_lines(spec, todo, cells_at_once(spec)):
+            for line in estimate_lines(spec, todo, cells_at_once(spec, store)):
                 print(line, flush=True)
         return 0
     for s in states:

@@ -102,6 +102,14 @@ class CellJob:
         return submitit.helpers.DelayedSubmission(self, cell)
 
 
+DEFAULT_ARRAY_PARALLELISM = 64  # SLURM array tasks at once when the grid file names none
+
+
+def array_parallelism(spec: GridSpec) -> int:
+    """The job array's tasks at once: the grid's ``executor.array_parallelism`` or 64."""
+    return int(spec.executor.get("array_parallelism", DEFAULT_ARRAY_PARALLELISM))
+
+
 def slurm_executor(spec: GridSpec) -> submitit.AutoExecutor:
     cfg = spec.executor
     executor = submitit.AutoExecutor(
@@ -117,7 +125,7 @@ def slurm_executor(spec: GridSpec) -> submitit.AutoExecutor:
     }
     if executor.cluster == "slurm":
         params["gpus_per_node"] = gpus
-        params["slurm_array_parallelism"] = int(cfg.get("array_parallelism", 64))
+        params["slurm_array_parallelism"] = array_parallelism(spec)
         if cfg.get("signal_delay_s") is not None:
             params["slurm_signal_delay_s"] = int(cfg["signal_delay_s"])
         if cfg.get("slurm_partition"):

@@ -22,7 +22,7 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import UserError, did_you_mean, first_line, where_raised
+from ..errors import UserError, did_you_mean, error_summary, first_line, where_raised
 
 ENTRY_POINT_GROUP = "smallbatch.norms"
 # Comma-separated norm names that plugins may replace (e.g. "gn"); any other clash is an error.
@@ -129,8 +129,7 @@ def load_plugins(force: bool = False) -> list[str]:
         try:
             obj = ep.load()
         except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the suite
-            where = where_raised(exc)
-            reason = f"{type(exc).__name__}: {first_line(exc)}" + (f" ({where})" if where else "")
+            reason = error_summary(exc)
             _PLUGIN_FAILURES[ep.name.lower()] = (ep.value, dist, reason)
             warnings.warn(
                 f"smallbatch: norm plugin {ep.name!r} ({ep.value}) failed to load: {reason}",

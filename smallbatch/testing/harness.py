@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import first_line, where_raised
+from ..errors import error_summary
 from ..models.swap import swap_norms
 from ..norms import probe_norm
 from ..norms.base import NormTraits
@@ -52,10 +52,7 @@ class KitBuildError(Exception):
     check."""
 
 
-def failure_reason(exc: BaseException) -> str:
-    """``Type: first line (file:line)``: a failure said whole, with where it was raised."""
-    where = where_raised(exc)
-    return f"{type(exc).__name__}: {first_line(exc)}" + (f" ({where})" if where else "")
+failure_reason = error_summary  # a check's failure: the whole first line, file and line
 
 
 @dataclass
