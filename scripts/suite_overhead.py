@@ -1,6 +1,6 @@
 """What the suite's Lightning training step costs over a bare PyTorch loop, measured in one run.
 
-    .venv/bin/python scripts/suite_overhead.py [--norms bn gn] [--batch 32] [--steps 400]
+    .venv/bin/python scripts/suite_overhead.py [--norms bn gn] [--batch 32] [--steps 800]
         [--chunk 10] [--threads 1] [--data-dir DIR]
 
 Both sides train the same CIFAR ResNet-8 on Fashion-MNIST batches (the data module's loader and
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--norms", nargs="+", default=["bn", "gn"])
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--warmup", type=int, default=20)
-    parser.add_argument("--steps", type=int, default=400, help="timed steps of each side")
+    parser.add_argument("--steps", type=int, default=800, help="timed steps of each side")
     parser.add_argument("--chunk", type=int, default=10, help="steps of one side in a row")
     parser.add_argument("--threads", type=int, default=1, help="as a grid cell (threads_per_job)")
     parser.add_argument("--data-dir", default=None)

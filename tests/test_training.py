@@ -102,6 +102,7 @@ def test_wandb_offline_run_records_accuracy_config_and_group(fashion_dir, tmp_pa
     assert logged["group"] == "mygrid"
     assert logged["name"] == "brn-nb16-s0"
     assert 0 <= logged["summary"]["val/acc"] <= 1
+    assert 0 <= logged["summary"]["train/acc"] <= 1  # the epoch's sums, reduced over devices
     assert logged["summary"]["val/acc_best"] == pytest.approx(read_result(run)["best_val_acc"])
     config = logged["config"]
     assert config["norm"] == "brn" and config["norm_args"] == {"momentum": 0.05}
@@ -114,6 +115,25 @@ def test_wandb_offline_run_records_accuracy_config_and_group(fashion_dir, tmp_pa
     assert not [k for k in config if k.startswith("cfg/")]  # was ~107 flat keys
     assert "_instantiator" not in config and "norm_name" not in config
     assert "norm/brn_rmax" in logged["history_keys"]
+
+
+def test_training_accuracy_sums_equal_torchmetrics_micro_accuracy():
+    """The epoch's device sums (no torchmetrics update per step) give torchmetrics' number."""
+    from torchmetrics.classification import MulticlassAccuracy
+
+    from smallbatch.run.module import SmallBatchModule
+
+    module = SmallBatchModule(backbone="resnet8", norm="gn", in_chans=1, cifar_stem=True)
+    module._reset_epoch_sums()
+    reference = MulticlassAccuracy(10, average="micro")
+    torch.manual_seed(0)
+    for batch in (32, 7, 1):
+        logits, target = torch.randn(batch, 10), torch.randint(0, 10, (batch,))
+        logits[0, target[0]] = 10.0  # at least one hit
+        module._watch(torch.tensor(1.0), logits, target)
+        reference.update(logits, target)
+    assert module._seen == 40
+    assert float(module._correct) / module._seen == pytest.approx(float(reference.compute()))
 
 
 def test_wandb_checkpoints_become_model_artifacts_with_log_model(fashion_dir, tmp_path):

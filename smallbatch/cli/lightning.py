@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal, NoReturn
 
 from jsonargparse import Namespace
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from ..data import SmallBatchDataModule
@@ -39,7 +39,7 @@ from ..norms import probe_norm
 from ..results import BASE_STAMP, GRID_BASE_ENV, base_config_record, write_json_atomic
 from ..run.final_eval import FinalEvaluation
 from ..run.module import SmallBatchModule, norm_display_name
-from ..run.progress import EpochLinePrinter, StepProgressPrinter
+from ..run.progress import LogLineProgressBar
 from ..run.result_writer import ResultWriter
 from ..run.wandb_logger import configure_wandb_logger, finish_wandb_runs
 
@@ -298,13 +298,11 @@ class SmallBatchCLI(LightningCLI):
                     enable_version_counter=False,
                 )
             )
-        if not any(isinstance(c, RichProgressBar | TQDMProgressBar) for c in given):
+        bar_wanted = config.get("enable_progress_bar") is not False
+        if bar_wanted and not any(isinstance(c, ProgressBar) for c in given):
             interactive = sys.stdout.isatty() and not os.environ.get("CI")
-            if interactive:
-                callbacks.append(RichProgressBar())
-            else:  # logs (CI, grid cells, SLURM): no bar; a line per epoch and every 5 %
-                callbacks += [TQDMProgressBar(refresh_rate=0), EpochLinePrinter()]
-                callbacks.append(StepProgressPrinter())
+            # logs (CI, grid cells, SLURM): no bar; a line per epoch and every 5 %
+            callbacks.append(RichProgressBar() if interactive else LogLineProgressBar())
         # the final evaluations first: the result writer records what they measured
         callbacks += [FinalEvaluation(), ResultWriter(self._digest, self._cell)]
         trainer = super()._instantiate_trainer(config, callbacks)

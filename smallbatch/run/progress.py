@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 SHOWN = ("train/loss_step", "val/loss", "val/acc", "val/acc_best")
@@ -30,38 +30,45 @@ def duration(seconds: float) -> str:
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
-class EpochLinePrinter(Callback):
-    """Prints ``epoch E/N step S train/loss_epoch=… val/acc=… (Ts)`` after each validation."""
+class LogLineProgressBar(ProgressBar):
+    """Lightning's progress bar for logs: ``epoch E/N step S train/loss_step=… val/acc=… (Ts)``
+    after each validation, and ``progress: step S/T (P%) epoch E/N loss L | elapsed, ETA`` every
+    ``percent`` % of the run's optimizer steps or every ``seconds``, whichever comes first. The
+    ETA is the time per step of this attempt so far times the steps left; reading the loss is
+    the only host sync, and only on a printed step. Being the trainer's progress bar (one
+    callback, not a disabled TQDM bar beside two printers), it costs a step one hook call."""
 
-    def __init__(self) -> None:
-        self._start = time.time()
+    def __init__(self, percent: float = 5.0, seconds: float = 120.0) -> None:
+        super().__init__()
+        self.percent, self.seconds = percent, seconds
+        self._enabled = True
+        self._start = self._last = self._fit_start = time.time()
+        self._first_step = 0
+        self._next_step = 0
+
+    @property
+    def is_enabled(self) -> bool:
+        return self._enabled
+
+    def disable(self) -> None:  # Lightning's call on ranks other than 0
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._start = time.time()
+        self._fit_start = time.time()
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking:
+        if trainer.sanity_checking or not self._enabled:
             return
         metrics = trainer.callback_metrics
         parts = [f"{k}={float(metrics[k]):.4f}" for k in SHOWN if k in metrics]
         epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else "?"
         rank_zero_info(
             f"epoch {trainer.current_epoch + 1}/{epochs} step {trainer.global_step} "
-            f"{' '.join(parts)} ({time.time() - self._start:.1f}s)"
+            f"{' '.join(parts)} ({time.time() - self._fit_start:.1f}s)"
         )
-
-
-class StepProgressPrinter(Callback):
-    """``progress: step S/T (P%) epoch E/N loss L | elapsed, ETA`` every ``percent`` % of the
-    run's optimizer steps or every ``seconds``, whichever comes first. The ETA is the time per
-    step of this attempt so far times the steps left; reading the loss is the only host sync,
-    and only on a printed step."""
-
-    def __init__(self, percent: float = 5.0, seconds: float = 120.0) -> None:
-        self.percent, self.seconds = percent, seconds
-        self._start = self._last = time.time()
-        self._first_step = 0
-        self._next_step = 0
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start = self._last = time.time()
@@ -81,7 +88,8 @@ class StepProgressPrinter(Callback):
             return
         self._next_step = step + self._every(trainer)
         self._last = now
-        say(self.line(trainer, outputs, now))
+        if self._enabled:
+            say(self.line(trainer, outputs, now))
 
     def line(self, trainer: pl.Trainer, outputs: Any, now: float) -> str:
         total = int(trainer.estimated_stepping_batches)
