@@ -15,9 +15,9 @@ import os
 import sys
 import time
 
-from smallbatch.cli.lightning import code_version
 from smallbatch.norms import builtin_norms
 from smallbatch.results import write_atomic, write_json_atomic
+from smallbatch.run.cell import code_version
 from smallbatch.run.result_writer import machine, utc_now
 from smallbatch.testing import check_norm, norm_checks
 

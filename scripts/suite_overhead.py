@@ -29,11 +29,11 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 from timm.optim import param_groups_weight_decay
 
-from smallbatch.cli.lightning import lightning_main
 from smallbatch.data import FashionMNIST
 from smallbatch.hardware import cpu_record
 from smallbatch.models import create_model
 from smallbatch.norms import set_norm_batch
+from smallbatch.run.cell import lightning_main
 from smallbatch.run.wandb_logger import finish_wandb_runs
 
 CONFIG = "configs/fashion_repro.yaml"

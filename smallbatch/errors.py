@@ -20,21 +20,23 @@ def debug_enabled(argv: list[str] | None = None) -> bool:
     return os.environ.get(DEBUG_ENV, "") not in ("", "0") or "--debug" in (argv or [])
 
 
+def closest(word: str, choices: Iterable[str]) -> str | None:
+    """The one of ``choices`` closest to ``word`` (difflib's ratio >= 0.6), or None: the suite's
+    only spelling rule, behind every "did you mean"."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """``"; did you mean 'x'?"`` for the closest of ``choices``, or ``""``."""
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
+    close = closest(word, choices)
+    return f"; did you mean {close!r}?" if close else ""
 
 
 class UserError(Exception):
     """Bad input: a message for the user (what was wrong, what is accepted), not a bug in the
     suite. Every user-error class of the package inherits it (norm, backbone, dataset and grid
     errors); the CLI prints its first line and exits 2."""
-
-
-def user_error_types() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean bad input (kept for callers that catch a tuple)."""
-    return (UserError,)
 
 
 def where_raised(exc: BaseException) -> str:
@@ -66,7 +68,7 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def innermost_user_error(exc: BaseException | None) -> BaseException | None:
+def user_error_to_report(exc: BaseException | None) -> BaseException | None:
     """The user error to report from the chain of causes of ``exc``: the outermost
     :class:`UserError` (it carries the context its causes lack, such as the layer's name that
     ``swap_norms`` adds), else the deepest ValueError raised by the suite's own code (the
@@ -97,7 +99,7 @@ _NOT_ACCEPTED = re.compile(r"Option '([\w.]+)' is not accepted")
 
 def summarize_parse_error(message: str, ex: BaseException | None, options: Iterable[str]) -> str:
     """One line for a command-line parse error, with a suggestion for a misspelt option."""
-    inner = innermost_user_error(ex)
+    inner = user_error_to_report(ex)
     if inner is not None:
         return first_line(inner)
     line = message.strip().splitlines()[0] if message.strip() else "invalid arguments"
@@ -110,9 +112,8 @@ def summarize_parse_error(message: str, ex: BaseException | None, options: Itera
     if missing:  # a misspelt --config file: suggest one beside it
         path = Path(missing.group(1))
         siblings = [p.name for p in path.parent.glob("*.y*ml")] if path.parent.is_dir() else []
-        close = difflib.get_close_matches(path.name, siblings, n=1, cutoff=0.6)
-        if close:
-            line += f"; did you mean {str(path.parent / close[0])!r}?"
+        if close := closest(path.name, siblings):
+            line += f"; did you mean {str(path.parent / close)!r}?"
     if "accept option 'axes." in line or "accept option 'executor." in line:
         line += "; this looks like a grid file: run it with `smallbatch grid --config FILE`"
     if "arguments are required" in line and ".data" in line:

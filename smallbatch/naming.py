@@ -76,3 +76,9 @@ def run_label(norm: Any, batch_size: Any, norm_batch: Any = None, seed: Any = No
     if nb != batch_size:
         label += f"-pb{batch_size}"
     return label if seed is None else f"{label}-s{seed}"
+
+
+def cli_value(value: Any) -> str:
+    """A value as the Lightning CLI reads it, and as report labels show it: strings as-is,
+    everything else as JSON (what JSON cannot say, by its ``str``)."""
+    return value if isinstance(value, str) else json.dumps(value, default=str)

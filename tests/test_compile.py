@@ -10,10 +10,10 @@ from conftest import tiny_fit_args
 
 import smallbatch.analysis.bench as bench
 import smallbatch.run.module as module
-from smallbatch.cli.lightning import lightning_main
 from smallbatch.models import compile_backbone, create_model
 from smallbatch.norms import NormConfigError, builtin_norms
 from smallbatch.results import read_result
+from smallbatch.run.cell import lightning_main
 
 # dynamo + AOT autograd without C++ code generation: seconds, and no compiler needed
 fast_compile = functools.partial(compile_backbone, backend="aot_eager")

@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import pytest
 from conftest import tiny_fit_args
 
-from smallbatch.cli.lightning import lightning_main
 from smallbatch.norms import NormConfigError, registry, resolve_norm
 from smallbatch.results import read_result
+from smallbatch.run.cell import lightning_main
 
 
 def _module(tmp_path, monkeypatch, name: str, source: str) -> None:

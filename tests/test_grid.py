@@ -460,7 +460,7 @@ def test_a_killed_and_resumed_cell_is_one_row_with_its_seed(tmp_path, fashion_di
     """A resumed run's config has keys a fresh one lacks (ckpt_path, and in_chans/num_classes
     read back from the checkpoint): they are no part of the setting, so the report averages the
     resumed seed with the others in one row."""
-    from smallbatch.analysis.report import aggregate, load_results
+    from smallbatch.analysis.aggregate import aggregate, load_results
 
     marker = tmp_path / "killed"
     kill = {"class_path": "sb_test_helpers.KillOnceAtStep",

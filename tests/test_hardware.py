@@ -5,8 +5,8 @@ import yaml
 from conftest import tiny_fit_args
 
 from smallbatch import hardware
-from smallbatch.cli.lightning import lightning_main
 from smallbatch.results import read_result
+from smallbatch.run.cell import lightning_main
 
 
 def _cpu(monkeypatch, *flags: str) -> None:

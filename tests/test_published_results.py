@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from smallbatch.analysis.report_command import main as report_main
+from smallbatch.analysis.report import main as report_main
 
 PUBLISHED = sorted(p.parents[1] for p in (ROOT / "docs" / "results").glob("*/report/results.md"))
 

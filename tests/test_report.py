@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from smallbatch.analysis.report import t975
-from smallbatch.analysis.report_command import main as report_main
+from smallbatch.analysis.report import main as report_main
+from smallbatch.analysis.stats import t975
 
 FIXTURE = {  # (norm, batch): best accuracies over seeds 0, 1
     ("bn", 32): [0.90, 0.92],
@@ -384,7 +384,7 @@ def test_a_bad_grid_json_still_gives_the_table_with_a_note(tmp_path, capsys, con
 
 
 def test_times_line_counts_parallel_runs_once_and_session_gaps_not_at_all():
-    from smallbatch.analysis.report import timing_line
+    from smallbatch.analysis.render import timing_line
 
     def run(start: str, end: str, host: str) -> dict:
         return {

@@ -3,7 +3,7 @@
 import pytest
 from test_report import write_result
 
-from smallbatch.analysis.report_command import main as report_main
+from smallbatch.analysis.report import main as report_main
 
 
 def test_an_interrupted_cell_is_listed_as_incomplete_never_a_row(tmp_path, capsys):

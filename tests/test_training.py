@@ -14,10 +14,10 @@ import torch
 import yaml
 from conftest import HELPERS, ROOT, tiny_fit_args
 
-from smallbatch.cli.lightning import lightning_main
 from smallbatch.data import DatasetNotFoundError, FashionMNIST, ImageFolder
 from smallbatch.norms import NormConfigError
 from smallbatch.results import read_result
+from smallbatch.run.cell import lightning_main
 from smallbatch.run.wandb_offline import read_offline_run
 
 CONFIGS = sorted(p for p in (ROOT / "configs").glob("*.yaml"))

@@ -14,20 +14,13 @@ differences paired by seed (the same seed's runs), with a 95% Student-t half-wid
 
 from __future__ import annotations
 
-import math
-from statistics import fmean, stdev
+from itertools import pairwise
 from typing import Any
 
 from ..errors import UserError, did_you_mean
-from .report import CellStats, aggregate, batch_free_cell, row_order, t975
-
-
-def _mean_ci(values: list[float]) -> tuple[float | None, float | None]:
-    if not values:
-        return None, None
-    n = len(values)
-    ci = t975(n - 1) * stdev(values) / math.sqrt(n) if n > 1 else None
-    return fmean(values), ci
+from ..eval_modes import attribution_chain
+from .aggregate import CellStats, aggregate, batch_free_cell, row_order
+from .stats import mean_ci95
 
 
 def _fmt(mean: float | None, ci: float | None, sign: bool = True) -> str:
@@ -62,7 +55,7 @@ def paired_difference_table(results: list[dict[str, Any]], a: str, b: str) -> st
         cells = []
         for n in batches:
             x, y = _by_seed(first.get((row, n))), _by_seed(second.get((row, n)))
-            cells.append(_fmt(*_mean_ci([y[s] - x[s] for s in x if s in y])))
+            cells.append(_fmt(*mean_ci95([y[s] - x[s] for s in x if s in y])))
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -115,9 +108,9 @@ def row_difference_table(
     for n in batches:
         x, y = _by_seed(first[n]), _by_seed(second[n])
         paired = [s for s in x if s in y]
-        diff = _fmt(*_mean_ci([y[s] - x[s] for s in paired]))
-        mean_a = _fmt(*_mean_ci([x[s] for s in paired]), sign=False)
-        mean_b = _fmt(*_mean_ci([y[s] for s in paired]), sign=False)
+        diff = _fmt(*mean_ci95([y[s] - x[s] for s in paired]))
+        mean_a = _fmt(*mean_ci95([x[s] for s in paired]), sign=False)
+        mean_b = _fmt(*mean_ci95([y[s] for s in paired]), sign=False)
         lines.append(f"| {n} | {mean_a} | {mean_b} | {diff} | {len(paired)} |")
     if not batches:
         lines.append("| – | no normalization batch in common | | | |")
@@ -127,36 +120,42 @@ def row_difference_table(
 def attribution_table(
     results: list[dict[str, Any]], norms: list[str] | None = None, batches: list[int] | None = None
 ) -> str:
-    """The drop of each row (at each b) from BN at the largest b, split into estimate,
-    inconsistency and remaining (module docstring)."""
-    ema, precise, batch = (_cells(results, m) for m in ("ema", "precise", "batch"))
-    stats = list(ema.values())
+    """The drop of each row (at each b) from BN at the largest b, split into the steps of
+    :func:`smallbatch.eval_modes.attribution_chain` (estimate, inconsistency) and what remains
+    (module docstring)."""
+    chain = attribution_chain()
+    (first, _), (last, _) = chain[0], chain[-1]
+    cells = {mode: _cells(results, mode) for mode, _ in chain}
+    stats = list(cells[first].values())
     all_b = sorted({c.norm_batch for c in stats}, reverse=True)
     b_max = all_b[0]
-    reference = next((c for (row, n), c in ema.items() if row == "bn" and n == b_max), None)
-    ref = _by_seed(reference)
+    ref = _by_seed(cells[first].get(("bn", b_max)))
+    steps = [f"{name} = {mode} − {before}" for (before, _), (mode, name) in pairwise(chain)]
+    names = [name for _, name in chain[1:]]
     lines = [
-        f"Drop from BN at b = {b_max} (`ema`) and where it comes from, percentage points (mean "
-        "± 95% CI over seeds, paired by seed): estimate = precise − ema, inconsistency = batch − "
-        f"precise, remaining = BN(b={b_max}) − batch; estimate + inconsistency + remaining = drop.",
+        f"Drop from BN at b = {b_max} (`{first}`) and where it comes from, percentage points "
+        f"(mean ± 95% CI over seeds, paired by seed): {', '.join(steps)}, remaining = "
+        f"BN(b={b_max}) − {last}; {' + '.join([*names, 'remaining'])} = drop.",
         "",
-        "| norm | b | ema accuracy | drop | estimate | inconsistency | remaining |",
-        "|---|---|---|---|---|---|---|",
+        f"| norm | b | {first} accuracy | drop | {' | '.join(names)} | remaining |",
+        "|---|---|---|---|" + "---|" * len(names) + "---|",
     ]
     for row in row_order(stats):
         if norms and row not in norms:
             continue
         for n in batches or all_b:
-            e, p, bt = (_by_seed(t.get((row, n))) for t in (ema, precise, batch))
-            if not e:
+            acc = [_by_seed(cells[mode].get((row, n))) for mode, _ in chain]
+            if not acc[0]:
                 continue
-            seeds = [s for s in e if s in p and s in bt and s in ref]
+            seeds = [s for s in acc[0] if s in ref and all(s in a for a in acc)]
             parts = [
-                _fmt(*_mean_ci([e[s] for s in e]), sign=False),
-                _fmt(*_mean_ci([ref[s] - e[s] for s in seeds])),
-                _fmt(*_mean_ci([p[s] - e[s] for s in seeds])),
-                _fmt(*_mean_ci([bt[s] - p[s] for s in seeds])),
-                _fmt(*_mean_ci([ref[s] - bt[s] for s in seeds])),
+                _fmt(*mean_ci95(list(acc[0].values())), sign=False),
+                _fmt(*mean_ci95([ref[s] - acc[0][s] for s in seeds])),
+                *(
+                    _fmt(*mean_ci95([after[s] - before[s] for s in seeds]))
+                    for before, after in pairwise(acc)
+                ),
+                _fmt(*mean_ci95([ref[s] - acc[-1][s] for s in seeds])),
             ]
             lines.append(f"| {row} | {n} | " + " | ".join(parts) + " |")
     return "\n".join(lines) + "\n"

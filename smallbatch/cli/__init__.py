@@ -1,6 +1,6 @@
 """``smallbatch`` entry point: one table of commands, each with a line of help.
 
-``fit``/``validate``/``test``/``predict`` are Lightning CLI runs (:mod:`smallbatch.cli.lightning`);
+``fit``/``validate``/``test``/``predict`` are Lightning CLI runs (:mod:`smallbatch.run.cell`);
 ``grid``, ``report``, ``norms`` and ``bench`` are the suite's own; every runner is in
 :mod:`smallbatch.cli.commands`.
 ``smallbatch --help`` lists them all; ``smallbatch COMMAND --help`` shows a command's options.
@@ -17,7 +17,7 @@ from .commands import COMMANDS
 def _run_command(name: str, argv: list[str]) -> int:
     """Run one command; a user error ends with one ``error:`` line and exit code 2 (the full
     traceback with ``--debug`` or ``SMALLBATCH_DEBUG=1``); programming errors still raise."""
-    from ..errors import debug_enabled, first_line, innermost_user_error, report
+    from ..errors import debug_enabled, first_line, report, user_error_to_report
 
     try:
         return int(COMMANDS[name][0](argv) or 0)
@@ -30,7 +30,7 @@ def _run_command(name: str, argv: list[str]) -> int:
         print("\ninterrupted", file=sys.stderr)
         return 130
     except Exception as exc:
-        inner = innermost_user_error(exc)
+        inner = user_error_to_report(exc)
         if inner is None or debug_enabled(argv):
             raise
         report(first_line(inner))
@@ -53,10 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        import difflib
+        from ..errors import did_you_mean
 
-        close = difflib.get_close_matches(name, COMMANDS, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(name, COMMANDS)
         print(f"error: unknown command {name!r}{hint}\n\n{usage()}", file=sys.stderr)
         return 2
     return _run_command(name, rest)

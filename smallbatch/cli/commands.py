@@ -1,5 +1,5 @@
 """The ``smallbatch`` commands, one runner each: the Lightning CLI runs (``fit``, ``validate``,
-``test``, ``predict``: :mod:`smallbatch.cli.lightning`) and the suite's own (``grid``,
+``test``, ``predict``: :mod:`smallbatch.run.cell`) and the suite's own (``grid``,
 ``report``, ``norms``, ``bench``). Heavy imports happen inside the runners, so listing the
 commands imports neither torch nor Lightning."""
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 def _lightning(subcommand: str) -> Callable[[list[str]], int]:
     def run(argv: list[str]) -> int:
-        from .lightning import lightning_main
+        from ..run.cell import lightning_main
 
         lightning_main([subcommand, *[a for a in argv if a != "--debug"]])
         return 0
@@ -88,7 +88,7 @@ def grid_command(argv: list[str]) -> int:
 
 def report_command(argv: list[str]) -> int:
     """``smallbatch report RUN_DIR``: norm × batch-size table (Markdown, CSV) and plot (PNG)."""
-    from ..analysis.report_command import main as report_main
+    from ..analysis.report import main as report_main
 
     return report_main(argv)
 

@@ -58,7 +58,7 @@ def measure_cell(spec: GridSpec, cell: Cell, at_once: int = 1) -> CellEstimate:
 
     import torch
 
-    from ..cli.lightning import lightning_main
+    from ..run.cell import lightning_main
 
     threads = spec.executor.get("threads_per_job")
     before = torch.get_num_threads()

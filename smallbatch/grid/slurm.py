@@ -83,7 +83,7 @@ class CellJob:
     def __call__(self, cell: Cell) -> dict[str, Any] | None:
         import torch
 
-        from ..cli.lightning import lightning_main
+        from ..run.cell import lightning_main
 
         cfg = self.spec.executor  # SLURM may not pin CPUs: use the job's share, not every core
         torch.set_num_threads(int(cfg.get("threads_per_job") or cfg.get("cpus_per_task", 8)))

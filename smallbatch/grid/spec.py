@@ -43,7 +43,7 @@ from typing import Any
 import yaml
 
 from ..errors import UserError
-from ..naming import norm_label, run_label, stable_digest
+from ..naming import cli_value, norm_label, run_label, stable_digest
 from ..results import base_config_record
 
 TOP_KEYS = {
@@ -82,11 +82,6 @@ OLD_NORM_BATCH = "data.batch_size"  # its earlier spelling there
 
 class GridSpecError(UserError, ValueError):
     """A grid file is invalid; the message names the file and the key."""
-
-
-def cli_value(value: Any) -> str:
-    """A value as the Lightning CLI reads it: strings as-is, everything else as JSON."""
-    return value if isinstance(value, str) else json.dumps(value)
 
 
 @dataclass(frozen=True)

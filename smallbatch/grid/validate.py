@@ -29,8 +29,8 @@ def validate_cells(spec: GridSpec) -> None:
     import contextlib
     import io
 
-    from ..cli.lightning import lightning_main
     from ..norms import NormConfigError, resolve_norm
+    from ..run.cell import lightning_main
 
     cells = spec.cells()
     for cell in cells:

@@ -14,7 +14,6 @@ Names, tried in this order:
 
 from __future__ import annotations
 
-import difflib
 import re
 from typing import Any
 
@@ -23,7 +22,7 @@ import torch
 import torchvision
 from torch import nn
 
-from ..errors import UserError
+from ..errors import UserError, did_you_mean
 from ..norms.registry import NormSpecLike
 from .cifar_resnet import CifarResNet
 from .swap import swap_norms
@@ -151,8 +150,7 @@ def _unknown_backbone(name: str, timm_name: str | None, key: str) -> BackboneErr
             "timm model ('timm/<name>')"
         )
         word = key
-    close = difflib.get_close_matches(word, pool, n=1)
-    return BackboneError(f"{what}{f'; did you mean {close[0]!r}?' if close else ''} ({hint})")
+    return BackboneError(f"{what}{did_you_mean(word, pool)} ({hint})")
 
 
 def to_channels_last(model: nn.Module) -> nn.Module:

@@ -10,7 +10,6 @@ is the usual case). A *norm spec* names one, in any of three forms:
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import inspect
 import os
@@ -22,7 +21,7 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import UserError, did_you_mean, error_summary, first_line, where_raised
+from ..errors import UserError, closest, did_you_mean, error_summary, first_line, where_raised
 
 ENTRY_POINT_GROUP = "smallbatch.norms"
 # Comma-separated norm names that plugins may replace (e.g. "gn"); any other clash is an error.
@@ -259,9 +258,9 @@ def create_norm(spec: NormSpecLike, num_features: int, **overrides: Any) -> nn.M
         defaults = factory_defaults(factory)
         accepted = ", ".join(f"{k}={v!r}" for k, v in defaults.items())
         hints = [
-            f"{k!r} -> {close[0]!r}"
+            f"{k!r} -> {close!r}"
             for k in kwargs
-            if k not in defaults and (close := difflib.get_close_matches(k, list(defaults), n=1))
+            if k not in defaults and (close := closest(k, defaults))
         ]
         hint = f" (did you mean {', '.join(hints)}?)" if hints else ""
         raise NormConfigError(

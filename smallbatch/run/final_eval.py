@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import lightning.pytorch as pl
@@ -15,9 +16,9 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from ..eval_modes import DEFAULT_EVAL, EVAL_MODES, computed_modes
 from ..naming import normalization_batch
 from .population import (
-    EVAL_MODES,
     accuracy,
     population_statistics,
     stat_layers,
@@ -32,11 +33,31 @@ def eager(module: nn.Module) -> Callable[[Tensor], Tensor]:
     return getattr(module, "_call_impl", module)
 
 
+@dataclass
+class _FinalWeights:
+    """The final weights as :mod:`smallbatch.eval_modes` asks for them (its ``FinalWeights``):
+    ``val(n)`` yields labelled evaluation batches of n samples (None: the evaluation batch)."""
+
+    backbone: nn.Module
+    statistics: dict
+    forward: Callable[[Tensor], Tensor]
+    val: Callable[[int | None], Iterator[tuple[Tensor, Tensor]]]
+    norm_batch: int
+
+    def with_statistics(self, estimator: str) -> float:
+        with using_statistics(self.backbone, self.statistics, estimator):
+            return accuracy(self.forward, self.val(None))
+
+    def with_batch_statistics(self, group: int | None = None) -> float:
+        with using_batch_statistics(self.backbone):  # each test group its own statistics
+            return accuracy(self.forward, self.val(group or self.norm_batch))
+
+
 class FinalEvaluation(Callback):
-    """Evaluates the final weights in every mode of :data:`EVAL_MODES` when a fit finishes
-    (not when it diverged or was stopped) and leaves the accuracies in
-    ``pl_module.eval_acc``; ``ema`` is the fit's last evaluation. The statistics are
-    recomputed from ``pl_module.hparams.precise_images`` training images (0: no final
+    """Evaluates the final weights in every mode of :data:`smallbatch.eval_modes.EVAL_MODES`
+    when a fit finishes (not when it diverged or was stopped) and leaves the accuracies in
+    ``pl_module.eval_acc``; ``ema`` (the default mode) is the fit's last evaluation. The
+    statistics are recomputed from ``pl_module.hparams.precise_images`` training images (0: no final
     evaluation). Runs on the device the model is on, under the trainer's precision,
     single-device (each rank its own data under DDP; rank 0 writes the result)."""
 
@@ -49,7 +70,7 @@ class FinalEvaluation(Callback):
         if images <= 0 or dm is None or getattr(dm, "val_set", None) is None:
             return
         start = time.time()
-        acc = {"ema": history[-1]}
+        acc = {DEFAULT_EVAL: history[-1]}  # the fit's own evaluation
         backbone = pl_module.model
         device, was_training = pl_module.device, backbone.training
         forward = self._forward(trainer, pl_module)
@@ -58,16 +79,12 @@ class FinalEvaluation(Callback):
         if not stat_layers(backbone):  # batch-free: every mode is the same computation
             pl_module.eval_acc = {mode: history[-1] for mode in EVAL_MODES}
             return
-        val = DataLoader(dm.val_set, batch_size=int(dm.val_batch_size), num_workers=0)
         b = normalization_batch(pl_module.hparams.norm_batch, int(dm.batch_size))
-        groups = DataLoader(dm.val_set, batch_size=b, shuffle=False, num_workers=0)
+        final = _FinalWeights(backbone, stats, forward, lambda n: self._val(dm, n, device), b)
         try:
             backbone.eval()
-            for estimator in ("precise", "precise_pooled"):
-                with using_statistics(backbone, stats, estimator):
-                    acc[estimator] = accuracy(forward, self._labelled(dm, val, device))
-            with using_batch_statistics(backbone):
-                acc["batch"] = accuracy(forward, self._labelled(dm, groups, device))
+            for mode, evaluate in computed_modes().items():
+                acc[mode] = evaluate(final)
         finally:
             backbone.train(was_training)
         pl_module.eval_acc = acc
@@ -98,8 +115,11 @@ class FinalEvaluation(Callback):
         for x, _ in loader:
             yield self._prepare(dm, x.to(device), training=True)
 
-    def _labelled(self, dm: Any, loader: DataLoader, device: torch.device):
-        for x, y in loader:
+    def _val(self, dm: Any, batch: int | None, device: torch.device):
+        """The evaluation set as evaluation sees it, in batches of ``batch`` (None: the data
+        module's evaluation batch)."""
+        size = int(dm.val_batch_size) if batch is None else batch
+        for x, y in DataLoader(dm.val_set, batch_size=size, shuffle=False, num_workers=0):
             yield self._prepare(dm, x.to(device), training=False), y.to(device)
 
     @staticmethod

@@ -239,7 +239,7 @@ class SmallBatchModule(pl.LightningModule):
 
     def run_summary(self) -> dict[str, Any]:
         """What training found out, as logged to W&B's config beside the cell's identity
-        (:func:`smallbatch.cli.lightning.cell_identity`): whether the model is batch-free, the
+        (:func:`smallbatch.run.cell.cell_identity`): whether the model is batch-free, the
         devices it runs on, the total batch and the scaled LR."""
         return {
             "batch_free": self.batch_free,

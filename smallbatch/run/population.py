@@ -33,8 +33,6 @@ from torch import Tensor, nn
 
 from ..norms.base import ghost_groups
 
-EVAL_MODES = ("ema", "precise", "precise_pooled", "batch")
-
 
 def keeps_eval_statistics(m: nn.Module) -> bool:
     """A layer that normalizes with stored statistics in evaluation: it implements

@@ -1,11 +1,12 @@
-"""The suite's Lightning CLI (``smallbatch fit/validate/test/predict``): run folders, run
-names, W&B defaults, results and checkpoints around ``LightningCLI``.
+"""One cell's runner, the suite's Lightning CLI (``smallbatch fit/validate/test/predict``): run
+folders, run names, git provenance, W&B defaults, results and the checkpoint policy around
+``LightningCLI``.
 
 Every Lightning run gets a run folder (``--run_dir`` or Lightning's
 ``--trainer.default_root_dir``, default ``runs/<name>/<time>``) that holds its config,
 checkpoints, W&B files and ``result.json``; two runs never share one unless asked.
-This module does not import the command table (``smallbatch.cli``), so ``smallbatch.grid`` can
-use it without an import cycle.
+It lives below the grid (``smallbatch.grid`` runs, validates and times cells through it) and
+the command table (``smallbatch.cli``), and imports neither.
 """
 
 from __future__ import annotations
@@ -37,11 +38,11 @@ from ..naming import (
 )
 from ..norms import probe_norm
 from ..results import BASE_STAMP, GRID_BASE_ENV, base_config_record, write_json_atomic
-from ..run.final_eval import FinalEvaluation
-from ..run.module import SmallBatchModule, norm_display_name
-from ..run.progress import LogLineProgressBar
-from ..run.result_writer import ResultWriter
-from ..run.wandb_logger import configure_wandb_logger, finish_wandb_runs
+from .final_eval import FinalEvaluation
+from .module import SmallBatchModule, norm_display_name
+from .progress import LogLineProgressBar
+from .result_writer import ResultWriter
+from .wandb_logger import configure_wandb_logger, finish_wandb_runs
 
 EVAL_COMMANDS = ("validate", "test", "predict")
 _TRAINERS: list = []  # trainers of the current CLI call, to close their W&B runs
