@@ -16,14 +16,14 @@ so compare numbers from one run.
 from __future__ import annotations
 
 import argparse
-import time
 from statistics import median
 
 import torch
 import torch.nn.functional as F
 
+from smallbatch.hardware import seconds_per_call
 from smallbatch.models import create_model
-from smallbatch.norms.base import set_norm_batch
+from smallbatch.norms.walk import set_norm_batch
 
 
 def step_ms(norm: str, norm_batch: int | None, bf16: bool, compile_: bool, steps: int) -> float:
@@ -34,15 +34,16 @@ def step_ms(norm: str, norm_batch: int | None, bf16: bool, compile_: bool, steps
     if compile_:
         model.compile()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    for i in range(10 + steps):
-        if i == 10:
-            start = time.perf_counter()
+
+    def step() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = F.cross_entropy(model(x), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return 1000 * (time.perf_counter() - start) / steps
+
+    seconds_per_call(step, 10)  # warm-up
+    return 1000 * seconds_per_call(step, steps)
 
 
 def data_ms(batches: int = 400) -> float:
@@ -51,13 +52,14 @@ def data_ms(batches: int = 400) -> float:
     dm = FashionMNIST(batch_size=32, num_workers=0)
     dm.setup("fit")
     transform = getattr(dm, "batch_transform", None)
-    start = time.perf_counter()
-    for i, (images, _) in enumerate(dm.train_dataloader()):
+    loader = iter(dm.train_dataloader())
+
+    def batch() -> None:
+        images, _ = next(loader)
         if transform is not None:
             transform(images, True)
-        if i + 1 == batches:
-            break
-    return 1000 * (time.perf_counter() - start) / batches
+
+    return 1000 * seconds_per_call(batch, batches)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,8 +10,11 @@ otherwise. This module imports nothing of the package.
 from __future__ import annotations
 
 import platform
+import time
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 AUTO = "auto"
 BF16_PRECISIONS = ("bf16-mixed", "bf16-true", "bf16")
@@ -100,3 +103,22 @@ def resolve_precision(requested: object, accelerator: object) -> tuple[object, s
             "match bf16 results"
         )
     return requested, None
+
+
+def seconds_per_call(fn: Callable[[], object], calls: int = 1, device: Any = None) -> float:
+    """Wall seconds per call of ``fn`` over ``calls`` calls in a row: the suite's one step
+    timer (bench, the kit's cost check, the dry-run's estimate, scripts). On a CUDA ``device``
+    the queue is drained before and after, so the kernels a call launched count."""
+
+    def sync() -> None:
+        if device is not None and getattr(device, "type", device) == "cuda":
+            import torch
+
+            torch.cuda.synchronize(device)
+
+    sync()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    sync()
+    return (time.perf_counter() - start) / calls

@@ -236,7 +236,7 @@ def test_cbn_input_must_be_conv_output():
 
 
 def test_autograd_reference_cbn_gives_the_same_training_run():
-    from smallbatch.norms.cbn import AutogradCrossIterationBatchNorm2d
+    from smallbatch.norms.cbn_autograd import AutogradCrossIterationBatchNorm2d
 
     def run(cls):
         torch.manual_seed(0)

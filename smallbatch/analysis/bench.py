@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..hardware import seconds_per_call
 from ..models import COMPILE_MODES, compile_backbone, create_model, to_channels_last
 from ..norms import NormConfigError, resolve_norm
 from ..norms.registry import factory_defaults
@@ -26,7 +27,7 @@ from ..results import write_json_atomic
 def default_norms() -> list[str]:
     """Every built-in norm that runs on one device as it would per device under DDP (ghost
     batches or batch-free): all but SyncBN."""
-    from ..norms.base import builtin_norms, probe_norm
+    from ..norms.traits import builtin_norms, probe_norm
 
     return [n for n in builtin_norms() if (t := probe_norm(n)).ghost_batches or t.batch_free]
 
@@ -66,7 +67,7 @@ def norm_spec(norm: str) -> Any:
     """The spec ``create_model`` takes for a benchmarked name (``cbn_autograd``: the autograd
     reference of CBN's window statistics)."""
     if norm == REFERENCE_CBN:
-        return {"class_path": "smallbatch.norms.cbn.AutogradCrossIterationBatchNorm2d"}
+        return {"class_path": "smallbatch.norms.cbn_autograd.AutogradCrossIterationBatchNorm2d"}
     return norm
 
 
@@ -148,20 +149,6 @@ def _grad_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     return diff / max(max(float(x.abs().max()) for x in a), 1e-30)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_steps(fn, steps: int, device: torch.device) -> float:
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        fn()
-    _sync(device)
-    return (time.perf_counter() - start) / steps
-
-
 def bench_config(
     backbone: str,
     batch: int,
@@ -199,11 +186,10 @@ def bench_config(
             runners[n + COMPILED] = compiled = Runner(model, x, y, bf16)
             # same initial weights and data: the first step's gradients must agree
             eager_grads = runners[n].gradients()
-            _sync(device)
-            start = time.perf_counter()
-            compiled_grads = compiled.gradients()  # compiles
-            _sync(device)
-            first_step[n + COMPILED] = time.perf_counter() - start
+            compiled_grads: list[torch.Tensor] = []
+            first_step[n + COMPILED] = seconds_per_call(  # the call that compiles
+                lambda c=compiled, out=compiled_grads: out.extend(c.gradients()), 1, device
+            )
             grad_diff[n + COMPILED] = _grad_diff(eager_grads, compiled_grads)
     norms = list(runners)
     peak: dict[str, float | None] = {}
@@ -222,8 +208,8 @@ def bench_config(
     for i in range(rounds):
         rotated = order[i % len(order) :] + order[: i % len(order)]
         for name in rotated:
-            train[name].append(time_steps(runners[name].train_step, steps, device))
-            infer[name].append(time_steps(runners[name].infer, steps, device))
+            train[name].append(seconds_per_call(runners[name].train_step, steps, device))
+            infer[name].append(seconds_per_call(runners[name].infer, steps, device))
     out = []
     for name in norms:
         t, inf = statistics.median(train[name]), statistics.median(infer[name])

@@ -21,7 +21,9 @@ from typing import Any
 
 from ..naming import stable_digest
 
-ERROR_KEY = "val/error_final"  # each cell run's summary: final top-1 error in % (results.py)
+ERROR_KEY = (
+    "val/error_final"  # each cell run's summary: final top-1 error in % (run/result_writer.py)
+)
 PLOT_KEY = "error_vs_batch"  # the summary run's image of the report's plot
 NORM_BATCH_KEY = "norm_batch"  # each cell run's config (run.wandb_logger)
 NORM_KEY = "norm"

@@ -19,10 +19,10 @@ import io
 import json
 import math
 import tempfile
-import time
 from dataclasses import dataclass
 from typing import Any
 
+from ..hardware import seconds_per_call
 from ..run.progress import duration
 from .spec import Cell, GridSpec
 
@@ -133,19 +133,18 @@ def _time_steps(
 
     def train(net: Any) -> None:
         opt = torch.optim.SGD(net.parameters(), lr=1e-6, momentum=0.9)
-        start_together.wait()
-        for step in range(1 + TIMED_STEPS):
-            start = time.perf_counter()
+
+        def step() -> None:
             batch = transform(x, True) if transform is not None else x
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 loss = F.cross_entropy(net(batch), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            if step:  # the first step warms up
-                times.append(time.perf_counter() - start)
+
+        start_together.wait()
+        step()  # warms up
+        times.extend(seconds_per_call(step, 1, device) for _ in range(TIMED_STEPS))
 
     others = [
         threading.Thread(target=train, args=(copy.deepcopy(model),)) for _ in range(1, copies)
@@ -157,11 +156,8 @@ def _time_steps(
         thread.join()
     model.eval()
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        start = time.perf_counter()
-        model(transform(x, False) if transform is not None else x)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        image_s = (time.perf_counter() - start) / len(x)
+        inputs = transform(x, False) if transform is not None else x
+        image_s = seconds_per_call(lambda: model(inputs), 1, device) / len(x)
     return sorted(times)[len(times) // 2], image_s
 
 

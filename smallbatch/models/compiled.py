@@ -5,7 +5,8 @@ from __future__ import annotations
 from torch import nn
 
 from ..norms import NormConfigError
-from ..norms.base import builtin_norms, compile_unsafe_layers
+from ..norms.traits import builtin_norms
+from ..norms.walk import compile_unsafe_layers
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 

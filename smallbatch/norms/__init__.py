@@ -1,21 +1,9 @@
-"""Norm layers and their registry. ``create_norm("brn", 64)`` builds one layer by name."""
+"""Norm layers and their registry. ``create_norm("brn", 64)`` builds one layer by name.
 
-from .base import (
-    BatchStatsError,
-    NormLayer,
-    NormTraits,
-    batch_free_norms,
-    builtin_norms,
-    check_batch_stats,
-    compile_unsafe_layers,
-    ghost_batch_capable,
-    layer_diagnostics,
-    local_buffer_names,
-    normalization_groups,
-    probe_norm,
-    set_norm_batch,
-    uses_batch_statistics,
-)
+What a plugin norm builds on is exported here: the contract (``NormLayer``, from ``base``), the
+ghost-batch and group-statistics helpers (``groups``), the model walks (``walk``) and traits."""
+
+from .base import BatchStatsError, NormLayer, layer_label
 from .bn import BatchNorm2d, SyncBatchNorm
 from .brn import BatchRenorm2d, RenormRamp
 from .cbn import CrossIterationBatchNorm2d
@@ -23,6 +11,13 @@ from .evonorm_b0 import EvoNormB0
 from .functional import batch_stat_norm, moments
 from .gn import GroupNorm2d, InstanceNorm2d, LayerNorm2d
 from .gn_ws import GroupNormWS, StandardizedWeight
+from .groups import (
+    check_batch_stats,
+    ghost_groups,
+    grouped_moments,
+    normalization_groups,
+    update_running_from_groups,
+)
 from .mabn import MovingAverageBatchNorm2d
 from .registry import (
     ENTRY_POINT_GROUP,
@@ -38,6 +33,15 @@ from .registry import (
 )
 from .schedule import MILESTONE_UNITS, check_milestones, place_milestones
 from .timm_extras import EvoNormS0, FilterResponseNormTLU, evonorm_s0, frn
+from .traits import NormTraits, batch_free_norms, builtin_norms, probe_norm
+from .walk import (
+    compile_unsafe_layers,
+    ghost_batch_capable,
+    layer_diagnostics,
+    local_buffer_names,
+    set_norm_batch,
+    uses_batch_statistics,
+)
 
 # The one list of built-in norms: registration order is the display order of tables, plots and
 # `smallbatch norms`; every other list (batch-free, ghost-capable, compile-safe) is derived from
@@ -105,4 +109,8 @@ __all__ = [
     "set_norm_batch",
     "unregister_norm",
     "uses_batch_statistics",
+    "ghost_groups",
+    "grouped_moments",
+    "layer_label",
+    "update_running_from_groups",
 ]

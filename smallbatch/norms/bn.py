@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .base import check_batch_stats, normalization_groups, update_running_from_groups
 from .functional import (
     affine_params,
     batch_moments,
@@ -16,6 +15,7 @@ from .functional import (
     fold_groups,
     unfold_groups,
 )
+from .groups import check_batch_stats, normalization_groups, update_running_from_groups
 from .registry import NormConfigError
 
 

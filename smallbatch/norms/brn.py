@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import StepCounter, normalization_groups
+from .base import StepCounter
 from .functional import (
     affine_params,
     batch_moments,
@@ -30,6 +30,7 @@ from .functional import (
     fold_groups,
     unfold_groups,
 )
+from .groups import normalization_groups
 from .registry import NormConfigError
 from .schedule import check_milestones, place_milestones
 

@@ -19,7 +19,8 @@ import torch
 from timm.layers import EvoNorm2dB0
 from torch import Tensor
 
-from .base import NormLayer, ghost_groups, normalization_groups
+from .base import NormLayer
+from .groups import ghost_groups, normalization_groups
 
 
 class EvoNormB0(NormLayer, EvoNorm2dB0):

@@ -33,8 +33,9 @@ import torch
 import torch.nn.utils.parametrize as parametrize
 from torch import Tensor, nn
 
-from .base import StepCounter, layer_label, normalization_groups
+from .base import StepCounter, layer_label
 from .functional import affine_params
+from .groups import normalization_groups
 from .registry import NormConfigError
 from .schedule import check_milestones, place_milestones
 

@@ -15,15 +15,21 @@ import torch
 from torch import Tensor, nn
 
 from ..norms import layer_diagnostics
-from ..norms.base import ghost_groups, grouped_moments
+from ..norms.groups import ghost_groups, grouped_moments
+from ..norms.walk import has_running_stats
 
-__all__ = ["BatchStatGap", "layer_diagnostics"]
+__all__ = ["BatchStatGap", "layer_diagnostics", "stat_gap"]
 
 
-def _has_running_stats(m: nn.Module) -> bool:
-    return isinstance(getattr(m, "running_mean", None), Tensor) and isinstance(
-        getattr(m, "running_var", None), Tensor
-    )
+def stat_gap(
+    mean_g: Tensor, var_g: Tensor, mean: Tensor, var: Tensor, eps: float
+) -> tuple[float, float]:
+    """The gap between groups' statistics (μ_g, σ²_g; shape (G, C)) and running ones (μ, σ²):
+    mean |μ_g − μ|/σ and mean |log σ_g/σ| over groups and channels, σ = √(σ² + ε)."""
+    sigma = (var.float() + eps).sqrt()
+    mean_gap = ((mean_g - mean) / sigma).abs().mean()
+    std_gap = ((var_g + eps).sqrt() / sigma).log().abs().mean()
+    return float(mean_gap), float(std_gap)
 
 
 class BatchStatGap:
@@ -35,7 +41,7 @@ class BatchStatGap:
         self._mean_gaps: list[float] = []
         self._std_gaps: list[float] = []
         self._layers = [
-            m for m in model.modules() if _has_running_stats(m) and m.running_mean.dim() == 1
+            m for m in model.modules() if has_running_stats(m) and m.running_mean.dim() == 1
         ]
         self.handles: list = []
 
@@ -62,10 +68,11 @@ class BatchStatGap:
             _, mean_b, var_b = grouped_moments(x.float(), groups)
             mean_b, var_b = mean_b.flatten(1), var_b.flatten(1)  # (G, C)
             eps = getattr(module, "eps", 1e-5)
-            sigma = (module.running_var.float() + eps).sqrt()
-            sigma_b = (var_b + eps).sqrt()
-            self._mean_gaps.append(float(((mean_b - module.running_mean) / sigma).abs().mean()))
-            self._std_gaps.append(float((sigma_b / sigma).log().abs().mean()))
+            mean_gap, std_gap = stat_gap(
+                mean_b, var_b, module.running_mean, module.running_var, eps
+            )
+            self._mean_gaps.append(mean_gap)
+            self._std_gaps.append(std_gap)
 
     def collect(self) -> dict[str, float]:
         """Gaps measured since arming, then disarm and reset."""

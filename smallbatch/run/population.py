@@ -31,7 +31,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from ..norms.base import ghost_groups
+from ..norms.groups import ghost_groups
+from ..norms.walk import has_running_stats
+from .diagnostics import stat_gap
 
 
 def keeps_eval_statistics(m: nn.Module) -> bool:
@@ -40,9 +42,7 @@ def keeps_eval_statistics(m: nn.Module) -> bool:
     it has ``running_mean`` and ``running_var`` tensors (torch's BN)."""
     if callable(getattr(m, "set_eval_statistics", None)):
         return bool(getattr(m, "uses_eval_statistics", True))
-    return isinstance(getattr(m, "running_mean", None), Tensor) and isinstance(
-        getattr(m, "running_var", None), Tensor
-    )
+    return has_running_stats(m)
 
 
 def set_eval_statistics(m: nn.Module, mean: Tensor, var: Tensor, sqmean: Tensor) -> None:
@@ -137,7 +137,7 @@ def population_statistics(
     ema = {  # the statistics training ended with (the pass itself moves them)
         name: (m.running_mean.detach().clone(), m.running_var.detach().clone(), m.eps)
         for name, m in layers.items()
-        if isinstance(getattr(m, "running_mean", None), Tensor) and m.running_mean.dim() == 1
+        if has_running_stats(m) and m.running_mean.dim() == 1
     }
 
     def hook(name: str):
@@ -146,7 +146,9 @@ def population_statistics(
             groups = ghost_groups(x, getattr(module, "norm_batch", None), module)
             var_g, mean_g = moments[name].add(x, groups)
             if name in ema:
-                _record_gap(var_g, mean_g, *ema[name], gaps)
+                mean_gap, std_gap = stat_gap(mean_g, var_g, *ema[name])
+                gaps["stat_gap_mean"].append(mean_gap)
+                gaps["stat_gap_logstd"].append(std_gap)
 
         return pre_hook
 
@@ -176,21 +178,6 @@ def population_statistics(
                 h.remove()
     stats = {name: mom.estimates() for name, mom in moments.items() if mom.groups}
     return stats, {k: float(torch.tensor(v).mean()) for k, v in gaps.items() if v}
-
-
-def _record_gap(
-    var_g: Tensor,
-    mean_g: Tensor,
-    mean: Tensor,
-    var: Tensor,
-    eps: float,
-    gaps: dict[str, list[float]],
-) -> None:
-    """|μ_g − μ|/σ and |log σ_g/σ| of each group's statistics (σ²_g, μ_g; shape (G, C))
-    against the EMA statistics (μ, σ²)."""
-    sigma = (var.float() + eps).sqrt()
-    gaps["stat_gap_mean"].append(float(((mean_g - mean) / sigma).abs().mean()))
-    gaps["stat_gap_logstd"].append(float(((var_g + eps).sqrt() / sigma).log().abs().mean()))
 
 
 @contextmanager

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import copy
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
+from ..hardware import seconds_per_call
 from ..norms import BatchStatsError, set_norm_batch
 from .harness import (
     FAIL,
@@ -286,9 +286,7 @@ def _time_ratios(ours: nn.Module, bn: nn.Module, x: Tensor, rounds: int = 20) ->
             took = {}
             pairs = [("norm", ours), ("bn", bn)]
             for key, model in pairs if round_ % 2 else pairs[::-1]:
-                start = time.perf_counter()
-                train_steps(model, [x] * 3)
-                took[key] = time.perf_counter() - start
+                took[key] = seconds_per_call(lambda m=model: train_steps(m, [x] * 3))
             if round_:  # the first round warms up
                 ratios.append(took["norm"] / max(took["bn"], 1e-9))
     finally:

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from ..errors import error_summary
 from ..models.swap import swap_norms
 from ..norms import probe_norm
-from ..norms.base import NormTraits
+from ..norms.traits import NormTraits
 
 CHANNELS = 8  # the kit's channel count; a layer that cannot be built with it gets WIDE_CHANNELS
 WIDE_CHANNELS = 32  # a multiple of 32 groups (timm's EvoNorm-S1/S0 default to 32 groups)

@@ -23,8 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from smallbatch.norms import BatchStatsError, NormConfigError, NormLayer
-from smallbatch.norms.base import (
+from smallbatch.norms import (
+    BatchStatsError,
+    NormConfigError,
+    NormLayer,
     ghost_groups,
     grouped_moments,
     layer_label,

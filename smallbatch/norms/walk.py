@@ -1,0 +1,101 @@
+"""What the suite reads from, or sets on, a model's layers: which layers keep running or batch
+statistics, ghost batches for all of them (``set_norm_batch``), the buffers that stay per
+device under DDP, the layers' diagnostics and which layers cannot be compiled."""
+
+from __future__ import annotations
+
+from statistics import fmean
+
+from torch import Tensor, nn
+
+from .registry import NormConfigError
+
+
+def has_running_stats(m: nn.Module) -> bool:
+    """A layer with running mean and variance tensors (torch's BN and the BN-like layers)."""
+    return isinstance(getattr(m, "running_mean", None), Tensor) and isinstance(
+        getattr(m, "running_var", None), Tensor
+    )
+
+
+def is_batch_statistics_layer(m: nn.Module) -> bool:
+    """A layer that normalizes with statistics over the batch in training, the suite's one test
+    of it: it takes ghost batches, or keeps a running mean or a running variance (EvoNorm-B0
+    keeps only the latter). ``set_norm_batch`` must split or refuse such a layer."""
+    return bool(getattr(m, "supports_ghost_batch", False)) or any(
+        isinstance(getattr(m, key, None), Tensor) for key in ("running_mean", "running_var")
+    )
+
+
+def uses_batch_statistics(model: nn.Module) -> bool:
+    """True when some layer is a batch-statistics layer; False for batch-free norms (GN, LN,
+    IN, EvoNorm-S0, FRN), whose output for a sample does not depend on the rest of the batch."""
+    return any(is_batch_statistics_layer(m) for m in model.modules())
+
+
+def ghost_batch_capable(model: nn.Module) -> bool:
+    """True when every batch-statistics layer of ``model`` supports ghost batches (and there is
+    at least one): ``set_norm_batch`` will accept it."""
+    stats = [m for m in model.modules() if is_batch_statistics_layer(m)]
+    return bool(stats) and all(getattr(m, "supports_ghost_batch", False) for m in stats)
+
+
+def set_norm_batch(model: nn.Module, norm_batch: int | None) -> list[str]:
+    """Set ghost-batch size ``norm_batch`` on every layer that supports it; returns their names.
+
+    Raises when a batch-statistics layer (one with running statistics) cannot do ghost batches,
+    naming it, since its statistics would silently cover the whole per-device batch.
+    """
+    if norm_batch is not None and norm_batch < 1:
+        raise NormConfigError(f"norm_batch must be >= 1, got {norm_batch}")
+    names, unsupported = [], []
+    for name, module in model.named_modules():
+        if getattr(module, "supports_ghost_batch", False):
+            module.norm_batch = norm_batch
+            names.append(name)
+        elif norm_batch and is_batch_statistics_layer(module):
+            unsupported.append(f"{name} ({type(module).__name__})")
+    if unsupported:
+        raise NormConfigError(
+            f"norm_batch={norm_batch}: these batch-statistics layers do not support ghost "
+            f"batches: {', '.join(unsupported[:5])}{' ...' if len(unsupported) > 5 else ''}"
+        )
+    return names
+
+
+def local_buffer_names(model: nn.Module) -> list[str]:
+    """Fully qualified names of buffers that must stay per device under DDP.
+
+    A norm lists them in its class attribute ``ddp_local_buffers``; DDP must neither broadcast
+    them from rank 0 nor sync them (pass the list to
+    ``DistributedDataParallel._set_params_and_buffers_to_ignore_for_model``).
+    """
+    names = []
+    for prefix, module in model.named_modules():
+        for buf in getattr(module, "ddp_local_buffers", ()):
+            if getattr(module, buf, None) is not None:
+                names.append(f"{prefix}.{buf}" if prefix else buf)
+    return names
+
+
+def layer_diagnostics(model: nn.Module) -> dict[str, float]:
+    """Every layer's ``diagnostics()``, averaged over the layers of each class, as
+    ``norm/<diagnostics_prefix>_<key>`` (no extra compute: from the last training step)."""
+    per_key: dict[str, list[float]] = {}
+    for m in model.modules():
+        hook = getattr(m, "diagnostics", None)
+        if not callable(hook):
+            continue
+        prefix = getattr(m, "diagnostics_prefix", None) or type(m).__name__.lower()
+        for key, value in hook().items():
+            per_key.setdefault(f"norm/{prefix}_{key}", []).append(float(value))
+    return {k: fmean(v) for k, v in per_key.items()}
+
+
+def compile_unsafe_layers(model: nn.Module) -> list[str]:
+    """Names of layers that declare ``compile_safe = False``."""
+    return [
+        f"{n} ({type(m).__name__})"
+        for n, m in model.named_modules()
+        if not getattr(m, "compile_safe", True)
+    ]
