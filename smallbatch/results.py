@@ -106,6 +106,11 @@ def validate_result(data: Any) -> dict[str, Any]:
             raise InvalidResult(f"{key!r} must be an integer >= 1, got {value!r}")
     if data.get("status") not in STATUSES:
         raise InvalidResult(f"'status' must be one of {STATUSES}, got {data.get('status')!r}")
+    if not isinstance(data.get("setting"), dict):
+        raise InvalidResult(
+            "'setting' (the run's resolved config, which says which runs a table may average) is "
+            "missing or not a mapping: re-run the cell with this version to record it"
+        )
     eval_acc = data.get("eval_acc")
     if eval_acc is not None and not isinstance(eval_acc, dict):
         raise InvalidResult(f"'eval_acc' must be a mapping of mode to accuracy, got {eval_acc!r}")

@@ -86,17 +86,14 @@ def test_user_errors_share_one_base():
         assert issubclass(error, UserError), error
 
 
-def test_plugins_calling_the_helpers_by_their_earlier_names_still_run():
-    """check_batch_stats' third argument was called `batch`: plugins passing it by that name
-    keep working, with the same rule (the normalization batch)."""
+def test_check_batch_stats_uses_the_normalization_batch():
+    """One value per channel in a normalization group (b·H·W = 1) is refused; groups of 2 pass."""
     import torch
     from torch import nn
 
     from smallbatch.norms import BatchStatsError, check_batch_stats
 
     layer = nn.Identity()
-    check_batch_stats(torch.zeros(4, 3, 1, 1), layer, batch=2)  # groups of 2: fine
+    check_batch_stats(torch.zeros(4, 3, 1, 1), layer, 2)  # groups of 2: fine
     with pytest.raises(BatchStatsError, match="batch 1 at a 1x1 feature map"):
-        check_batch_stats(torch.zeros(4, 3, 1, 1), layer, batch=1)
-    with pytest.raises(BatchStatsError):
         check_batch_stats(torch.zeros(4, 3, 1, 1), layer, 1)

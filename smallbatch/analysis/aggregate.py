@@ -62,14 +62,12 @@ def load_results(run_dir: str | Path) -> Loaded:
 
 
 def setting_of(result: dict[str, Any]) -> dict[str, Any]:
-    """The run's setting (flat resolved config without the seed, location and null values); for
-    results written before settings were recorded, their identity fields."""
-    if isinstance(result.get("setting"), dict):
-        # null values are dropped, so an option added later with default None (absent from older
-        # results) does not split a setting; so are keys that stopped counting as settings
-        return {k: v for k, v in result["setting"].items() if v is not None and is_setting_key(k)}
-    keys = ("norm", "norm_args", "batch_size", "norm_batch", "devices", "backbone", "dataset")
-    return {f"cell.{k}": result.get(k) for k in keys}
+    """The run's setting (flat resolved config without the seed, location and null values;
+    every valid result has one: :func:`smallbatch.results.validate_result`)."""
+    # null values are dropped, so an option added later with default None (absent from older
+    # results) does not split a setting; so are keys that stopped counting as settings
+    setting = result.get("setting") or {}
+    return {k: v for k, v in setting.items() if v is not None and is_setting_key(k)}
 
 
 def _expand(flat: dict[str, Any], prefix: str = "") -> dict[str, Any]:

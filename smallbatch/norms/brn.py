@@ -232,8 +232,9 @@ class BatchRenorm2d(StepCounter, nn.Module):
         torch.mul(self.running_std, self.running_std, out=self.running_var).sub_(self.eps)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
-        # earlier layout: running_var was a moving average of the unbiased variance and the
-        # layer normalized with σ = √(running_var + ε); carry that σ over
+        # kept for BRN checkpoints written before c81ac4c (2026-12-02), none committed here:
+        # running_var was a moving average of the unbiased variance and the layer normalized
+        # with σ = √(running_var + ε); carry that σ over
         std_key, var_key = prefix + "running_std", prefix + "running_var"
         if std_key not in state_dict and var_key in state_dict:
             old_var = state_dict[var_key]

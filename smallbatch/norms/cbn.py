@@ -45,7 +45,8 @@ _LARGE_ENTRY = 1 << 18  # window entries (∂ν/∂W) of more values are read on
 _KRON_LIMIT = 1 << 20  # largest (H·W, kh·kw) selector product cached for the mean patch
 
 WINDOW_BUFFERS = ("win_stats", "win_ref", "win_dmean", "win_dsqmean", "win_valid", "win_pos")
-# the layout before win_stats/win_ref packed (μ, ν): read from older checkpoints
+# the layout before win_stats/win_ref packed (μ, ν): kept for CBN checkpoints written before
+# db9b281 (2026-11-22), none of them committed here (test_cbn loads one of that layout)
 _UNPACKED = {"win_stats": ("win_mean", "win_sqmean"), "win_ref": ("win_mean_ref", "win_sqmean_ref")}
 
 

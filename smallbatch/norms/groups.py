@@ -15,18 +15,16 @@ from .registry import NormConfigError
 from .traits import batch_free_norms
 
 
-def check_batch_stats(
-    x: Tensor, module: nn.Module, norm_batch: int | None = None, *, batch: int | None = None
-) -> None:
+def check_batch_stats(x: Tensor, module: nn.Module, norm_batch: int | None = None) -> None:
     """Raise :class:`BatchStatsError` when a normalization group has one value per channel
     (b·H·W == 1, b = :func:`smallbatch.naming.normalization_batch` of the layer's
-    ``norm_batch`` and N). ``batch=`` is the earlier name of ``norm_batch`` (still accepted)."""
+    ``norm_batch`` and N)."""
     if x.dim() != 4:
         raise NormConfigError(
             f"{layer_label(module)}: expected a 4-D (N, C, H, W) input, got shape {tuple(x.shape)}"
         )
     n, _, h, w = x.shape
-    if normalization_batch(norm_batch or batch, n) * h * w == 1:
+    if normalization_batch(norm_batch, n) * h * w == 1:
         raise BatchStatsError(
             f"{layer_label(module)} ({type(module).__name__}) got batch 1 at a 1x1 feature map in "
             "training: batch statistics need more than one value per channel. Use a per-device "
