@@ -22,7 +22,7 @@ class FinalWeights(Protocol):
     :func:`smallbatch.run.population.population_statistics`), or with each test group of
     ``group`` samples (default b) normalized by its own statistics."""
 
-    norm_batch: int
+    normalization_batch: int
 
     def with_statistics(self, estimator: str) -> float: ...
 

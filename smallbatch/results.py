@@ -91,6 +91,20 @@ def read_result(run_dir: str | os.PathLike) -> dict[str, Any] | None:
         return None
 
 
+# The samples per normalization group, b, of a run (its ghost batch capped at the per-device
+# batch, or the whole batch): the record's key. The requested ghost batch is the config's
+# ``model.norm_batch`` (None: the whole batch); results written before 5fb0c90 (2026-12-07, the
+# committed ones under docs/results/ among them) recorded b as ``norm_batch``.
+NORMALIZATION_BATCH = "normalization_batch"
+OLD_NORMALIZATION_BATCH = "norm_batch"
+
+
+def normalization_batch_of(result: dict[str, Any]) -> int:
+    """A result's b (:data:`NORMALIZATION_BATCH`, or the older key; the batch when absent)."""
+    value = result.get(NORMALIZATION_BATCH, result.get(OLD_NORMALIZATION_BATCH))
+    return int(value or result["batch_size"])
+
+
 def validate_result(data: Any) -> dict[str, Any]:
     """Check the fields the report and the grid rely on; raise :class:`InvalidResult` saying
     which."""
@@ -98,9 +112,9 @@ def validate_result(data: Any) -> dict[str, Any]:
         raise InvalidResult(f"expected a JSON object, got {type(data).__name__}")
     if not isinstance(data.get("norm"), str) or not data["norm"]:
         raise InvalidResult(f"'norm' must be a name, got {data.get('norm')!r}")
-    for key in ("batch_size", "norm_batch"):
+    for key in ("batch_size", NORMALIZATION_BATCH, OLD_NORMALIZATION_BATCH):
         value = data.get(key)
-        if value is None and key == "norm_batch":
+        if value is None and key != "batch_size":
             continue
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise InvalidResult(f"{key!r} must be an integer >= 1, got {value!r}")

@@ -82,4 +82,4 @@ def test_norm_batch_on_a_batch_free_norm_is_ignored_with_a_notice(fashion_dir, t
     err = capsys.readouterr().err
     assert "--model.norm_batch 4 is ignored: gn uses no batch statistics" in err
     result = read_result(run)
-    assert result["name"] == "gn-nb16-s0" and result["norm_batch"] == 16
+    assert result["name"] == "gn-nb16-s0" and result["normalization_batch"] == 16

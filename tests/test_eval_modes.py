@@ -13,7 +13,7 @@ from smallbatch.run.cell import lightning_main
 
 
 def _batch_4x(final: FinalWeights) -> float:
-    return final.with_batch_statistics(4 * final.norm_batch)
+    return final.with_batch_statistics(4 * final.normalization_batch)
 
 
 def test_the_shipped_modes_and_the_attribution_chain():

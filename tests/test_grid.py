@@ -394,7 +394,7 @@ def test_grid_sweeping_an_argument_outside_the_name_logs_unique_wandb_runs(tmp_p
     assert len(names) == 2 and all(n.startswith("brn-nb4-pb8-") for n in names)
     assert {r["config"]["norm_args"]["momentum"] for r in runs} == {0.1, 0.01}
     for r in runs:
-        assert r["config"]["norm"] == "brn" and r["config"]["norm_batch"] == 4
+        assert r["config"]["norm"] == "brn" and r["config"]["normalization_batch"] == 4
         assert r["group"] == "g" and not [k for k in r["config"] if k.startswith("cfg/")]
 
 

@@ -35,7 +35,7 @@ def write_result(run, folder, norm, batch, seed, acc, norm_batch=None, status="f
         "status": status,
         "norm": norm,
         "batch_size": batch,
-        "norm_batch": norm_batch or batch,
+        "normalization_batch": norm_batch or batch,
         "seed": seed,
         "best_val_acc": acc,
         "final_val_acc": None if acc is None else acc - 0.01,
@@ -69,7 +69,7 @@ def test_report_table_csv_and_plot_with_final_metric_by_default(tmp_path, capsys
     assert "# fixture" in md and f"| gn | 87.00 ± 0.00 | 87.00 ± {ci:.2f} | 2 |" in md
     with open(run / "report" / "results.csv") as f:
         rows = list(csv.DictReader(f))
-    bn2 = next(r for r in rows if r["norm"] == "bn" and r["norm_batch"] == "2")
+    bn2 = next(r for r in rows if r["norm"] == "bn" and r["normalization_batch"] == "2")
     assert float(bn2["mean"]) == pytest.approx(0.54) and bn2["n"] == "2"
     assert bn2["diverged"] == "1" and float(bn2["ci95"]) == pytest.approx(5 * ci / 100)
     png = (run / "report" / "error_vs_batch.png").read_bytes()
@@ -214,11 +214,12 @@ def test_workspace_view_charts_every_cells_error_against_its_normalization_batch
     sections = body["spec"]["section"]["panelBankConfig"]["sections"]
     panels = {p["viewType"]: p["config"] for s in sections for p in s["panels"]}
     main = sections[0]["panels"][0]["config"]  # the GN paper's figure, from the cell runs
-    assert main["xAxis"] == "norm_batch" and main["metrics"] == [ERROR_KEY]
+    assert main["xAxis"] == "normalization_batch" and main["metrics"] == [ERROR_KEY]
     assert main["groupBy"] == "norm.value" and main["groupAgg"] == "mean"
     assert main["xLogScale"] is True
     scatter = panels["Scatter Plot"]
-    assert scatter["xAxis"] == "config:norm_batch.value" and scatter["xAxisLogScale"] is True
+    assert scatter["xAxis"] == "config:normalization_batch.value"
+    assert scatter["xAxisLogScale"] is True
     assert scatter["yAxis"] == f"summary:{ERROR_KEY}"
     assert panels["Media Browser"]["mediaKeys"] == [PLOT_KEY]
     curves = [p["config"] for p in sections[1]["panels"] if "Line Plot" in p["viewType"]]

@@ -106,7 +106,7 @@ def test_wandb_offline_run_records_accuracy_config_and_group(fashion_dir, tmp_pa
     assert logged["summary"]["val/acc_best"] == pytest.approx(read_result(run)["best_val_acc"])
     config = logged["config"]
     assert config["norm"] == "brn" and config["norm_args"] == {"momentum": 0.05}
-    assert config["batch_size"] == 16 and config["norm_batch"] == 16
+    assert config["batch_size"] == 16 and config["normalization_batch"] == 16
     assert config["devices"] == 1 and config["total_batch"] == 16
     assert config["seed"] == 0 and config["backbone"] == "resnet8"
     assert config["dataset"] == "FashionMNIST"
@@ -146,8 +146,9 @@ def test_wandb_checkpoints_become_model_artifacts_with_log_model(fashion_dir, tm
     # the dashboard's y axis and the project `report --wandb` reads from result.json
     acc = read_result(run)["final_val_acc"]
     assert logged["summary"]["val/error_final"] == pytest.approx(100 * (1 - acc))
-    (row,) = [r for r in logged["history"] if "norm_batch" in r]  # the dashboard's x axis
-    assert row["norm_batch"] == 16 and row["val/error_final"] == pytest.approx(100 * (1 - acc))
+    (row,) = [r for r in logged["history"] if "normalization_batch" in r]  # the dashboard's x axis
+    assert row["normalization_batch"] == 16
+    assert row["val/error_final"] == pytest.approx(100 * (1 - acc))
     assert read_result(run)["wandb"]["project"] == logged["project"]
 
 
@@ -203,9 +204,9 @@ def test_wandb_config_of_class_path_norm_and_ghost_batches(fashion_dir, tmp_path
     logged = _offline_run(run)
     assert logged["name"] == "BatchRenorm2d-nb4-pb16-s0"
     assert logged["config"]["norm"] == "BatchRenorm2d"
-    assert logged["config"]["norm_batch"] == 4 and logged["config"]["batch_size"] == 16
+    assert logged["config"]["normalization_batch"] == 4 and logged["config"]["batch_size"] == 16
     result = read_result(run)
-    assert result["norm_batch"] == 4 and result["setting"]["model.norm_batch"] == 4
+    assert result["normalization_batch"] == 4 and result["setting"]["model.norm_batch"] == 4
     assert "seed_everything" not in result["setting"]
 
 

@@ -17,8 +17,8 @@ from statistics import fmean, stdev
 from typing import Any
 
 from ..eval_modes import DEFAULT_EVAL
-from ..naming import cli_value, is_setting_key, normalization_batch, stable_digest
-from ..results import DONE_STATUSES, InvalidResult, Status, load_result_file
+from ..naming import cli_value, is_setting_key, stable_digest
+from ..results import DONE_STATUSES, InvalidResult, Status, load_result_file, normalization_batch_of
 from .stats import mean_ci95
 
 METRICS = {
@@ -83,7 +83,7 @@ def _expand(flat: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def is_column_key(key: str) -> bool:
     """Whether a setting key defines the column (the normalization batch), not the row."""
-    return key in COLUMN_KEYS or key in ("cell.batch_size", "cell.norm_batch")
+    return key in COLUMN_KEYS
 
 
 def short_key(key: str) -> str:
@@ -97,7 +97,7 @@ class CellStats:
 
     row: str
     norm: str
-    norm_batch: int
+    normalization_batch: int  # b, the column
     batch_sizes: set[int]
     values: list[float]
     diverged: int
@@ -154,14 +154,14 @@ class _Setting:
         return self.results[0]
 
     @property
-    def norm_batch(self) -> int:
-        return normalization_batch(self.first.get("norm_batch"), self.first["batch_size"])
+    def normalization_batch(self) -> int:
+        return normalization_batch_of(self.first)
 
     @property
     def ghost(self) -> bool:
         if "model.norm_batch" in self.setting:
             return self.setting["model.norm_batch"] is not None
-        return self.norm_batch != self.first["batch_size"]
+        return self.normalization_batch != self.first["batch_size"]
 
 
 def _varying(settings: list[_Setting], columns_too: bool) -> list[str]:
@@ -181,7 +181,7 @@ def _ghost_mode(settings: list[_Setting]) -> str:
     per_device = {s.first["batch_size"] for s in settings}
     if len(per_device) == 1:
         return f"ghost batches in a per-device batch of {per_device.pop()}"
-    ratios = {s.first["batch_size"] // s.norm_batch for s in settings}
+    ratios = {s.first["batch_size"] // s.normalization_batch for s in settings}
     if len(ratios) == 1:
         return f"ghost batches, {ratios.pop()} per device"
     return "ghost batches"
@@ -196,7 +196,7 @@ def _flat_rows(rows: dict[tuple, list[_Setting]], modes: dict[tuple, str]) -> di
     total = ghost_batches.pop()
     flats = {}
     for i, group in rows.items():
-        if modes[i] or {s.norm_batch for s in group} != {total}:
+        if modes[i] or {s.normalization_batch for s in group} != {total}:
             continue
         if all(r.get("batch_free") for s in group for r in s.results):
             flats[i] = ("batch-free", "batch-free: the same at every b")
@@ -233,7 +233,7 @@ def aggregate(
                 (norm, s.ghost, tuple((k, cli_value(s.setting.get(k))) for k in varying))
                 for s in group
             ]
-            cells = [(i, s.norm_batch) for i, s in zip(ids, group, strict=True)]
+            cells = [(i, s.normalization_batch) for i, s in zip(ids, group, strict=True)]
             if len(set(cells)) == len(cells):  # one setting per row and column
                 break
         for i, s in zip(ids, group, strict=True):
@@ -252,7 +252,9 @@ def aggregate(
         label = f"{norm} ({', '.join(parts)})" if parts else norm
         flat = flats.get(row_id, ("", ""))[0]
         for s in group:
-            cell = CellStats(label, norm, s.norm_batch, set(), [], 0, 0, modes[row_id], flat)
+            cell = CellStats(
+                label, norm, s.normalization_batch, set(), [], 0, 0, modes[row_id], flat
+            )
             cell.duplicates = s.duplicates
             cell.failed = s.incomplete
             cell.setting = s.setting

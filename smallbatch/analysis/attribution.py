@@ -35,7 +35,7 @@ def _by_seed(cell: CellStats | None) -> dict[Any, float]:
 
 
 def _cells(results: list[dict[str, Any]], mode: str) -> dict[tuple[str, int], CellStats]:
-    return {(c.row, c.norm_batch): c for c in aggregate(results, "final", mode)}
+    return {(c.row, c.normalization_batch): c for c in aggregate(results, "final", mode)}
 
 
 def paired_difference_table(results: list[dict[str, Any]], a: str, b: str) -> str:
@@ -43,7 +43,7 @@ def paired_difference_table(results: list[dict[str, Any]], a: str, b: str) -> st
     seed (mean ± 95% CI, percentage points)."""
     first, second = _cells(results, a), _cells(results, b)
     stats = list(first.values())
-    batches = sorted({c.norm_batch for c in stats}, reverse=True)
+    batches = sorted({c.normalization_batch for c in stats}, reverse=True)
     lines = [
         f"Accuracy with `{b}` minus accuracy with `{a}` evaluation (percentage points), paired "
         "by seed: mean ± 95% confidence half-width (Student t).",
@@ -93,8 +93,8 @@ def row_difference_table(
     def cells(row: str) -> dict[int, CellStats]:
         flat = batch_free_cell(stats, row)
         if flat is not None:
-            return {s.norm_batch: flat for s in stats}
-        return {s.norm_batch: s for s in stats if s.row == row}
+            return {s.normalization_batch: flat for s in stats}
+        return {s.normalization_batch: s for s in stats if s.row == row}
 
     first, second = cells(row_a), cells(row_b)
     batches = sorted(set(first) & set(second), reverse=True)
@@ -127,7 +127,7 @@ def attribution_table(
     (first, _), (last, _) = chain[0], chain[-1]
     cells = {mode: _cells(results, mode) for mode, _ in chain}
     stats = list(cells[first].values())
-    all_b = sorted({c.norm_batch for c in stats}, reverse=True)
+    all_b = sorted({c.normalization_batch for c in stats}, reverse=True)
     b_max = all_b[0]
     ref = _by_seed(cells[first].get(("bn", b_max)))
     steps = [f"{name} = {mode} − {before}" for (before, _), (mode, name) in pairwise(chain)]

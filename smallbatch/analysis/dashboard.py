@@ -5,8 +5,8 @@
   against the normalization batch b on a log2 axis, largest b left, with the 95 % intervals) and
   one summary number per table cell (``error/<row>/nb<b>``, ``error_ci95/<row>/nb<b>``).
 - **A workspace view of the grid's group** (online only: it is saved on the W&B server through
-  ``wandb-workspaces``): the final error against ``norm_batch`` (log2 axis) averaged over the
-  runs of each norm with a standard-error band (each cell run logs one history row holding
+  ``wandb-workspaces``): the final error against ``normalization_batch`` (log2 axis) averaged
+  over the runs of each norm with a standard-error band (each cell run logs one history row holding
   both), every cell run's error as a point, the summary run's plot with the 95 % intervals, and
   the training curves averaged per norm. ``workspace_spec`` builds it without a network, so it
   is tested offline.
@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from ..naming import stable_digest
+from ..results import NORMALIZATION_BATCH
 
 ERROR_KEY = (
     "val/error_final"  # each cell run's summary: final top-1 error in % (run/result_writer.py)
 )
 PLOT_KEY = "error_vs_batch"  # the summary run's image of the report's plot
-NORM_BATCH_KEY = "norm_batch"  # each cell run's config (run.wandb_logger)
+NORM_BATCH_KEY = NORMALIZATION_BATCH  # each cell run's config (run.wandb_logger): b
 NORM_KEY = "norm"
 CURVES = (("validation top-1 accuracy", "val/acc"), ("training loss", "train/loss_step"))
 
@@ -109,7 +110,7 @@ def log_summary_run(
 ) -> Any:
     """Create or update the grid's summary run; returns the (finished) run.
 
-    ``rows``: one dict per table cell with ``row``, ``norm``, ``norm_batch``, ``mean`` and
+    ``rows``: one dict per table cell with ``row``, ``norm``, ``normalization_batch``, ``mean`` and
     ``ci95`` (accuracy in %) and ``n`` (seeds)."""
     import wandb
 
@@ -127,15 +128,16 @@ def log_summary_run(
         dir=str(png.parent),
         config={"metric": metric, "grid": group},
     )
-    columns = ["row", "norm", "norm_batch", "error_mean", "error_ci95", "seeds"]
+    columns = ["row", "norm", "normalization_batch", "error_mean", "error_ci95", "seeds"]
     data = [
-        [r["row"], r["norm"], r["norm_batch"], 100 - r["mean"], r["ci95"], r["n"]] for r in rows
+        [r["row"], r["norm"], r["normalization_batch"], 100 - r["mean"], r["ci95"], r["n"]]
+        for r in rows
     ]
     run.log({"results": wandb.Table(columns=columns, data=data), PLOT_KEY: wandb.Image(str(png))})
     for r in rows:
-        run.summary[f"error/{r['row']}/nb{r['norm_batch']}"] = 100 - r["mean"]
+        run.summary[f"error/{r['row']}/nb{r['normalization_batch']}"] = 100 - r["mean"]
         if r["ci95"] is not None:
-            run.summary[f"error_ci95/{r['row']}/nb{r['norm_batch']}"] = r["ci95"]
+            run.summary[f"error_ci95/{r['row']}/nb{r['normalization_batch']}"] = r["ci95"]
     run.finish()
     return run
 

@@ -17,13 +17,13 @@ def write_csv(stats: list[CellStats], path: Path, metric: str) -> None:
     text = io.StringIO(newline="")
     w = csv.writer(text)
     w.writerow(
-        ["row", "norm", "norm_batch", "batch_size", "metric", "mean", "std", "ci95", "n",
+        ["row", "norm", "normalization_batch", "batch_size", "metric", "mean", "std", "ci95", "n",
          "diverged", "failed"]
     )  # fmt: skip
-    for s in sorted(stats, key=lambda s: (order[s.row], -s.norm_batch)):
+    for s in sorted(stats, key=lambda s: (order[s.row], -s.normalization_batch)):
         per_device = "/".join(str(b) for b in sorted(s.batch_sizes))
         w.writerow(
-            [s.row, s.norm, s.norm_batch, per_device, metric, s.mean, s.std, s.ci95,
+            [s.row, s.norm, s.normalization_batch, per_device, metric, s.mean, s.std, s.ci95,
              len(s.values), s.diverged, s.failed]
         )  # fmt: skip
     write_atomic(path, text.getvalue())
@@ -46,7 +46,8 @@ def _draw_rows(ax: Any, stats: list[CellStats], rows: list[str], colors: dict[st
     value for every b."""
     for row in rows:
         pts = sorted(
-            (s for s in stats if s.row == row and s.mean is not None), key=lambda s: s.norm_batch
+            (s for s in stats if s.row == row and s.mean is not None),
+            key=lambda s: s.normalization_batch,
         )
         if not pts:
             continue
@@ -57,7 +58,7 @@ def _draw_rows(ax: Any, stats: list[CellStats], rows: list[str], colors: dict[st
             if err:
                 ax.axhspan(y - err, y + err, color=colors[row], alpha=0.12)
             continue
-        xs = [s.norm_batch for s in pts]
+        xs = [s.normalization_batch for s in pts]
         ys = [100 * (1 - s.mean) for s in pts]
         errs = [100 * (s.ci95 or 0) for s in pts]
         ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, color=colors[row], label=row)
@@ -87,7 +88,7 @@ def plot(stats: list[CellStats], path: Path, title: str, metric: str) -> None:
         1, len(panels), figsize=(11.5 if wide else 8.8, 5.2 if wide else 4.6), dpi=120,
         sharey=True, squeeze=False,
     )  # fmt: skip
-    batches = sorted({s.norm_batch for s in stats})
+    batches = sorted({s.normalization_batch for s in stats})
     errors = [100 * (1 - s.mean) for s in stats if s.mean is not None]
     bars = any(s.ci95 for s in stats)
     for ax, (rows, subtitle) in zip(axes[0], panels, strict=True):
@@ -137,7 +138,7 @@ def log_to_wandb(stats: list[CellStats], png: Path, project: str, group: str, me
         {
             "row": s.row,
             "norm": s.norm,
-            "norm_batch": s.norm_batch,
+            "normalization_batch": s.normalization_batch,
             "mean": 100 * s.mean,
             "ci95": None if s.ci95 is None else 100 * s.ci95,
             "n": len(s.values),

@@ -80,9 +80,7 @@ def caption(
 
 
 def _is_norm_key(key: str) -> bool:
-    return key in ("model.norm", "cell.norm") or key.startswith(
-        ("model.norm_args", "cell.norm_args")
-    )
+    return key == "model.norm" or key.startswith("model.norm_args")
 
 
 def _listing(items: list[str]) -> str:
@@ -123,8 +121,8 @@ def markdown_table(
     """Rows: norm settings; columns: normalization batch (largest first); then seed counts;
     ``incomplete``: the lines of :func:`incomplete_lines` (runs left out)."""
     invalid = invalid or []
-    by_key = {(s.row, s.norm_batch): s for s in stats}
-    batches = sorted({s.norm_batch for s in stats}, reverse=True)
+    by_key = {(s.row, s.normalization_batch): s for s in stats}
+    batches = sorted({s.normalization_batch for s in stats}, reverse=True)
     head = "| norm | " + " | ".join(f"b={b}" for b in batches) + " | seeds |"
     lines = [caption(stats, metric, invalid, mode), "", head, "|" + "---|" * (len(batches) + 2)]
     for row in row_order(stats):
@@ -147,11 +145,11 @@ def markdown_table(
 def reading(stats: list[CellStats]) -> str:
     """One line on the table's main contrast: at the smallest normalization batch, each
     batch-statistics row against its own value at the largest b and the best batch-free row."""
-    batches = sorted({s.norm_batch for s in stats})
+    batches = sorted({s.normalization_batch for s in stats})
     if len(batches) < 2:
         return ""
     small, large = batches[0], batches[-1]
-    by_key = {(s.row, s.norm_batch): s for s in stats if s.mean is not None}
+    by_key = {(s.row, s.normalization_batch): s for s in stats if s.mean is not None}
     flat = [s for s in stats if s.flat == "batch-free" and s.mean is not None]
     best_flat = max(flat, key=lambda s: s.mean, default=None)
     parts = []

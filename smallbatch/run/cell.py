@@ -37,7 +37,13 @@ from ..naming import (
     stable_digest,
 )
 from ..norms import probe_norm
-from ..results import BASE_STAMP, GRID_BASE_ENV, base_config_record, write_json_atomic
+from ..results import (
+    BASE_STAMP,
+    GRID_BASE_ENV,
+    NORMALIZATION_BATCH,
+    base_config_record,
+    write_json_atomic,
+)
 from .final_eval import FinalEvaluation
 from .module import SmallBatchModule, norm_display_name
 from .progress import LogLineProgressBar
@@ -66,14 +72,15 @@ def run_name(cfg: Namespace) -> str:
 
 def cell_identity(cfg: Namespace, name: str) -> dict[str, Any]:
     """What a run is, the one record of it: in result.json, W&B's config and tags. The dataset
-    is its data module's class name; ``norm_batch`` the samples per normalization group."""
+    is its data module's class name; ``normalization_batch`` the samples per normalization group
+    b (the config's ``model.norm_batch`` is the requested ghost batch, None for the whole)."""
     data = data_args(cfg)
     return {
         "name": name,
         "norm": norm_display_name(cfg.model.norm),
         "norm_args": _jsonable(cfg.model.norm_args or {}),
         "batch_size": data.batch_size,
-        "norm_batch": normalization_batch(cfg.model.norm_batch, data.batch_size),
+        NORMALIZATION_BATCH: normalization_batch(cfg.model.norm_batch, data.batch_size),
         "dataset": str(cfg.data.get("class_path", "")).rsplit(".", 1)[-1] or None,
         "devices": cfg.trainer.devices,
         "num_nodes": cfg.trainer.num_nodes,

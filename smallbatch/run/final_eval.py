@@ -42,7 +42,7 @@ class _FinalWeights:
     statistics: dict
     forward: Callable[[Tensor], Tensor]
     val: Callable[[int | None], Iterator[tuple[Tensor, Tensor]]]
-    norm_batch: int
+    normalization_batch: int
 
     def with_statistics(self, estimator: str) -> float:
         with using_statistics(self.backbone, self.statistics, estimator):
@@ -50,7 +50,7 @@ class _FinalWeights:
 
     def with_batch_statistics(self, group: int | None = None) -> float:
         with using_batch_statistics(self.backbone):  # each test group its own statistics
-            return accuracy(self.forward, self.val(group or self.norm_batch))
+            return accuracy(self.forward, self.val(group or self.normalization_batch))
 
 
 class FinalEvaluation(Callback):

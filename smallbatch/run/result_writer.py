@@ -15,7 +15,14 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
 from ..hardware import cpu_record
-from ..results import DONE_STATUSES, RESULT_FILE, Status, read_result, write_json_atomic
+from ..results import (
+    DONE_STATUSES,
+    NORMALIZATION_BATCH,
+    RESULT_FILE,
+    Status,
+    read_result,
+    write_json_atomic,
+)
 
 
 def finished_by_another_attempt(path: Path, attempt_id: str, started: float) -> str | None:
@@ -162,7 +169,7 @@ class ResultWriter(Callback):
                 # the x axis and average the runs of each norm (the dashboard's main panel)
                 logger.experiment.log(
                     {
-                        "norm_batch": self.cell.get("norm_batch"),
+                        NORMALIZATION_BATCH: self.cell.get(NORMALIZATION_BATCH),
                         "val/error_final": error,
                         "trainer/global_step": trainer.global_step,
                     }

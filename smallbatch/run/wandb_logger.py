@@ -13,7 +13,7 @@ from jsonargparse import Namespace
 from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 
-from ..results import write_atomic
+from ..results import NORMALIZATION_BATCH, write_atomic
 from .wandb_offline import parse_offline_run
 
 WANDB_LOGGER = "WandbLogger"
@@ -131,7 +131,7 @@ def configure_wandb_logger(
         args.save_dir = args.get("save_dir") if args.get("save_dir") not in (None, ".") else run_dir
         cell_tags = [
             f"norm:{cell['norm']}",
-            f"nb{cell['norm_batch']}",
+            f"nb{cell[NORMALIZATION_BATCH]}",
             f"pb{cell['batch_size']}",
             f"seed:{cell['seed']}",
         ]
