@@ -93,7 +93,7 @@ def read_result(run_dir: str | os.PathLike) -> dict[str, Any] | None:
 
 # The samples per normalization group, b, of a run (its ghost batch capped at the per-device
 # batch, or the whole batch): the record's key. The requested ghost batch is the config's
-# ``model.norm_batch`` (None: the whole batch); results written before 5fb0c90 (2026-12-07, the
+# ``model.norm_batch`` (None: the whole batch); results written before 866c0ba (2026-12-07, the
 # committed ones under docs/results/ among them) recorded b as ``norm_batch``.
 NORMALIZATION_BATCH = "normalization_batch"
 OLD_NORMALIZATION_BATCH = "norm_batch"
