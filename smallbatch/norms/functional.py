@@ -14,8 +14,8 @@ torch's training-mode batch-norm backward kernel (one fused reduction and one el
 
 With weight 1/n on the batch's moments the two correction terms are divided by n. Calling the
 kernel with s' = s/√n and w' = w·√n divides the x̂ term by n and keeps w·s; the mean(g) term is
-then fixed per channel by adding w·s·(1 − 1/n)·mean(g). ``tests/test_functional.py`` checks the
-result against autograd through the formulas.
+then fixed per channel by adding w·s·(1 − 1/n)·mean(g). ``tests/norms/test_functional.py``
+checks the result against autograd through the formulas.
 """
 
 from __future__ import annotations

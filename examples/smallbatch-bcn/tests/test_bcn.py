@@ -66,6 +66,7 @@ def test_works_at_batch_one_and_estimates_survive_state_dict():
     assert torch.equal(fresh.running_var, layer.running_var)
 
 
+@pytest.mark.slow
 def test_registered_through_entry_point_and_trains():
     assert "bcn" in available_norms()
     assert available_norms()["bcn"].source.startswith("plugin: smallbatch")

@@ -93,6 +93,7 @@ def _wait_for(predicate, timeout_s: float, what: str):
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
+@pytest.mark.slow
 def test_cell_that_hits_its_time_limit_is_requeued_and_resumes_to_the_same_result(
     slurm_env, tmp_path, fashion_dir
 ):
@@ -155,6 +156,7 @@ def test_cell_that_hits_its_time_limit_is_requeued_and_resumes_to_the_same_resul
     print(f"requeue test: {elapsed:.0f} s on SLURM")
 
 
+@pytest.mark.slow
 def test_array_sbatch_runs_emitted_cells_under_real_sbatch(slurm_env, tmp_path, fashion_dir):
     """`grid --emit` + `sbatch --array jobs/array.sbatch cells.txt`: each array task runs its
     cell through srun, and the grid then counts them as done."""

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 
 
 def _run(script: str, args: list[str], monkeypatch, capsys) -> str:
@@ -17,6 +17,7 @@ def _run(script: str, args: list[str], monkeypatch, capsys) -> str:
     return capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_cbn_breakdown_prices_every_part(monkeypatch, capsys):
     out = _run(
         "cbn_breakdown.py", ["--batch", "2", "--rounds", "1", "--steps", "1"], monkeypatch, capsys
@@ -35,6 +36,7 @@ def test_profile_step_prints_the_operator_table(norm, monkeypatch, capsys):
     assert "aten::convolution" in out
 
 
+@pytest.mark.slow
 def test_bench_runs_as_a_module_without_the_cli(tmp_path):
     """``python -m smallbatch.analysis.bench`` (for machines without the CLI's dependencies)."""
     out = tmp_path / "bench.json"

@@ -26,6 +26,7 @@ def test_the_shipped_modes_and_the_attribution_chain():
     assert list(eval_modes.computed_modes()) == ["precise", "precise_pooled", "batch"]
 
 
+@pytest.mark.slow
 def test_a_mode_added_as_one_entry_is_computed_recorded_and_reported(
     fashion_dir, tmp_path, monkeypatch, capsys
 ):

@@ -39,6 +39,7 @@ def _assert_same_step(eager, compiled):
         torch.testing.assert_close(b_c, b_e, rtol=1e-5, atol=1e-6, msg=name)  # running stats
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm", ["bn", "gn"])
 def test_compiled_backbone_gives_eager_losses_gradients_and_buffers(norm):
     torch.manual_seed(0)
@@ -50,6 +51,7 @@ def test_compiled_backbone_gives_eager_losses_gradients_and_buffers(norm):
     _assert_same_step(eager, compiled)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     not (shutil.which("cc") or shutil.which("gcc")), reason="inductor needs a C compiler"
 )
@@ -74,6 +76,7 @@ def test_compile_mode_must_be_known():
         compile_backbone(create_model("resnet8", "bn"), "fast")
 
 
+@pytest.mark.slow
 def test_fit_with_compile_mode(fashion_dir, tmp_path, monkeypatch):
     compiled = []
     monkeypatch.setattr(
@@ -88,6 +91,7 @@ def test_fit_with_compile_mode(fashion_dir, tmp_path, monkeypatch):
     eager.load_state_dict(ckpt["state_dict"])  # strict: the same names as an eager model
 
 
+@pytest.mark.slow
 def test_bench_times_compiled_variants_next_to_eager(monkeypatch):
     monkeypatch.setattr(bench, "compile_backbone", fast_compile)
     results = bench.bench_config(

@@ -46,6 +46,7 @@ def plugin_path(tmp_path):
     return tmp_path
 
 
+@pytest.mark.slow
 def test_plugin_listed_by_smallbatch_norms(plugin_path):
     env = {**os.environ, "PYTHONPATH": str(plugin_path)}
     out = subprocess.run(
@@ -77,6 +78,7 @@ def test_plugin_usable_by_name(plugin_path, monkeypatch):
         unregister_norm("halfgn")
 
 
+@pytest.mark.slow
 def test_table_output_lists_every_norm():
     out = subprocess.run(
         [sys.executable, "-m", "smallbatch.cli", "norms"],

@@ -1,10 +1,12 @@
 """Progress without a terminal: a cell's log and the grid's output say where training is."""
 
-from test_grid import grid_proc, write_grid
+import pytest
+from grid_files import grid_proc, write_grid
 
 from smallbatch.run.progress import duration
 
 
+@pytest.mark.slow
 def test_a_grid_piped_to_a_file_prints_each_cells_progress_with_an_eta(tmp_path, fashion_dir):
     # 64 images at batch 8: 8 steps, a line every 5 % of them (every step)
     path = write_grid(tmp_path, fashion_dir, axes={"model.norm": ["bn"], "data.batch_size": [8]})
@@ -24,6 +26,7 @@ def test_durations_read_at_a_glance():
     assert [duration(s) for s in (0, 42.4, 185, 3725)] == ["0s", "42s", "3m05s", "1h02m"]
 
 
+@pytest.mark.slow
 def test_dry_run_estimates_each_cell_and_the_grid_from_timed_steps(tmp_path, fashion_dir):
     axes = {"model.norm": ["bn", "gn"], "data.batch_size": [8], "seed_everything": [0, 1]}
     path = write_grid(tmp_path, fashion_dir, axes=axes)

@@ -121,6 +121,7 @@ class Float32Internals(nn.GroupNorm):
         return F.group_norm(x.float(), 1, w, b, self.eps).to(x.dtype)
 
 
+@pytest.mark.slow
 def test_a_layer_computing_in_float32_passes_the_gradient_check_saying_so():
     result = check_gradients(NormUnderTest.build(Float32Internals))
     assert result.status == "pass" and "within float32 tolerance only" in result.reason, result
@@ -184,6 +185,7 @@ BROKEN = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("norm", "norm_args", "reason"),
     [(name, {}, "equal for 3 steps") for name in builtin_norms(ghost_batches=True)]
@@ -198,6 +200,7 @@ def test_two_process_ddp_equals_the_ghost_batch_emulation(norm, norm_args, reaso
     assert result.status == "pass" and reason in result.reason, result
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layer, check, reason", BROKEN, ids=[c for _, c, _ in BROKEN])
 def test_a_plugin_broken_one_way_fails_exactly_that_check(layer, check, reason):
     checks = {c.__name__.removeprefix("check_"): c for c in norm_checks()}

@@ -33,6 +33,7 @@ print("\\n".join(failures))
 """
 
 
+@pytest.mark.slow
 def test_every_module_imports_first_and_alone():
     # each module imported first into a package with nothing loaded: an import circle shows as
     # an ImportError of a partly initialised module only when such a module is imported first

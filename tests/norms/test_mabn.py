@@ -183,6 +183,7 @@ def test_short_runs_and_bad_arguments():
         MovingAverageBatchNorm2d(4, window=0)
 
 
+@pytest.mark.slow
 def test_mabn_ghost_batches_equal_two_process_ddp(tmp_path):
     """One process with ghost groups of b equals two DDP processes with b each (histories per
     rank via ddp_local_buffers, the centralized conv's raw weight shared)."""

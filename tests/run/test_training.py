@@ -47,6 +47,7 @@ def test_print_config_round_trips(tmp_path):
     assert yaml.safe_load(second)["model"]["norm"] == "brn"
 
 
+@pytest.mark.slow
 def test_fit_on_real_fashion_mnist_learns(fashion_dir, tmp_path):
     run = tmp_path / "run"
     args = tiny_fit_args(fashion_dir, run, "--data.train_subset", "2048", "--model.norm", "gn")
@@ -152,6 +153,7 @@ def test_wandb_checkpoints_become_model_artifacts_with_log_model(fashion_dir, tm
     assert read_result(run)["wandb"]["project"] == logged["project"]
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_exactly_into_the_same_wandb_run_without_repeating_steps(
     fashion_dir, tmp_path
 ):
@@ -210,6 +212,7 @@ def test_wandb_config_of_class_path_norm_and_ghost_batches(fashion_dir, tmp_path
     assert "seed_everything" not in result["setting"]
 
 
+@pytest.mark.slow
 def test_readme_brn_example_exercises_the_correction(fashion_dir, tmp_path):
     """The README's `fit --config configs/quickstart.yaml --model.norm brn --data.batch_size 4`
     (on fewer images): the paper's step milestones are longer than the run, so the ramp is
@@ -271,6 +274,7 @@ def _smallbatch(args, env_extra=None, timeout=600):
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm", ["bn", "brn", "cbn"])
 def test_two_process_cpu_ddp(norm, fashion_dir, tmp_path):
     run = tmp_path / "run"
@@ -288,6 +292,7 @@ def test_two_process_cpu_ddp(norm, fashion_dir, tmp_path):
         assert steps and int(steps[0]) == ckpt["global_step"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm", ["brn", "cbn"])
 def test_kill_and_resume_continues_brn_step_and_cbn_window(norm, fashion_dir, tmp_path):
     run = tmp_path / "run"

@@ -74,6 +74,7 @@ def _port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("norm", "norm_args", "steps_equal"),
     [

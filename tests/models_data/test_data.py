@@ -4,6 +4,7 @@ import multiprocessing as mp
 import tarfile
 from pathlib import Path
 
+import pytest
 import torch
 from PIL import Image
 
@@ -29,6 +30,7 @@ def _unpack(archive, data_dir, queue):
     queue.put(str(dm.resolved_root()))
 
 
+@pytest.mark.slow
 def test_archive_unpacked_once_by_parallel_processes(tmp_path):
     archive = _make_archive(tmp_path)
     data_dir = tmp_path / "data"

@@ -41,6 +41,7 @@ def test_unknown_command_suggests_the_closest():
     assert proc.returncode == 2 and "did you mean 'grid'?" in proc.stderr
 
 
+@pytest.mark.slow
 def test_importing_grid_does_not_import_the_command_table():
     code = (
         "import sys, smallbatch.grid, smallbatch.grid.slurm; "
@@ -51,6 +52,7 @@ def test_importing_grid_does_not_import_the_command_table():
     assert proc.stdout.split() == ["False", "False"]
 
 
+@pytest.mark.slow
 def test_no_argv_echo_warning_on_an_ordinary_call():
     proc = _run("fit", "--config", "configs/quickstart.yaml", "--print_config")
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -66,6 +68,7 @@ NOISE = (
 )
 
 
+@pytest.mark.slow
 def test_ordinary_calls_print_none_of_the_known_warnings(tmp_path):
     import conftest
 
@@ -113,6 +116,7 @@ BAD_INPUTS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("extra", "message", "suggestion"), BAD_INPUTS, ids=lambda v: str(v)[:24])
 def test_bad_input_is_one_error_line_with_a_suggestion_and_no_run_folder(
     extra, message, suggestion, tmp_path
@@ -153,6 +157,7 @@ GRID_BAD_INPUTS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("change", "message", "suggestion"), GRID_BAD_INPUTS, ids=str)
 def test_bad_grid_file_is_one_error_line_and_writes_nothing(change, message, suggestion, tmp_path):
     import yaml
@@ -178,6 +183,7 @@ def test_bad_grid_file_is_one_error_line_and_writes_nothing(change, message, sug
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("argv", "message", "hint"),
     [

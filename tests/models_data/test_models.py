@@ -109,6 +109,7 @@ def _train_losses(model, x, y, steps=6, lr=0.02):
     return losses
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm", BUILTIN)
 @pytest.mark.parametrize("backbone", ["resnet20", "resnet18"])
 def test_every_norm_trains(norm, backbone):
