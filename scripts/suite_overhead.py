@@ -30,7 +30,7 @@ from lightning.pytorch.callbacks import Callback
 from timm.optim import param_groups_weight_decay
 
 from smallbatch.data import FashionMNIST
-from smallbatch.hardware import cpu_record
+from smallbatch.hardware import cpu_record, seconds_per_call
 from smallbatch.models import create_model
 from smallbatch.norms import set_norm_batch
 from smallbatch.run.cell import lightning_main
@@ -58,18 +58,18 @@ class BareLoop:
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, cosine)
         self.batches = iter(self.dm.train_dataloader())
 
+    def step(self) -> None:
+        x, y = next(self.batches)
+        if self.dm.batch_transform is not None:
+            x = self.dm.batch_transform(x, True)
+        loss = F.cross_entropy(self.model(x), y)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.sched.step()
+
     def steps(self, k: int) -> float:
-        start = time.perf_counter()
-        for _ in range(k):
-            x, y = next(self.batches)
-            if self.dm.batch_transform is not None:
-                x = self.dm.batch_transform(x, True)
-            loss = F.cross_entropy(self.model(x), y)
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt.step()
-            self.sched.step()
-        return time.perf_counter() - start
+        return k * seconds_per_call(self.step, k)
 
 
 class Interleave(Callback):
