@@ -42,14 +42,24 @@ class InvalidResult(ValueError):
     """A result.json that cannot be read or does not have the expected shape."""
 
 
+def _umask() -> int:
+    """The process's umask (read by setting it and back: there is no getter before 3.13)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder, ``fsync`` and
-    ``os.replace``. On failure (a full disk) the temporary file is removed and the error names
+    ``os.replace``. The file gets the mode an ``open()`` would give it (0666 less the umask, as
+    Lightning's files), not the temporary file's 0600: a group-shared results folder stays
+    readable. On failure (a full disk) the temporary file is removed and the error names
     ``path``; the old file, if any, is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
@@ -130,9 +140,17 @@ def validate_result(data: Any) -> dict[str, Any]:
         raise InvalidResult(f"'eval_acc' must be a mapping of mode to accuracy, got {eval_acc!r}")
     numbers = {k: data.get(k) for k in ACCURACY_KEYS}
     numbers.update({f"eval_acc.{k}": v for k, v in (eval_acc or {}).items()})
+    history = data.get("val_acc_history")
+    if history is not None and not isinstance(history, list):
+        raise InvalidResult(f"'val_acc_history' must be a list of accuracies, got {history!r}")
+    numbers.update({f"val_acc_history[{i}]": v for i, v in enumerate(history or [])})
     for key, value in numbers.items():
-        if value is not None and (not isinstance(value, int | float) or isinstance(value, bool)):
+        if value is None:
+            continue
+        if not isinstance(value, int | float) or isinstance(value, bool):
             raise InvalidResult(f"{key!r} must be a number or null, got {value!r}")
+        if not 0 <= value <= 1:  # NaN fails this too: an accuracy is a fraction
+            raise InvalidResult(f"{key!r} must be an accuracy in [0, 1] or null, got {value!r}")
     return data
 
 
