@@ -19,7 +19,8 @@ import statistics
 
 import torch
 
-from smallbatch.analysis.bench import BACKBONES, Runner, build, time_steps
+from smallbatch.analysis.bench import BACKBONES, Runner, build
+from smallbatch.hardware import seconds_per_call
 from smallbatch.norms import CrossIterationBatchNorm2d
 
 
@@ -80,7 +81,7 @@ def main() -> None:
     names = list(runners)
     for r in range(args.rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            times[name].append(time_steps(runners[name].train_step, args.steps, device))
+            times[name].append(seconds_per_call(runners[name].train_step, args.steps, device))
     median = {name: statistics.median(t) * 1e3 for name, t in times.items()}
     print(f"{args.backbone} b={args.batch}, {torch.get_num_threads()} threads")
     for name, ms in median.items():
