@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -42,24 +42,17 @@ class InvalidResult(ValueError):
     """A result.json that cannot be read or does not have the expected shape."""
 
 
-def _umask() -> int:
-    """The process's umask (read by setting it and back: there is no getter before 3.13)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder, ``fsync`` and
-    ``os.replace``. The file gets the mode an ``open()`` would give it (0666 less the umask, as
-    Lightning's files), not the temporary file's 0600: a group-shared results folder stays
-    readable. On failure (a full disk) the temporary file is removed and the error names
-    ``path``; the old file, if any, is left as it was."""
+    ``os.replace``. The temporary file is created with mode 0666, which the kernel reduces by
+    the umask as for any ``open()`` (Lightning's files too), not ``mkstemp``'s 0600: a
+    group-shared results folder stays readable. On failure (a full disk) the temporary file is
+    removed and the error names ``path``; the old file, if any, is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
