@@ -25,6 +25,8 @@ LOCATION_KEYS = (
 RESUME_KEYS = ("ckpt_path", "model.in_chans", "model.num_classes")
 NOT_SETTINGS = LOCATION_KEYS + RESUME_KEYS
 SEED_KEY = "seed_everything"
+RECIPE_KEY = "recipe"  # the training recipe a run used (smallbatch.grid.recipes); unset: uniform
+UNIFORM_RECIPE = "uniform"
 
 
 def _under(key: str, names: tuple[str, ...]) -> bool:

@@ -98,6 +98,26 @@ def read_result(run_dir: str | os.PathLike) -> dict[str, Any] | None:
 # batch, or the whole batch): the record's key. The requested ghost batch is the config's
 # ``model.norm_batch`` (None: the whole batch); results written before 866c0ba (2026-12-07, the
 # committed ones under docs/results/ among them) recorded b as ``norm_batch``.
+UNRECORDED_MACHINE = "machine not recorded"
+
+
+def machine_kind(result: dict[str, Any]) -> str:
+    """The kind of machine a run ran on, as rows are compared: the GPU's name, or the CPU's
+    model with what changes its kernels (PyTorch's capability, AMX, native bf16) where recorded
+    (``AMD EPYC (AVX2)``); results from before 2026-12 have no machine."""
+    m = result.get("machine") or {}
+    if m.get("cuda_device"):
+        return str(m["cuda_device"])
+    if not m.get("cpu"):
+        return UNRECORDED_MACHINE
+    extras = [str(m["cpu_capability"])] if m.get("cpu_capability") else []
+    if m.get("cpu_amx"):
+        extras.append("AMX")
+    elif m.get("cpu_bf16_native"):
+        extras.append("BF16")
+    return f"{m['cpu']} ({', '.join(extras)})" if extras else str(m["cpu"])
+
+
 NORMALIZATION_BATCH = "normalization_batch"
 OLD_NORMALIZATION_BATCH = "norm_batch"
 

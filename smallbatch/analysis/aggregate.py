@@ -17,8 +17,15 @@ from statistics import fmean, stdev
 from typing import Any
 
 from ..eval_modes import DEFAULT_EVAL
-from ..naming import cli_value, is_setting_key, stable_digest
-from ..results import DONE_STATUSES, InvalidResult, Status, load_result_file, normalization_batch_of
+from ..naming import RECIPE_KEY, UNIFORM_RECIPE, cli_value, is_setting_key, stable_digest
+from ..results import (
+    DONE_STATUSES,
+    InvalidResult,
+    Status,
+    load_result_file,
+    machine_kind,
+    normalization_batch_of,
+)
 from .stats import mean_ci95
 
 METRICS = {
@@ -107,6 +114,7 @@ class CellStats:
     # (the same computation at every b: drawn flat) or "reference" (statistics over all of it)
     flat: str = ""
     seeds: list[Any] = field(default_factory=list)  # the seed of each value
+    machines: list[str] = field(default_factory=list)  # the machine kind of each value
     duplicates: int = 0  # repeated runs of a seed left out
     evaluations: int = 0  # the fewest evaluations a run of this cell made
     setting: dict[str, Any] = field(default_factory=dict)  # the cell's setting (dotted keys)
@@ -165,13 +173,34 @@ class _Setting:
 
 
 def _varying(settings: list[_Setting], columns_too: bool) -> list[str]:
+    """The setting keys that tell a norm's rows apart. A recipe (``recipe`` in the setting)
+    names its row whenever one of them ran one, and stands for the keys it sets: a key whose
+    value is the same within each recipe's settings is left out of the label."""
     keys = sorted({k for s in settings for k in s.setting})
-    return [
+    varying = [
         k
         for k in keys
         if (columns_too or not is_column_key(k))
         and len({cli_value(s.setting.get(k)) for s in settings}) > 1
     ]
+    if not any(s.setting.get(RECIPE_KEY) for s in settings):
+        return varying
+    by_recipe: dict[Any, list[_Setting]] = {}
+    for s in settings:
+        by_recipe.setdefault(s.setting.get(RECIPE_KEY), []).append(s)
+    within = [  # keys that still differ between settings of one recipe
+        k
+        for k in varying
+        if any(len({cli_value(s.setting.get(k)) for s in g}) > 1 for g in by_recipe.values())
+    ]
+    return [RECIPE_KEY, *(k for k in within if k != RECIPE_KEY)]
+
+
+def _label_value(key: str, value: Any) -> str:
+    """How a setting's value reads in a row label (no recipe: the uniform protocol)."""
+    if key == RECIPE_KEY and value is None:
+        return UNIFORM_RECIPE
+    return cli_value(value)
 
 
 def _ghost_mode(settings: list[_Setting]) -> str:
@@ -230,7 +259,7 @@ def aggregate(
         for columns_too in (False, True):
             varying = _varying(group, columns_too)
             ids = [
-                (norm, s.ghost, tuple((k, cli_value(s.setting.get(k))) for k in varying))
+                (norm, s.ghost, tuple((k, _label_value(k, s.setting.get(k))) for k in varying))
                 for s in group
             ]
             cells = [(i, s.normalization_batch) for i, s in zip(ids, group, strict=True)]
@@ -269,6 +298,7 @@ def aggregate(
                 if isinstance(value, int | float):
                     cell.values.append(float(value))
                     cell.seeds.append(r.get("seed"))
+                    cell.machines.append(machine_kind(r))
             stats.append(cell)
     return stats
 

@@ -20,18 +20,43 @@ from typing import Any
 from ..errors import UserError, did_you_mean
 from ..eval_modes import attribution_chain
 from .aggregate import CellStats, aggregate, batch_free_cell, row_order
-from .stats import mean_ci95
+from .stats import interval_text, mean_ci95
 
 
-def _fmt(mean: float | None, ci: float | None, sign: bool = True) -> str:
+def _fmt(values: list[float], sign: bool = True) -> str:
+    """Mean ± 95% half-width in percentage points; an interval from two seeds marked."""
+    mean, ci = mean_ci95(values)
     if mean is None:
         return "–"
     text = f"{100 * mean:+.2f}" if sign else f"{100 * mean:.2f}"
-    return text + (f" ± {100 * ci:.2f}" if ci is not None else "")
+    return text + interval_text(ci, len(values))
 
 
 def _by_seed(cell: CellStats | None) -> dict[Any, float]:
     return dict(zip(cell.seeds, cell.values, strict=True)) if cell else {}
+
+
+def _machine_of(cell: CellStats | None) -> dict[Any, str]:
+    return dict(zip(cell.seeds, cell.machines, strict=True)) if cell else {}
+
+
+def same_machine_seeds(*cells: CellStats | None) -> tuple[list[Any], int]:
+    """(seeds every cell ran on one kind of machine, seeds they all ran but on different kinds):
+    a machine alone moves a cell about 0.2 points, so a pair across machines is no pair."""
+    machines = [_machine_of(c) for c in cells]
+    common = [s for s in machines[0] if all(s in m for m in machines[1:])]
+    same = [s for s in common if len({m[s] for m in machines}) == 1]
+    return same, len(common) - len(same)
+
+
+def _machine_note(skipped: int) -> list[str]:
+    if not skipped:
+        return []
+    return [
+        "",
+        f"{skipped} seed pair(s) left out: the two runs of the seed ran on different kinds of "
+        "machine (`smallbatch report --machine` selects one kind).",
+    ]
 
 
 def _cells(results: list[dict[str, Any]], mode: str) -> dict[tuple[str, int], CellStats]:
@@ -55,7 +80,7 @@ def paired_difference_table(results: list[dict[str, Any]], a: str, b: str) -> st
         cells = []
         for n in batches:
             x, y = _by_seed(first.get((row, n))), _by_seed(second.get((row, n)))
-            cells.append(_fmt(*mean_ci95([y[s] - x[s] for s in x if s in y])))
+            cells.append(_fmt([y[s] - x[s] for s in x if s in y]))
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -105,16 +130,18 @@ def row_difference_table(
         f"| b | {row_a} | {row_b} | difference | seeds |",
         "|---|---|---|---|---|",
     ]
+    skipped = 0
     for n in batches:
         x, y = _by_seed(first[n]), _by_seed(second[n])
-        paired = [s for s in x if s in y]
-        diff = _fmt(*mean_ci95([y[s] - x[s] for s in paired]))
-        mean_a = _fmt(*mean_ci95([x[s] for s in paired]), sign=False)
-        mean_b = _fmt(*mean_ci95([y[s] for s in paired]), sign=False)
+        paired, across = same_machine_seeds(first[n], second[n])
+        skipped += across
+        diff = _fmt([y[s] - x[s] for s in paired])
+        mean_a = _fmt([x[s] for s in paired], sign=False)
+        mean_b = _fmt([y[s] for s in paired], sign=False)
         lines.append(f"| {n} | {mean_a} | {mean_b} | {diff} | {len(paired)} |")
     if not batches:
         lines.append("| – | no normalization batch in common | | | |")
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, *_machine_note(skipped)]) + "\n"
 
 
 def attribution_table(
@@ -129,33 +156,37 @@ def attribution_table(
     stats = list(cells[first].values())
     all_b = sorted({c.normalization_batch for c in stats}, reverse=True)
     b_max = all_b[0]
-    ref = _by_seed(cells[first].get(("bn", b_max)))
+    ref_cell = cells[first].get(("bn", b_max))
+    ref = _by_seed(ref_cell)
     steps = [f"{name} = {mode} − {before}" for (before, _), (mode, name) in pairwise(chain)]
     names = [name for _, name in chain[1:]]
     lines = [
         f"Drop from BN at b = {b_max} (`{first}`) and where it comes from, percentage points "
-        f"(mean ± 95% CI over seeds, paired by seed): {', '.join(steps)}, remaining = "
-        f"BN(b={b_max}) − {last}; {' + '.join([*names, 'remaining'])} = drop.",
+        f"(mean ± 95% CI over seeds, paired by seed and machine): {', '.join(steps)}, "
+        f"remaining = BN(b={b_max}) − {last}; {' + '.join([*names, 'remaining'])} = drop. "
+        f"The accuracy column is over all the row's seeds; the others over the paired seeds "
+        "(last column).",
         "",
-        f"| norm | b | {first} accuracy | drop | {' | '.join(names)} | remaining |",
-        "|---|---|---|---|" + "---|" * len(names) + "---|",
+        f"| norm | b | {first} accuracy | drop | {' | '.join(names)} | remaining | paired seeds |",
+        "|---|---|---|---|" + "---|" * len(names) + "---|---|",
     ]
+    skipped = 0
     for row in row_order(stats):
         if norms and row not in norms:
             continue
         for n in batches or all_b:
-            acc = [_by_seed(cells[mode].get((row, n))) for mode, _ in chain]
+            row_cells = [cells[mode].get((row, n)) for mode, _ in chain]
+            acc = [_by_seed(c) for c in row_cells]
             if not acc[0]:
                 continue
-            seeds = [s for s in acc[0] if s in ref and all(s in a for a in acc)]
+            seeds, across = same_machine_seeds(ref_cell, *row_cells)
+            skipped += across
             parts = [
-                _fmt(*mean_ci95(list(acc[0].values())), sign=False),
-                _fmt(*mean_ci95([ref[s] - acc[0][s] for s in seeds])),
-                *(
-                    _fmt(*mean_ci95([after[s] - before[s] for s in seeds]))
-                    for before, after in pairwise(acc)
-                ),
-                _fmt(*mean_ci95([ref[s] - acc[-1][s] for s in seeds])),
+                _fmt(list(acc[0].values()), sign=False),
+                _fmt([ref[s] - acc[0][s] for s in seeds]),
+                *(_fmt([after[s] - before[s] for s in seeds]) for before, after in pairwise(acc)),
+                _fmt([ref[s] - acc[-1][s] for s in seeds]),
+                str(len(seeds)),
             ]
             lines.append(f"| {row} | {n} | " + " | ".join(parts) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, *_machine_note(skipped)]) + "\n"

@@ -3,10 +3,12 @@ aggregate`'s cells with its caption, its one-line reading and the runs' timing l
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from ..eval_modes import DEFAULT_EVAL, EVAL_MODES
 from ..naming import cli_value
+from ..results import UNRECORDED_MACHINE
 from .aggregate import (
     METRICS,
     CellStats,
@@ -15,16 +17,15 @@ from .aggregate import (
     row_order,
     short_key,
 )
+from .stats import FEW_SEEDS, interval_text, t975
 
 
-def _fmt(stats: CellStats | None) -> str:
+def _fmt(stats: CellStats | None, mark_single: bool = False) -> str:
     if stats is None:
         return "–"
     if stats.mean is None:
         return "diverged" if stats.diverged else "failed"
-    text = f"{100 * stats.mean:.2f}"
-    if stats.ci95 is not None:
-        text += f" ± {100 * stats.ci95:.2f}"
+    text = f"{100 * stats.mean:.2f}" + interval_text(stats.ci95, len(stats.values), mark_single)
     if stats.diverged:
         text += f" ({stats.diverged} div.)"
     return text
@@ -44,8 +45,9 @@ def caption(
         key = f"eval_acc.{mode}"
     text = (
         f"Top-1 accuracy (%), {description} (`{key}`), mean ± 95% confidence half-width over "
-        "seeds (Student t; no interval with one seed); the last column counts the seeds per "
-        "row. Columns are the normalization batch b (samples per normalization group)."
+        "seeds (Student t, exact quantile; no interval from one seed); the last column counts "
+        "the seeds per row. Columns are the normalization batch b (samples per normalization "
+        "group)."
     )
     modes = {s.mode for s in stats if not s.flat}
     if len(modes) == 1 and (mode := modes.pop()):
@@ -62,6 +64,13 @@ def caption(
             " Rows with statistics over the whole batch normalize all of it at once, as"
             " synchronized statistics over the emulated devices would: a reference line."
         )
+    if any(len(s.values) == FEW_SEEDS for s in stats):
+        text += (
+            f" An interval from {FEW_SEEDS} seeds is marked (n={FEW_SEEDS}): with "
+            f"t = {t975(FEW_SEEDS - 1):.1f} it says little beyond the two values."
+        )
+    if any(len(s.values) == 1 for s in stats) and any(len(s.values) > 1 for s in stats):
+        text += " A value from one seed (no interval) is marked (n=1)."
     if any(s.diverged for s in stats):
         text += " Diverged runs are not averaged; `n div.` counts them."
     if differences := norm_specific_settings(stats):
@@ -125,13 +134,19 @@ def markdown_table(
     batches = sorted({s.normalization_batch for s in stats}, reverse=True)
     head = "| norm | " + " | ".join(f"b={b}" for b in batches) + " | seeds |"
     lines = [caption(stats, metric, invalid, mode), "", head, "|" + "---|" * (len(batches) + 2)]
+    mixed = rows_on_mixed_machines(stats)
+    mark_single = any(len(s.values) > 1 for s in stats)  # then a value from one seed says so
     for row in row_order(stats):
         cells = [by_key.get((row, b)) for b in batches]
         flat = batch_free_cell(stats, row)
         if flat is not None:
             cells = [flat] * len(batches)
         seeds = _seed_count([c for c in cells if c is not None])
-        lines.append(f"| {row} | " + " | ".join(_fmt(c) for c in cells) + f" | {seeds} |")
+        label = f"{row} {MIXED_MARK}" if row in mixed else row
+        marked = " | ".join(_fmt(c, mark_single) for c in cells)
+        lines.append(f"| {label} | {marked} | {seeds} |")
+    if machines := machine_lines(stats):
+        lines += ["", *machines]
     if line := reading(stats):
         lines += ["", line]
     if incomplete:
@@ -140,6 +155,51 @@ def markdown_table(
         lines += ["", "Invalid result files (not in the table):"]
         lines += [f"- `{path}`: {reason}" for path, reason in invalid]
     return "\n".join(lines) + "\n"
+
+
+MIXED_MARK = "†"
+
+
+def _machines_of_rows(stats: list[CellStats]) -> dict[str, Counter[str]]:
+    """Row → how many of its values ran on each kind of machine."""
+    rows: dict[str, Counter[str]] = {}
+    for s in stats:
+        rows.setdefault(s.row, Counter()).update(s.machines)
+    return rows
+
+
+def rows_on_mixed_machines(stats: list[CellStats]) -> set[str]:
+    """The rows whose values come from more than one kind of machine."""
+    return {row for row, kinds in _machines_of_rows(stats).items() if len(kinds) > 1}
+
+
+def machine_lines(stats: list[CellStats]) -> list[str]:
+    """Which machines the table's values ran on: one line when they all ran on one kind, else
+    each row's kinds with counts, rows that mix kinds marked (a machine alone moves a cell about
+    0.2 points: a difference between such rows, or inside one, may be the hardware's)."""
+    rows = _machines_of_rows(stats)
+    kinds = Counter()
+    for counts in rows.values():
+        kinds.update(counts)
+    if not kinds:
+        return []
+    if len(kinds) == 1:
+        kind = next(iter(kinds))
+        if kind == UNRECORDED_MACHINE:
+            return ["Machine: not recorded (results written before 2026-12)."]
+        return [f"Machine: every value ran on {kind}."]
+    lines = [
+        f"Machines: the values ran on {len(kinds)} kinds of machine; a machine alone moves a "
+        f"cell about 0.2 points. {MIXED_MARK}: the row's values come from more than one kind "
+        "(select one with `--machine`)."
+    ]
+    for row in row_order(stats):
+        counts = rows.get(row)
+        if not counts:
+            continue
+        listed = ", ".join(f"{kind} × {n}" for kind, n in sorted(counts.items()))
+        lines.append(f"- {row}{f' {MIXED_MARK}' if len(counts) > 1 else ''}: {listed}")
+    return lines
 
 
 def reading(stats: list[CellStats]) -> str:

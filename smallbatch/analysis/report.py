@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
 from ..errors import UserError, did_you_mean
 from ..eval_modes import DEFAULT_EVAL, EVAL_MODES
-from ..results import write_atomic
+from ..results import machine_kind, write_atomic
 from .aggregate import (
     DEFAULT_METRIC,
     METRICS,
@@ -63,10 +64,17 @@ def main(argv: list[str] | None = None) -> int:
         "inconsistency and remaining (docs/results.md)",
     )
     parser.add_argument(
+        "--machine",
+        default=None,
+        metavar="TEXT",
+        help="only runs whose machine kind contains TEXT (case-insensitive), e.g. 'EPYC' or "
+        "'AMX': a table of one kind of machine (the report lists the kinds it read)",
+    )
+    parser.add_argument(
         "--out",
         default=None,
         help="output folder (default RUN_DIR/report); file names carry a metric or evaluation "
-        "other than the default (results-precise.md, ...)",
+        "other than the default, and --machine (results-precise.md, results-machine-epyc.md)",
     )
     parser.add_argument(
         "--wandb",
@@ -90,6 +98,14 @@ def main(argv: list[str] | None = None) -> int:
     if not loaded.results:
         found = f" ({len(loaded.invalid)} invalid)" if loaded.invalid else ""
         parser.error(f"no valid result.json under {run_dir}{found}: run the grid first")
+    if args.machine is not None:
+        kinds = sorted({machine_kind(r) for r in loaded.results})
+        loaded.results = [
+            r for r in loaded.results if args.machine.lower() in machine_kind(r).lower()
+        ]
+        if not loaded.results:
+            parser.error(f"--machine {args.machine!r} matches no run under {run_dir}; its runs "
+                         f"ran on: {'; '.join(kinds)}")  # fmt: skip
     if args.mode != DEFAULT_EVAL and args.metric != DEFAULT_METRIC:
         parser.error("--eval modes other than ema evaluate the final weights: use --metric final")
     diff_modes = [v.replace("-", "_") for v in args.diff or []]
@@ -126,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     suffix = "".join(
         f"-{v}" for v, d in ((args.metric, DEFAULT_METRIC), (args.mode, DEFAULT_EVAL)) if v != d
     )
+    if args.machine is not None:  # a table of some runs never overwrites the table of all
+        suffix += "-machine-" + (re.sub(r"[^a-z0-9]+", "_", args.machine.lower()).strip("_") or "x")
     md, csv_path = out / f"results{suffix}.md", out / f"results{suffix}.csv"
     write_atomic(md, f"# {name}\n\n{table}")
     write_csv(stats, csv_path, args.metric)

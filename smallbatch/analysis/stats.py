@@ -1,22 +1,25 @@
 """The confidence interval of every table and difference the suite reports: the mean over seeds
-with the half-width of its two-sided 95% Student t interval, t₀.₉₇₅,ₙ₋₁ · s/√n."""
+with the half-width of its two-sided 95% Student t interval, t₀.₉₇₅,ₙ₋₁ · s/√n, with the exact
+quantile (scipy.stats.t). From two seeds t₀.₉₇₅,₁ = 12.71: such an interval is printed, marked
+(:data:`FEW_SEEDS`); from one seed there is none."""
 
 from __future__ import annotations
 
 import math
+from functools import cache
 from statistics import fmean, stdev
 
-# Student t 97.5% quantiles for 1..30 degrees of freedom (two-sided 95% interval).
-T975 = (
-    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
-    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
-)  # fmt: skip
+from scipy.stats import t as student_t
+
+FEW_SEEDS = 2  # an interval from this many seeds is marked as such in every table
 
 
+@cache
 def t975(df: int) -> float:
-    """Two-sided 95% Student t quantile for ``df`` degrees of freedom (normal beyond 30)."""
-    return T975[df - 1] if df <= len(T975) else 1.96
+    """Two-sided 95% Student t quantile for ``df`` ≥ 1 degrees of freedom (exact)."""
+    if df < 1:
+        raise ValueError(f"a t quantile needs >= 1 degree of freedom, got {df}")
+    return float(student_t.ppf(0.975, df))
 
 
 def mean_ci95(values: list[float]) -> tuple[float | None, float | None]:
@@ -26,3 +29,13 @@ def mean_ci95(values: list[float]) -> tuple[float | None, float | None]:
     n = len(values)
     half = t975(n - 1) * stdev(values) / math.sqrt(n) if n > 1 else None
     return fmean(values), half
+
+
+def interval_text(half: float | None, n: int, mark_single: bool = False) -> str:
+    """What follows a mean (in %) in a table: `` ± h``; `` ± h (n=2)`` where only two seeds
+    give it; nothing for one seed, or `` (n=1)`` with ``mark_single`` (a table whose other
+    values have intervals)."""
+    if n == 1 or half is None:
+        return " (n=1)" if n == 1 and mark_single else ""
+    text = f" ± {100 * half:.2f}"
+    return f"{text} (n={n})" if n <= FEW_SEEDS else text

@@ -10,8 +10,11 @@ import tarfile
 from pathlib import Path
 
 from lightning.pytorch.utilities import rank_zero_info
+import torch
+from torch.utils.data import TensorDataset
 from torchvision import datasets
 from torchvision import transforms as T
+from torchvision.io import ImageReadMode, decode_image
 
 from .augment import CropFlipNormalize, image_tensor_dataset
 from .base import DatasetNotFoundError, SmallBatchDataModule, data_search_dirs, not_found
@@ -162,6 +165,11 @@ class ImageFolder(SmallBatchDataModule):
     ``root`` may also be a ``.tar.gz`` of that layout: it is unpacked once into ``data_dir``.
     Images ≤ 64 px use crop-with-padding + flip; larger ones RandomResizedCrop + flip for
     training and resize + centre crop for validation.
+
+    ``in_memory: true`` (images of ``image_size`` × ``image_size`` px, e.g. CIFAR-10 as JPEG):
+    every file is decoded once (torchvision.io, RGB) into a uint8 tensor held in memory, and the
+    same crop-with-padding (``image_size // 8``) + flip + normalization run on whole batches
+    (:class:`CropFlipNormalize`), as for Fashion-MNIST; ``holdout`` then works too.
     """
 
     def __init__(
@@ -171,11 +179,14 @@ class ImageFolder(SmallBatchDataModule):
         num_classes: int | None = None,
         mean: tuple[float, ...] = (0.485, 0.456, 0.406),
         std: tuple[float, ...] = (0.229, 0.224, 0.225),
+        in_memory: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         self.root = root
         self.image_size = image_size
+        self.in_memory = in_memory
+        self._decoded_sets: dict[Path, TensorDataset] = {}
         self.mean, self.std = tuple(mean), tuple(std)
         self._num_classes = num_classes
 
@@ -236,11 +247,46 @@ class ImageFolder(SmallBatchDataModule):
     def prepare_data(self) -> None:
         self.resolved_root()
 
-    def build_datasets(self):
+    def _val_dir(self) -> Path:
         root = self.resolved_root()
         val_dir = next((root / n for n in ("val", "test") if (root / n).is_dir()), None)
         if val_dir is None:
             raise not_found(f"validation split of {root}", [root / "val", root / "test"], "")
+        return val_dir
+
+    @functools.cached_property
+    def batch_transform(self) -> CropFlipNormalize | None:
+        if not self.in_memory:
+            return None
+        return CropFlipNormalize(self.image_size, self.image_size // 8, self.mean, self.std)
+
+    def _decoded(self, folder: Path) -> TensorDataset:
+        """Every image of ``folder`` (ImageFolder layout) decoded once per data module: (uint8
+        (N, 3, H, W), class indices)."""
+        if folder in self._decoded_sets:
+            return self._decoded_sets[folder]
+        found = datasets.ImageFolder(folder)
+        images = [decode_image(str(path), mode=ImageReadMode.RGB) for path, _ in found.samples]
+        sizes = {tuple(im.shape[1:]) for im in images}
+        if sizes != {(self.image_size, self.image_size)}:
+            raise ValueError(
+                f"in_memory needs every image of {folder} at image_size {self.image_size} x "
+                f"{self.image_size}; found sizes {sorted(sizes)[:3]}. Set image_size to the "
+                "images' size, or in_memory: false to resize them per image"
+            )
+        targets = torch.tensor(found.targets, dtype=torch.long)
+        self._decoded_sets[folder] = TensorDataset(torch.stack(images), targets)
+        return self._decoded_sets[folder]
+
+    def build_train_for_eval(self):
+        if not self.in_memory:
+            return super().build_train_for_eval()
+        return self._decoded(self.resolved_root() / "train")
+
+    def build_datasets(self):
+        root, val_dir = self.resolved_root(), self._val_dir()
+        if self.in_memory:  # training and held-out images share the tensors (augmentation is
+            return self._decoded(root / "train"), self._decoded(val_dir)  # per batch)
         size, norm = self.image_size, T.Normalize(self.mean, self.std)
         if size <= 64:
             train_tf = [T.Resize(size), T.RandomCrop(size, padding=size // 8)]

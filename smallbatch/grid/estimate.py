@@ -157,6 +157,7 @@ def _time_steps(
     model.eval()
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         inputs = transform(x, False) if transform is not None else x
+        model(inputs)  # warms up: a compiled model compiles its eval graph on the first call
         image_s = seconds_per_call(lambda: model(inputs), 1, device) / len(x)
     return sorted(times)[len(times) // 2], image_s
 

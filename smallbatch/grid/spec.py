@@ -43,8 +43,9 @@ from typing import Any
 import yaml
 
 from ..errors import UserError
-from ..naming import cli_value, norm_label, run_label, stable_digest
+from ..naming import RECIPE_KEY, UNIFORM_RECIPE, cli_value, norm_label, run_label, stable_digest
 from ..results import base_config_record
+from .recipes import recipe_file, recipe_problem
 
 TOP_KEYS = {
     "name",
@@ -52,6 +53,7 @@ TOP_KEYS = {
     "axes",
     "args",
     "overrides",
+    "exclude",
     "executor",
     "run_root",
     "ghost_devices",
@@ -121,6 +123,7 @@ class GridSpec:
     axes: dict[str, list[Any]]
     args: dict[str, Any] = field(default_factory=dict)
     overrides: list[dict[str, dict[str, Any]]] = field(default_factory=list)
+    exclude: list[dict[str, Any]] = field(default_factory=list)
     executor: dict[str, Any] = field(default_factory=dict)
     run_root: Path = Path("runs/grid")
     source: Path | None = None
@@ -147,11 +150,18 @@ class GridSpec:
                 cells.append(cell)
         return cells
 
-    def matches_some_cell(self, when: dict[str, Any]) -> bool:
-        """Whether an override's ``when`` holds for some combination of the axes and args."""
+    def excluded(self, combination: dict[str, Any]) -> bool:
+        """Whether an ``exclude`` entry matches these axis values (every key of the entry)."""
+        return any(all(combination.get(k) == v for k, v in e.items()) for e in self.exclude)
+
+    def matches_some_cell(self, when: dict[str, Any], excluded_too: bool = False) -> bool:
+        """Whether ``when`` holds for some combination of the axes and args (that the grid
+        runs, unless ``excluded_too``)."""
         keys = list(self.axes)
         for values in itertools.product(*(self.axes[k] for k in keys)):
             cell = {**self.args, **dict(zip(keys, values, strict=True))}
+            if not excluded_too and self.excluded(cell):
+                continue
             if all(cell.get(k) == v for k, v in when.items()):
                 return True
         return False
@@ -162,9 +172,13 @@ class GridSpec:
         out, probed = [], {}
         for values in itertools.product(*(self.axes[k] for k in keys)):
             cell = {**self.args, **dict(zip(keys, values, strict=True))}
+            if self.excluded(cell):
+                continue
             for rule in self.overrides:
                 if all(cell.get(k) == v for k, v in rule.get("when", {}).items()):
                     cell.update(rule.get("set", {}))
+            if cell.get(RECIPE_KEY) in (UNIFORM_RECIPE, None):
+                cell.pop(RECIPE_KEY, None)  # the protocol itself: the cell as without the key
             if self.ghost_devices and NORM_BATCH in cell:
                 # emulate `ghost_devices` devices x b on one: batch G·b, statistics per b
                 cell["data.batch_size"] = self.ghost_devices * cell[NORM_BATCH]
@@ -204,6 +218,10 @@ class GridSpec:
     def cli_args(self, cell: Cell) -> list[str]:
         """The cell's ``smallbatch`` arguments: ``fit --config ... --run_dir ... --name ...``."""
         args = ["fit", "--config", str(self.base_config)]
+        if RECIPE_KEY in cell.overrides:  # right after the base: the cell's own keys still win
+            recipe = cell.overrides[RECIPE_KEY]
+            norm = cell.overrides.get("model.norm", "bn")
+            args += ["--config", str(recipe_file(self.base_config, recipe, norm))]
         for key, value in cell.overrides.items():
             args += [f"--{key}", cli_value(value)]
         args += ["--run_dir", str(self.run_dir / "cells" / cell.folder), "--group", self.name]
@@ -299,6 +317,21 @@ def _check_axes_and_args(path: Path, axes: dict[str, Any], args: dict[str, Any])
             raise spec_error(path, "trainer.max_epochs", f"{epochs!r} must be an integer >= 1")
 
 
+def _check_recipes(spec: GridSpec) -> None:
+    """Every cell's recipe file exists and names itself (before anything runs)."""
+    seen = set()
+    for _, cell in spec.expand():
+        if RECIPE_KEY not in cell.overrides:
+            continue
+        key = (cell.overrides[RECIPE_KEY], norm_label(cell.overrides.get("model.norm", "bn")))
+        if key in seen:
+            continue
+        seen.add(key)
+        problem = recipe_problem(spec.base_config, *key)
+        if problem:
+            raise spec_error(spec.source or Path("grid"), RECIPE_KEY, problem)
+
+
 def _rename_batch_axis(axes: dict[str, Any], overrides: list) -> tuple[dict[str, Any], list]:
     """The earlier spelling of the b axis (``data.batch_size``) as ``model.norm_batch``, in the
     axes (their order kept) and in the overrides' ``when`` conditions."""
@@ -369,6 +402,11 @@ def read_grid(path: str | Path) -> GridSpec:
             raise spec_error(
                 path, f"overrides[{i}]", "must be {when: {key: value}, set: {key: value}}"
             )
+    exclude = raw.get("exclude") or []
+    if not isinstance(exclude, list) or not all(isinstance(e, dict) and e for e in exclude):
+        raise spec_error(
+            path, "exclude", "must be a list of {axis key: value} mappings (combinations to skip)"
+        )
     executor = {"kind": "local", **(raw.get("executor") or {})}
     bad = set(executor) - EXECUTOR_KEYS
     if bad:
@@ -389,6 +427,8 @@ def read_grid(path: str | Path) -> GridSpec:
         OLD_NORM_BATCH in axes and NORM_BATCH not in axes
     ):
         axes, overrides = _rename_batch_axis(axes, overrides)
+        exclude = [{(NORM_BATCH if k == OLD_NORM_BATCH else k): v for k, v in e.items()}
+                   for e in exclude]  # fmt: skip
         print(
             f"note: {path}: axes.{OLD_NORM_BATCH} is read as axes.{NORM_BATCH} (the "
             "normalization batch b under ghost_devices / fixed_total_batch); rename it",
@@ -410,7 +450,19 @@ def read_grid(path: str | Path) -> GridSpec:
                 f"{bad} do not divide fixed_total_batch {total}: with a fixed total batch the "
                 "axis is the normalization batch b, and T/b ghost groups must be whole",
             )
-    spec = GridSpec(name, base, axes, args, overrides, executor, run_root, path, ghost, total)
+    spec = GridSpec(
+        name, base, axes, args, overrides, exclude, executor, run_root, path, ghost, total
+    )
+    for i, entry in enumerate(spec.exclude):
+        if not set(entry) <= set(axes):
+            raise spec_error(path, f"exclude[{i}]", f"{sorted(set(entry) - set(axes))} are "
+                             f"not axes (axes: {sorted(axes)})")  # fmt: skip
+        if not spec.matches_some_cell(entry, excluded_too=True):
+            print(f"note: {path}: exclude[{i}] {entry} matches no combination of the axes",
+                  file=sys.stderr)  # fmt: skip
+    if not spec.expand():
+        raise spec_error(path, "exclude", "leaves no cell to run")
+    _check_recipes(spec)
     for i, rule in enumerate(spec.overrides):
         if not spec.matches_some_cell(rule.get("when") or {}):
             print(f"note: {path}: overrides[{i}].when {rule.get('when')} matches no cell; "

@@ -235,6 +235,14 @@ class SmallBatchCLI(LightningCLI):
         )
         parser.add_argument("--group", type=str, default="adhoc", help="W&B group (a grid's name)")
         parser.add_argument("--tags", type=list[str], default=[], help="extra W&B tags")
+        parser.add_argument(
+            "--recipe",
+            type=str | None,
+            default=None,
+            help="the training recipe this run follows, set by a recipe file "
+            "(configs/recipes/<recipe>/<norm>.yaml, given as a second --config); unset: the "
+            "config's own (uniform) protocol. Recorded in the run's setting and row label",
+        )
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         accept_auto_precision(parser)
         parser.link_arguments("data.in_chans", "model.in_chans", apply_on="instantiate")

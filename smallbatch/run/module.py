@@ -79,6 +79,8 @@ class SmallBatchModule(pl.LightningModule):
             affine, biases) decay too.
         warmup_epochs: linear warm-up length; then ``schedule``: cosine to 0, step (×gamma at
             each fraction in ``milestones`` of the run), or constant.
+        warmup_fraction: the warm-up as a share of the run's steps instead (a recipe stated
+            as "5 of 90 epochs"); when set it replaces ``warmup_epochs``.
         label_smoothing: cross-entropy label smoothing.
         norm_batch: ghost batches: batch-statistics norms (BN, BRN) normalize over independent
             groups of this many samples inside the per-device batch, as that many-sample
@@ -117,6 +119,7 @@ class SmallBatchModule(pl.LightningModule):
         weight_decay: float = 5e-4,
         norm_weight_decay: bool = False,
         warmup_epochs: float = 0.0,
+        warmup_fraction: float | None = None,
         schedule: str = "cosine",
         milestones: list[float] | None = None,
         gamma: float = 0.1,
@@ -131,6 +134,10 @@ class SmallBatchModule(pl.LightningModule):
         super().__init__()
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule {schedule!r} is not one of {SCHEDULES}")
+        if warmup_fraction is not None and not 0 <= warmup_fraction < 1:
+            raise ValueError(
+                f"warmup_fraction is a share of the run in [0, 1), got {warmup_fraction}"
+            )
         # checkpointed; loggers get the readable summary of on_fit_start instead (the raw
         # hparams would log norm as a dict, norm_batch as null and the CLI's _instantiator)
         self.save_hyperparameters(logger=False)
@@ -201,6 +208,8 @@ class SmallBatchModule(pl.LightningModule):
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         epochs = self.trainer.max_epochs if self.trainer.max_epochs not in (None, -1) else 0
         warmup = int(hp.warmup_epochs * total / epochs) if epochs else 0
+        if hp.warmup_fraction is not None:
+            warmup = int(hp.warmup_fraction * total)
         milestones = sorted(hp.milestones or [0.5, 0.75])
 
         def factor(step: int) -> float:

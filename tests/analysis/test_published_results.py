@@ -56,3 +56,34 @@ def test_every_marked_table_in_the_docs_quotes_its_report_file():
     doc = ROOT / "docs" / "results.md"
     assert "<!-- table: " in doc.read_text()
     assert quote(doc)[1] == [], "run scripts/quote_published_tables.py docs/results.md"
+
+
+def test_t_quantiles_are_exact():
+    """Two-sided 95% quantiles of Student's t to 9 digits (tables of the t distribution)."""
+    from smallbatch.analysis.stats import t975
+
+    exact = {1: 12.706204736, 2: 4.302652730, 3: 3.182446305, 29: 2.045229642, 100: 1.983971519}
+    for df, value in exact.items():
+        assert t975(df) == pytest.approx(value, abs=1e-8), df
+
+
+@pytest.mark.parametrize("folder", PUBLISHED, ids=lambda p: p.name)
+def test_every_published_interval_is_the_exact_t_interval(folder):
+    """A recomputation of every published CSV row's interval from its own n and std with
+    scipy's t: the half-width is t(0.975, n-1)·s/√n to the printed precision."""
+    import csv
+    import math
+
+    from scipy.stats import t
+
+    for path in sorted((folder / "report").glob("results*.csv")):
+        with open(path) as f:
+            rows = list(csv.DictReader(f))
+        assert rows, path
+        for row in rows:
+            n = int(row["n"])
+            if n < 2:
+                assert row["ci95"] == "", (path.name, row["row"])
+                continue
+            expected = t.ppf(0.975, n - 1) * float(row["std"]) / math.sqrt(n)
+            assert float(row["ci95"]) == pytest.approx(expected, rel=1e-9), (path.name, row)

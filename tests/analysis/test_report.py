@@ -63,10 +63,10 @@ def test_report_table_csv_and_plot_with_final_metric_by_default(tmp_path, capsys
     assert "final evaluation (`final_val_acc`)" in out and "95% confidence" in out
     ci = 100 * t975(1) * 0.01  # two seeds 0.02 apart: s/sqrt(2) = 0.01
     assert "| norm | b=32 | b=2 | seeds |" in out
-    assert f"| bn | 90.00 ± {ci:.2f} | 54.00 ± {5 * ci:.2f} (1 div.) | 2 |" in out
-    assert f"| gn | 87.00 ± 0.00 | 87.00 ± {ci:.2f} | 2 |" in out
+    assert f"| bn | 90.00 ± {ci:.2f} (n=2) | 54.00 ± {5 * ci:.2f} (n=2) (1 div.) | 2 |" in out
+    assert f"| gn | 87.00 ± 0.00 (n=2) | 87.00 ± {ci:.2f} (n=2) | 2 |" in out
     md = (run / "report" / "results.md").read_text()
-    assert "# fixture" in md and f"| gn | 87.00 ± 0.00 | 87.00 ± {ci:.2f} | 2 |" in md
+    assert "# fixture" in md and f"| gn | 87.00 ± 0.00 (n=2) | 87.00 ± {ci:.2f} (n=2) | 2 |" in md
     with open(run / "report" / "results.csv") as f:
         rows = list(csv.DictReader(f))
     bn2 = next(r for r in rows if r["norm"] == "bn" and r["normalization_batch"] == "2")
@@ -111,7 +111,7 @@ def test_settings_that_differ_beyond_the_seed_are_separate_rows(tmp_path, capsys
         r.startswith("| brn (momentum=0.01) | 60.00 ± ") and r.endswith("| 2 |") for r in rows
     )
     assert [line for line in out.splitlines() if line.startswith("| bn")] == [
-        "| bn | 79.00 ± 0.00 | 2 |"
+        "| bn | 79.00 ± 0.00 (n=2) | 2 |"
     ]
 
 
@@ -124,7 +124,7 @@ def test_data_location_and_options_added_later_with_null_default_do_not_split_a_
     write_result(run, "bn-s1", "bn", 4, 1, 0.82, **{"model.backbone_args": None})
     assert report_main([str(run)]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| bn")]
-    assert rows == ["| bn | 80.00 ± 12.71 | 2 |"]
+    assert rows == ["| bn | 80.00 ± 12.71 (n=2) | 2 |"]
 
 
 def test_unrelated_runs_in_one_folder_are_not_averaged(tmp_path, capsys):
@@ -329,12 +329,12 @@ def test_eval_modes_tabulate_the_final_weights_evaluations(tmp_path, capsys, mod
     run = _eval_run(tmp_path)
     assert report_main([str(run), "--eval", mode]) == 0
     out = capsys.readouterr().out
-    assert f"| bn | {bn32} ± 0.00 | {bn2} ± 0.00 | 2 |" in out
+    assert f"| bn | {bn32} ± 0.00 (n=2) | {bn2} ± 0.00 (n=2) | 2 |" in out
     suffix = mode.replace("-", "_")
     assert (run / "report" / f"results-{suffix}.md").exists()
     assert not (run / "report" / "results.md").exists()  # the default table is not replaced
     assert report_main([str(run)]) == 0
-    assert "| bn | 90.50 ± 6.35 | 60.50 ± 6.35 | 2 |" in capsys.readouterr().out
+    assert "| bn | 90.50 ± 6.35 (n=2) | 60.50 ± 6.35 (n=2) | 2 |" in capsys.readouterr().out
 
 
 def test_paired_differences_and_attribution(tmp_path, capsys):
@@ -342,11 +342,11 @@ def test_paired_differences_and_attribution(tmp_path, capsys):
     assert report_main([str(run), "--diff", "ema", "precise", "--attribution"]) == 0
     out = capsys.readouterr().out
     # precise − ema per seed at b=2: 0.10 and 0.09: mean 9.50 ± t(1)·0.707/√2
-    assert "| bn | +0.50 ± 6.35 | +9.50 ± 6.35 |" in out
+    assert "| bn | +0.50 ± 6.35 (n=2) | +9.50 ± 6.35 (n=2) |" in out
     # drop at b=2: 30 pp each seed = estimate 9.5 + inconsistency 15 + remaining 5.5
     assert (
-        "| bn | 2 | 60.50 ± 6.35 | +30.00 ± 0.00 | +9.50 ± 6.35 | +15.00 ± 0.00 | +5.50 ± 6.35 |"
-        in out
+        "| bn | 2 | 60.50 ± 6.35 (n=2) | +30.00 ± 0.00 (n=2) | +9.50 ± 6.35 (n=2) | "
+        "+15.00 ± 0.00 (n=2) | +5.50 ± 6.35 (n=2) | 2 |" in out
     )
     assert (run / "report" / "differences.md").exists()
 
@@ -360,7 +360,7 @@ def test_repeated_runs_of_a_seed_count_once(tmp_path, capsys):
     write_result(run, "gn-c", "gn", 4, 1, 0.80)
     assert report_main([str(run)]) == 0
     out = capsys.readouterr().out
-    assert "| gn | 74.00 ± 63.53 | 2 |" in out  # seeds 0 (newest: 0.69) and 1 (0.79)
+    assert "| gn | 74.00 ± 63.53 (n=2) | 2 |" in out  # seeds 0 (newest: 0.69) and 1 (0.79)
     assert "1 repeated run(s) of a seed left out" in out
 
 

@@ -82,3 +82,35 @@ def test_gz_files_in_the_raw_folder_are_unpacked_in_place(tmp_path, fashion_dir)
     dm.prepare_data()
     dm.setup("fit")
     assert len(dm.train_set) == 64 and len(dm.val_set) == 32
+
+
+def test_in_memory_image_folder_decodes_once_and_augments_per_batch(tmp_path):
+    archive = _make_archive(tmp_path)
+    dm = ImageFolder(root=str(archive), data_dir=str(tmp_path / "data"), image_size=8,
+                     in_memory=True, batch_size=2, num_workers=0, mean=(0.5,) * 3,
+                     std=(0.25,) * 3)  # fmt: skip
+    dm.setup("fit")
+    images, targets = dm.train_set.tensors
+    assert images.dtype == torch.uint8 and images.shape == (8, 3, 8, 8)
+    assert targets.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    # the decoded pixels are the files' (JPEG: within its rounding), red ramp 0, 40, 80, 120
+    for i in range(4):
+        assert abs(images[i, 0].float().mean().item() - 40 * i) < 3
+    out = dm.batch_transform(images[:2], False)
+    expected = (images[:2].float() / 255 - 0.5) / 0.25
+    assert torch.allclose(out, expected)  # evaluation: normalization only
+    assert dm.batch_transform.padding == 1  # image_size // 8, as torchvision's CIFAR recipe
+    held = ImageFolder(root=str(archive), data_dir=str(tmp_path / "data"), image_size=8,
+                       in_memory=True, batch_size=2, num_workers=0, holdout=2)  # fmt: skip
+    held.setup("fit")
+    assert len(held.train_set) == 6 and len(held.val_set) == 2
+    assert held.train_set.dataset is held.val_set.dataset  # one decoded copy, two index sets
+
+
+def test_in_memory_refuses_images_of_another_size(tmp_path):
+    archive = _make_archive(tmp_path)
+    dm = ImageFolder(root=str(archive), data_dir=str(tmp_path / "data"), image_size=32,
+                     in_memory=True, batch_size=2, num_workers=0)  # fmt: skip
+    with pytest.raises(ValueError, match=r"in_memory needs every image .* at image_size 32 x 32; "
+                       r"found sizes \[\(8, 8\)\]"):  # fmt: skip
+        dm.setup("fit")
