@@ -151,6 +151,11 @@ def validate_result(data: Any) -> dict[str, Any]:
     eval_acc = data.get("eval_acc")
     if eval_acc is not None and not isinstance(eval_acc, dict):
         raise InvalidResult(f"'eval_acc' must be a mapping of mode to accuracy, got {eval_acc!r}")
+    errors = data.get("eval_errors")
+    if errors is not None and not (
+        isinstance(errors, dict) and all(isinstance(v, str) for v in errors.values())
+    ):
+        raise InvalidResult(f"'eval_errors' must map modes to messages, got {errors!r}")
     numbers = {k: data.get(k) for k in ACCURACY_KEYS}
     numbers.update({f"eval_acc.{k}": v for k, v in (eval_acc or {}).items()})
     history = data.get("val_acc_history")

@@ -291,9 +291,9 @@ def aggregate(
                                    default=0)  # fmt: skip
             for r in s.results:
                 cell.batch_sizes.add(r["batch_size"])
-                if r["status"] == Status.DIVERGED:
-                    cell.diverged += 1  # counted beside the mean, never in it
-                    continue
+                if r["status"] == Status.DIVERGED or mode in (r.get("eval_errors") or {}):
+                    cell.diverged += 1  # counted beside the mean, never in it (a NaN
+                    continue  # evaluation in this mode included: it has no accuracy)
                 value = value_of(r, metric, mode)
                 if isinstance(value, int | float):
                     cell.values.append(float(value))

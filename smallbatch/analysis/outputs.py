@@ -100,6 +100,9 @@ def plot(stats: list[CellStats], path: Path, title: str, metric: str) -> None:
         ax.grid(True, alpha=0.3)
         if wide:
             ax.set_title(subtitle, fontsize="medium")
+        if not ax.get_legend_handles_labels()[0]:
+            continue  # nothing drawn (every run of these rows diverged): no empty legend
+        if wide:
             ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
         else:
             ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0),

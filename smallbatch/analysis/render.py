@@ -72,7 +72,10 @@ def caption(
     if any(len(s.values) == 1 for s in stats) and any(len(s.values) > 1 for s in stats):
         text += " A value from one seed (no interval) is marked (n=1)."
     if any(s.diverged for s in stats):
-        text += " Diverged runs are not averaged; `n div.` counts them."
+        text += (
+            " Diverged runs (a non-finite loss, or a non-finite evaluation in this mode) are "
+            "not averaged; `n div.` counts them."
+        )
     if differences := norm_specific_settings(stats):
         text += f" Set for some norms only: {differences}."
     if dropped := sum(s.duplicates for s in stats):

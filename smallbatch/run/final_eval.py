@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from ..eval_modes import DEFAULT_EVAL, EVAL_MODES, computed_modes
 from ..naming import normalization_batch
 from .population import (
+    NonFiniteLogits,
     accuracy,
     population_statistics,
     stat_layers,
@@ -81,17 +82,27 @@ class FinalEvaluation(Callback):
             return
         b = normalization_batch(pl_module.hparams.norm_batch, int(dm.batch_size))
         final = _FinalWeights(backbone, stats, forward, lambda n: self._val(dm, n, device), b)
+        errors: dict[str, str] = {}
         try:
             backbone.eval()
             for mode, evaluate in computed_modes().items():
-                acc[mode] = evaluate(final)
+                try:
+                    acc[mode] = evaluate(final)
+                except NonFiniteLogits as exc:  # no accuracy in this mode; the others stand
+                    acc[mode] = None
+                    errors[mode] = f"final evaluation, mode {mode}: {exc}"
+                    rank_zero_info(f"warning: {errors[mode]}: recorded without an accuracy")
         finally:
             backbone.train(was_training)
         pl_module.eval_acc = acc
+        pl_module.eval_errors = errors
         pl_module.end_diagnostics["end/eval_s"] = round(time.time() - start, 3)
         rank_zero_info(
             "final evaluation: "
-            + ", ".join(f"{mode} {100 * value:.2f}%" for mode, value in acc.items())
+            + ", ".join(
+                f"{mode} {100 * value:.2f}%" if value is not None else f"{mode} non-finite"
+                for mode, value in acc.items()
+            )
             + f" ({time.time() - start:.0f}s)"
         )
 

@@ -17,6 +17,7 @@ from timm.optim import param_groups_weight_decay
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
+from ..eval_modes import DEFAULT_EVAL
 from ..models import compile_backbone, create_model, to_channels_last
 from ..naming import norm_label
 from ..norms import local_buffer_names, resolve_norm, set_norm_batch, uses_batch_statistics
@@ -166,6 +167,7 @@ class SmallBatchModule(pl.LightningModule):
         self.eval_acc: dict[str, float] = {}  # per evaluation mode (FinalEvaluation)
         self.end_diagnostics: dict[str, float] = {}
         self.diverged = False
+        self.diverged_reason: str | None = None
         self._loss_sum: Tensor | None = None  # the epoch's loss sum (NaN/Inf once one was)
         self._loss_steps = 0
         self._correct: Tensor | None = None  # the epoch's correct training predictions
@@ -291,6 +293,14 @@ class SmallBatchModule(pl.LightningModule):
         self._correct += (logits.argmax(dim=-1) == target).sum()
         self._seen += target.numel()
 
+    def mark_diverged(self, why: str) -> None:
+        """Mark the run diverged (result.json's status, with ``why`` as its error), say so, and
+        stop it: a NaN/Inf is never an accuracy of the run."""
+        self.diverged = True
+        self.diverged_reason = why
+        self.trainer.should_stop = True
+        self.print(f"{why}: run diverged")
+
     def check_diverged(self) -> bool:
         """Whether a loss since the epoch started was NaN/Inf (one host sync); the first time,
         mark the run diverged, say between which steps, and stop it."""
@@ -300,10 +310,9 @@ class SmallBatchModule(pl.LightningModule):
         if math.isfinite(total):
             self._checked_step = self.global_step
         else:
-            self.diverged = True
-            self.trainer.should_stop = True
-            self.print(f"loss became {total} between steps {self._checked_step} and "
-                       f"{self.global_step}: run diverged")  # fmt: skip
+            self.mark_diverged(
+                f"loss became {total} between steps {self._checked_step} and {self.global_step}"
+            )
         return self.diverged
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor | None:
@@ -348,9 +357,16 @@ class SmallBatchModule(pl.LightningModule):
     def on_train_end(self) -> None:
         self.check_diverged()  # a NaN after the last check: no final evaluation of it
 
+    def on_validation_epoch_start(self) -> None:
+        self._val_nonfinite = torch.zeros((), dtype=torch.long, device=self.device)
+        self._val_images = 0
+
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch
         logits = self(x)
+        # images whose logits hold a NaN/Inf (argmax would count them as class 0): device sum
+        self._val_nonfinite += (~torch.isfinite(logits)).flatten(1).any(dim=1).sum()
+        self._val_images += int(y.numel())
         self.val_acc(logits, y)
         self.log("val/loss", F.cross_entropy(logits, y), prog_bar=False, sync_dist=True)
         self.log("val/acc", self.val_acc, prog_bar=True)
@@ -361,6 +377,16 @@ class SmallBatchModule(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking or self.diverged:
             return  # an evaluation of diverged (NaN) weights is no accuracy of the run
+        reduce = self.trainer.strategy.reduce
+        bad = int(reduce(self._val_nonfinite.float(), reduce_op="sum"))
+        if bad:
+            seen = int(reduce(torch.tensor(float(self._val_images), device=self.device),
+                              reduce_op="sum"))  # fmt: skip
+            self.mark_diverged(
+                f"evaluation after epoch {self.current_epoch + 1} (running statistics, mode "
+                f"{DEFAULT_EVAL}): {bad} of {seen} images gave non-finite logits"
+            )
+            return
         if self.val_acc.update_count:  # epoch accuracy (synced across devices by torchmetrics)
             self.val_history.append(float(self.val_acc.compute()))
             self.log("val/acc_best", max(self.val_history))

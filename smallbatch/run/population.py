@@ -212,13 +212,23 @@ def using_batch_statistics(model: nn.Module) -> Iterator[None]:
                 h.remove()
 
 
+class NonFiniteLogits(ArithmeticError):
+    """An evaluation gave NaN/Inf logits for some images: it has no accuracy (argmax would
+    count them as class 0)."""
+
+
 def accuracy(
     forward: Callable[[Tensor], Tensor], batches: Iterable[tuple[Tensor, Tensor]]
 ) -> float:
-    """Top-1 accuracy of ``forward`` over (inputs, labels) batches, under ``no_grad``."""
-    correct = total = 0
+    """Top-1 accuracy of ``forward`` over (inputs, labels) batches, under ``no_grad``; raises
+    :class:`NonFiniteLogits` naming how many images had a NaN/Inf logit."""
+    correct = total = bad = 0
     with torch.no_grad():
         for x, y in batches:
-            correct += int((forward(x).argmax(dim=1) == y).sum())
+            logits = forward(x)
+            bad += int((~torch.isfinite(logits)).flatten(1).any(dim=1).sum())
+            correct += int((logits.argmax(dim=1) == y).sum())
             total += int(y.numel())
+    if bad:
+        raise NonFiniteLogits(f"{bad} of {total} images gave non-finite logits")
     return correct / max(total, 1)

@@ -62,6 +62,11 @@ def machine() -> dict[str, Any]:
     }
 
 
+def _reason(pl_module: pl.LightningModule, status: Status) -> str | None:
+    """Why a diverged run diverged (the loss or an evaluation that went non-finite)."""
+    return getattr(pl_module, "diverged_reason", None) if status == Status.DIVERGED else None
+
+
 class ResultWriter(Callback):
     """Writes ``<default_root_dir>/result.json`` when a fit ends, diverges, fails or is stopped.
 
@@ -139,7 +144,8 @@ class ResultWriter(Callback):
             "diagnostics": summary() if callable(summary) else None,
             "end_diagnostics": dict(getattr(pl_module, "end_diagnostics", {}) or {}) or None,
             "config_digest": self.config_digest,
-            "error": f"{type(error).__name__}: {error}" if error else None,
+            "error": f"{type(error).__name__}: {error}" if error else _reason(pl_module, status),
+            "eval_errors": dict(getattr(pl_module, "eval_errors", {}) or {}) or None,
             "attempt_id": self.attempt_id,
             **self.cell,
             "batch_free": getattr(pl_module, "batch_free", None),

@@ -298,7 +298,10 @@ def test_diverged_runs_are_counted_beside_the_mean_never_in_it(tmp_path, capsys)
     assert report_main([str(run)]) == 0
     table = capsys.readouterr().out
     assert "| gn | 62.00 (1 div.) | 1 |" in table  # the diverged 12 % is not averaged in
-    assert "Diverged runs are not averaged" in table
+    assert (
+        "Diverged runs (a non-finite loss, or a non-finite evaluation in this mode) are "
+        "not averaged" in table
+    )
 
 
 def test_diverged_run_keeps_its_accuracy_before_divergence(tmp_path):

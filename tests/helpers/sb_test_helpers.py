@@ -120,3 +120,21 @@ class OnePassEvoNormB0(EvoNormB0):
         mean_g = mean_i.view(groups, -1, c).mean(dim=1)
         var_b = (sqmean_i.view(groups, -1, c).mean(dim=1) - mean_g.square()).clamp_min(0)
         return var_b, (sqmean_i - mean_i.square()).clamp_min(0)
+
+
+class NanInEvalNorm(nn.BatchNorm2d):
+    """BN whose evaluation with running statistics gives NaN (training is plain BN): the
+    fault probe of issue 35, item 1."""
+
+    def forward(self, x):
+        out = super().forward(x)
+        return out if self.training else out * float("nan")
+
+
+class NanPopulationNorm(nn.BatchNorm2d):
+    """BN whose recomputed population statistics are NaN: the fit's own (EMA) evaluation is
+    fine, the `precise` final evaluation is not."""
+
+    def set_eval_statistics(self, mean, var, sqmean=None):
+        self.running_mean.copy_(mean)
+        self.running_var.fill_(float("nan"))
