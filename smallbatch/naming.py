@@ -22,7 +22,7 @@ LOCATION_KEYS = (
 # keys a resumed run has and a fresh one does not (or has as null): the checkpoint to resume
 # from, and what the CLI links from the data module, read back from the checkpoint's
 # hyperparameters. Neither changes what the run computes.
-RESUME_KEYS = ("ckpt_path", "model.in_chans", "model.num_classes")
+RESUME_KEYS = ("ckpt_path", "ckpt_settings", "model.in_chans", "model.num_classes")
 NOT_SETTINGS = LOCATION_KEYS + RESUME_KEYS
 SEED_KEY = "seed_everything"
 RECIPE_KEY = "recipe"  # the training recipe a run used (smallbatch.grid.recipes); unset: uniform

@@ -26,10 +26,12 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar, 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from ..data import SmallBatchDataModule
-from ..errors import debug_enabled, report, summarize_parse_error
+from ..errors import UserError, debug_enabled, report, summarize_parse_error
 from ..hardware import AUTO, resolve_precision
 from ..models.preflight import check_feature_maps
 from ..naming import (
+    RESUME_KEYS,
+    cli_value,
     is_location_key,
     is_setting_key,
     normalization_batch,
@@ -219,8 +221,58 @@ class ConciseArgumentParser(LightningArgumentParser):
         sys.exit(2)
 
 
+class CheckpointSettingsError(UserError, ValueError):
+    """``fit --ckpt_path`` with settings that differ from the checkpoint's."""
+
+
+# model settings a resumed fit may differ in: linked from the data module at instantiation
+# (the command line holds their defaults), not chosen by the user
+_LINKED_MODEL_KEYS = tuple(k.removeprefix("model.") for k in RESUME_KEYS if k.startswith("model."))
+
+
+def checkpoint_differences(asked: dict[str, Any], stored: dict[str, Any]) -> list[str]:
+    """``key: command line X, checkpoint Y`` for each model setting the checkpoint holds that
+    differs from what the command line asked."""
+    out = []
+    for key in sorted(set(asked) & set(stored)):
+        if key in _LINKED_MODEL_KEYS:
+            continue
+        mine, theirs = _jsonable(asked[key]), _jsonable(stored[key])
+        if mine != theirs:
+            out.append(
+                f"model.{key}: command line {cli_value(mine)}, checkpoint {cli_value(theirs)}"
+            )
+    return out
+
+
 class SmallBatchCLI(LightningCLI):
     """LightningCLI with run folders, cell naming, W&B defaults, results and checkpoints."""
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning resumes a fit with the checkpoint's model settings over the command
+        line's, silently; a fit whose command line asks for other settings (``--model.norm gn``
+        on a BN checkpoint) is refused instead, naming both, unless
+        ``--ckpt_settings checkpoint`` says the checkpoint's are meant."""
+        sub = self.config.get("subcommand")
+        if sub != "fit" or not self.config[sub].get("ckpt_path"):
+            return super()._parse_ckpt_path()
+        asked = self.config[sub].model.clone().as_dict()
+        super()._parse_ckpt_path()
+        stored = self.config[sub].model.clone().as_dict()
+        differences = checkpoint_differences(asked, stored)
+        if not differences:
+            return
+        ckpt = self.config[sub].ckpt_path
+        if self.config[sub].get("ckpt_settings") == "checkpoint":
+            print(f"note: resuming {ckpt} with its own settings, not the command line's: "
+                  + "; ".join(differences), file=sys.stderr)  # fmt: skip
+            return
+        raise CheckpointSettingsError(
+            f"--ckpt_path {ckpt} was trained with other settings than this command asks for "
+            f"({'; '.join(differences)}): resuming it continues the checkpoint's run. Start a "
+            "new run without --ckpt_path, or pass --ckpt_settings checkpoint to resume it as it "
+            "was trained"
+        )
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument(
@@ -235,6 +287,13 @@ class SmallBatchCLI(LightningCLI):
         )
         parser.add_argument("--group", type=str, default="adhoc", help="W&B group (a grid's name)")
         parser.add_argument("--tags", type=list[str], default=[], help="extra W&B tags")
+        parser.add_argument(
+            "--ckpt_settings",
+            type=Literal["command_line", "checkpoint"],
+            default="command_line",
+            help="fit --ckpt_path: 'command_line' (default) refuses a checkpoint trained with "
+            "other model settings than the command line's; 'checkpoint' resumes it with its own",
+        )
         parser.add_argument(
             "--recipe",
             type=str | None,

@@ -1,0 +1,35 @@
+"""A checkpoint never overrides the norm you asked for (issue 35, item 2): fit --ckpt_path with
+other model settings than the checkpoint's is refused, naming both, unless
+--ckpt_settings checkpoint says the checkpoint's are meant."""
+
+import pytest
+from conftest import tiny_fit_args
+
+from smallbatch.results import read_result
+from smallbatch.run.cell import CheckpointSettingsError, lightning_main
+
+
+@pytest.mark.slow
+def test_resuming_with_another_norm_is_refused_and_the_flag_resumes_as_trained(
+    fashion_dir, tmp_path, capsys
+):
+    first = tmp_path / "bn"
+    lightning_main(tiny_fit_args(fashion_dir, first))
+    ckpt = str(first / "checkpoints" / "last.ckpt")
+    more = ["--trainer.max_epochs", "2", "--ckpt_path", ckpt]
+    refused = tmp_path / "gn"
+    with pytest.raises(CheckpointSettingsError) as exc:
+        lightning_main(tiny_fit_args(fashion_dir, refused, "--model.norm", "gn", *more))
+    message = str(exc.value)
+    assert "(model.norm: command line gn, checkpoint bn)" in message and "\n" not in message
+    assert "--ckpt_settings checkpoint" in message
+    assert not refused.exists()  # nothing left behind
+    same = tmp_path / "resumed"  # the same settings: a plain resume
+    lightning_main(tiny_fit_args(fashion_dir, same, *more))
+    assert read_result(same)["status"] == "finished" and read_result(same)["epochs"] == 2
+    meant = tmp_path / "meant"
+    flags = ["--model.norm", "gn", "--ckpt_settings", "checkpoint", *more]
+    lightning_main(tiny_fit_args(fashion_dir, meant, *flags))
+    result = read_result(meant)
+    assert result["norm"] == "bn" and result["status"] == "finished"
+    assert "resuming" in capsys.readouterr().err
