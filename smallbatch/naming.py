@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,6 +32,27 @@ UNIFORM_RECIPE = "uniform"
 
 def _under(key: str, names: tuple[str, ...]) -> bool:
     return any(key == n or key.startswith(n + ".") for n in names)
+
+
+MAX_NAME = 100  # a run or grid name: a folder name, a W&B run and group name
+_NAME_RE = re.compile(r"[A-Za-z0-9_+=][A-Za-z0-9._+=-]*")
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a run or grid folder (and W&B run/group), or None: 1 to
+    ``MAX_NAME`` characters, letters, digits and ``. _ + = -``, not starting with ``.`` or ``-``."""
+    if not name:
+        return "is empty"
+    if len(name) > MAX_NAME:
+        return (
+            f"is {len(name)} characters long; at most {MAX_NAME} (it names a folder and a W&B run)"
+        )
+    if not _NAME_RE.fullmatch(name):
+        return (
+            f"{name!r} may use letters, digits and . _ + = - only, not starting with . or - "
+            "(it names a folder and a W&B run)"
+        )
+    return None
 
 
 def is_setting_key(key: str) -> bool:

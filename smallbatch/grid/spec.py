@@ -43,7 +43,15 @@ from typing import Any
 import yaml
 
 from ..errors import UserError
-from ..naming import RECIPE_KEY, UNIFORM_RECIPE, cli_value, norm_label, run_label, stable_digest
+from ..naming import (
+    RECIPE_KEY,
+    UNIFORM_RECIPE,
+    cli_value,
+    name_problem,
+    norm_label,
+    run_label,
+    stable_digest,
+)
 from ..results import base_config_record
 from .recipes import recipe_file, recipe_problem
 
@@ -376,8 +384,8 @@ def read_grid(path: str | Path) -> GridSpec:
         if key not in raw:
             raise spec_error(path, key, "missing (required: name, base_config, axes)")
     name = str(raw["name"])
-    if not name or "/" in name or name.startswith("."):
-        raise spec_error(path, "name", f"{name!r} must be a plain folder name")
+    if problem := name_problem(name):
+        raise spec_error(path, "name", problem)
     base = (path.parent / raw["base_config"]).resolve()
     if not base.exists():
         raise spec_error(

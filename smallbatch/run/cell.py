@@ -34,6 +34,7 @@ from ..naming import (
     cli_value,
     is_location_key,
     is_setting_key,
+    name_problem,
     normalization_batch,
     run_label,
     stable_digest,
@@ -310,6 +311,9 @@ class SmallBatchCLI(LightningCLI):
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         ignore_norm_batch_of_batch_free_norms(cfg)
         name = run_name(cfg)
+        for what, value in (("--name", name), ("--group", str(cfg.group))):
+            if problem := name_problem(value):  # before any folder or W&B run is made
+                raise UserError(f"{what} {problem}")
         requested = cfg.trainer.precision
         cfg.trainer.precision, note = resolve_precision(requested, cfg.trainer.accelerator)
         if note and os.environ.get("LOCAL_RANK", "0") == "0":  # once, not per DDP rank

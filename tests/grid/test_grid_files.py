@@ -61,6 +61,9 @@ def test_every_shipped_grid_file_validates(grid_file):
 
 
 BAD_INPUTS = [  # (change to the grid file, what the one line says)
+    ({"name": "g" * 300}, "name: is 300 characters long; at most 100"),
+    ({"name": "my grid"}, "name: 'my grid' may use letters, digits and . _ + = - only"),
+    ({"name": "../up"}, "name: '../up' may use letters, digits"),
     ({"executor": {"max_parallel": "many"}}, "executor.max_parallel: 'many' must be an integer"),
     ({"executor": {"threads_per_job": "one"}}, "executor.threads_per_job: 'one' must be"),
     ({"executor": {"retries": -1}}, "executor.retries: -1 must be an integer >= 0"),

@@ -2,6 +2,8 @@
 other model settings than the checkpoint's is refused, naming both, unless
 --ckpt_settings checkpoint says the checkpoint's are meant."""
 
+import re
+
 import pytest
 from conftest import tiny_fit_args
 
@@ -33,3 +35,22 @@ def test_resuming_with_another_norm_is_refused_and_the_flag_resumes_as_trained(
     result = read_result(meant)
     assert result["norm"] == "bn" and result["status"] == "finished"
     assert "resuming" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--name", "n" * 300, "--name is 300 characters long; at most 100"),
+        ("--name", "a/b", "--name 'a/b' may use letters, digits and . _ + = - only"),
+        ("--group", "my group", "--group 'my group' may use letters"),
+    ],
+)
+def test_a_bad_run_name_is_refused_before_anything_is_made(
+    fashion_dir, tmp_path, flag, value, message
+):
+    from smallbatch.errors import UserError
+
+    run = tmp_path / "run"
+    with pytest.raises(UserError, match="^" + re.escape(message)):
+        lightning_main(tiny_fit_args(fashion_dir, run, flag, value))
+    assert not run.exists()
