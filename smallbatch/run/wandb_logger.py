@@ -13,6 +13,7 @@ from jsonargparse import Namespace
 from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 
+from ..errors import UserError
 from ..results import NORMALIZATION_BATCH, write_atomic
 from .wandb_offline import parse_offline_run
 
@@ -37,6 +38,18 @@ class WandbLogger(LightningWandbLogger):
         if self._wandb_init.get("anonymous") is None:
             self._wandb_init.pop("anonymous", None)
         self._logged_up_to: int | None = None
+
+    @property
+    def experiment(self) -> Any:
+        """W&B's run, started on first use; a W&B failure to start it (no network, a project
+        it may not write to, a refused key) is one line with the fix, not W&B's traceback."""
+        import wandb
+
+        try:
+            return super().experiment
+        except wandb.errors.Error as exc:
+            why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise WandbSetupError(f"W&B could not start the run: {why}; {WANDB_FIX}") from exc
 
     def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
         if self._logged_up_to is None:
@@ -96,6 +109,28 @@ def wandb_has_credentials() -> bool:
         return False
 
 
+ONLINE_MODES = ("online", "run")
+WANDB_FIX = (
+    "run `wandb login` (or set WANDB_API_KEY), or log offline with WANDB_MODE=offline "
+    "(upload later with `wandb sync`)"
+)
+
+
+class WandbSetupError(UserError, RuntimeError):
+    """W&B cannot log this run as configured; the message says how to fix it."""
+
+
+def check_wandb_can_log(args: Namespace) -> None:
+    """Online logging (WANDB_MODE=online, or ``offline: false`` asked with that mode) needs an
+    API key: without one W&B fails deep inside the fit; say so first, in one line."""
+    mode = os.environ.get("WANDB_MODE")
+    if mode in ONLINE_MODES and not args.get("offline") and not wandb_has_credentials():
+        raise WandbSetupError(
+            f"W&B is set to log online (WANDB_MODE={mode}) but no API key is configured: "
+            + WANDB_FIX
+        )
+
+
 def _wandb_loggers(trainer_cfg: Namespace) -> list[Namespace]:
     logger = trainer_cfg.get("logger")
     items = logger if isinstance(logger, list) else [logger]
@@ -141,6 +176,7 @@ def configure_wandb_logger(
             args.name, args.save_dir, args.id, args.version = eval_of["name"], run_dir, None, None
             args.job_type = eval_of["job_type"]
             args.config = {**args.config, **{k: v for k, v in eval_of.items() if k != "name"}}
+        check_wandb_can_log(args)  # before anything is made: a rerun is the same command
         Path(args.save_dir).mkdir(parents=True, exist_ok=True)
         if eval_of is None and not args.get("id") and not args.get("version"):
             args.id = cell_run_id(args.save_dir)  # one W&B run per cell, across attempts
