@@ -53,6 +53,7 @@ from ..naming import (
     stable_digest,
 )
 from ..results import base_config_record
+from ..timeouts import TimeLimitExceeded, time_limit
 from .recipes import recipe_file, recipe_problem
 
 TOP_KEYS = {
@@ -252,7 +253,10 @@ def norm_takes_ghost_batches(norm: Any, norm_args: dict[str, Any] | None = None)
     from ..norms import probe_norm
 
     try:
-        traits = probe_norm(norm or "bn", **(norm_args or {}))
+        with time_limit(f"probing norm {cli_value(norm or 'bn')!r}"):
+            traits = probe_norm(norm or "bn", **(norm_args or {}))
+    except TimeLimitExceeded:
+        raise
     except Exception:  # reported by validate_cells with the CLI's own message
         return False
     if traits.ghost_batches:

@@ -12,6 +12,8 @@ import yaml
 
 from ..errors import first_line
 from ..models.preflight import check_feature_maps
+from ..naming import cli_value
+from ..timeouts import TimeLimitExceeded, time_limit
 from .spec import Cell, GridSpec, GridSpecError, read_grid, spec_error
 
 
@@ -37,7 +39,8 @@ def validate_cells(spec: GridSpec) -> None:
         norm = cell.overrides.get("model.norm")
         if norm is not None:
             try:
-                resolve_norm(norm)
+                with time_limit(f"{spec.source}: importing norm {cli_value(norm)!r}"):
+                    resolve_norm(norm)
             except NormConfigError as exc:
                 raise spec_error(spec.source, "model.norm", str(exc)) from exc
         batch = cell.overrides.get("model.norm_batch") or cell.overrides.get("data.batch_size", 1)
@@ -70,7 +73,8 @@ def validate_cells(spec: GridSpec) -> None:
         key = json.dumps([config.get("model"), config.get("data")], sort_keys=True, default=str)
         if key not in built:  # each distinct model and data section, built once
             built.add(key)
-            _check_cell_builds(spec, cell, config)
+            with time_limit(f"{spec.source}: building cell {cell.label}'s model and data"):
+                _check_cell_builds(spec, cell, config)
 
 
 def _check_cell_builds(spec: GridSpec, cell: Cell, config: dict[str, Any]) -> None:
@@ -98,6 +102,8 @@ def _check_cell_builds(spec: GridSpec, cell: Cell, config: dict[str, Any]) -> No
         model = SmallBatchModule(**model_args)
         if datamodule is not None:
             check_feature_maps(model.model, datamodule)
+    except TimeLimitExceeded:
+        raise
     except Exception as exc:  # noqa: BLE001 - a plugin's constructor failing is the user's
         raise GridSpecError(
             f"{spec.source}: cell {cell.label} ({cell.overrides}): {first_line(exc)}"

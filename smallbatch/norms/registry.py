@@ -22,6 +22,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import UserError, closest, did_you_mean, error_summary, first_line, where_raised
+from ..timeouts import TimeLimitExceeded
 
 ENTRY_POINT_GROUP = "smallbatch.norms"
 # Comma-separated norm names that plugins may replace (e.g. "gn"); any other clash is an error.
@@ -181,8 +182,15 @@ def import_object(path: str) -> Any:
                 "(pip install -e <folder>) or put its folder on PYTHONPATH"
             ) from exc
         raise _import_failed(path, module_name, exc) from exc
+    except TimeLimitExceeded:
+        raise  # the import hung: said by the limit, as it is
     except Exception as exc:  # noqa: BLE001 - the module's own code failed while importing
         raise _import_failed(path, module_name, exc) from exc
+    except SystemExit as exc:  # an import that exits would end the whole command unsaid
+        raise NormConfigError(
+            f"norm class_path {path!r}: importing {module_name!r} called sys.exit({exc.code!r}); "
+            "a module that defines a norm must not exit when imported"
+        ) from exc
     try:
         return getattr(module, attr)
     except AttributeError as exc:

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ..timeouts import TimeLimitExceeded, time_limit
 from .checks import (
     check_batch_free,
     check_batch_one,
@@ -67,7 +68,8 @@ def check_norm(spec: Any, fast: bool = False, **norm_args: Any) -> Report:
     start = time.perf_counter()
     report = Report(str(spec.get("class_path") if isinstance(spec, dict) else spec))
     try:
-        n = NormUnderTest.build(spec, **norm_args)
+        with time_limit(f"check-norm {report.norm}: building the layer"):
+            n = NormUnderTest.build(spec, **norm_args)
     except KitBuildError as exc:  # one failure with the reason, not one per check
         report.results.append(CheckResult("build", FAIL, str(exc)))
         report.seconds = time.perf_counter() - start
@@ -76,10 +78,13 @@ def check_norm(spec: Any, fast: bool = False, **norm_args: Any) -> Report:
         report.results.append(CheckResult("build", PASS, f"{n.channels} channels (not buildable "
                                           f"with {CHANNELS})"))  # fmt: skip
     for check in norm_checks(fast):
+        name = check.__name__.removeprefix("check_")
         try:
-            result = check(n)
+            with time_limit(f"check-norm {report.norm}: check {name!r}"):
+                result = check(n)
+        except TimeLimitExceeded:
+            raise  # a hanging plugin ends the run, naming the check, not one timeout per check
         except Exception as exc:  # noqa: BLE001 - a check that crashes is a failure, said why
-            name = check.__name__.removeprefix("check_")
             result = CheckResult(name, FAIL, failure_reason(exc))  # whole, with file and line
         report.results.append(result)
     report.seconds = time.perf_counter() - start

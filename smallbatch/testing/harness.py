@@ -13,6 +13,7 @@ from ..errors import error_summary
 from ..models.swap import swap_norms
 from ..norms import probe_norm
 from ..norms.traits import NormTraits
+from ..timeouts import TimeLimitExceeded
 
 CHANNELS = 8  # the kit's channel count; a layer that cannot be built with it gets WIDE_CHANNELS
 WIDE_CHANNELS = 32  # a multiple of 32 groups (timm's EvoNorm-S1/S0 default to 32 groups)
@@ -71,6 +72,8 @@ class NormUnderTest:
         line) when neither builds."""
         try:
             traits = probe_norm(spec, **norm_args)
+        except TimeLimitExceeded:
+            raise  # a plugin that hangs ends the kit (smallbatch.timeouts)
         except Exception as exc:  # noqa: BLE001 - said once, with where it was raised
             raise KitBuildError(
                 f"cannot build a layer of 64 channels: {failure_reason(exc)}"
@@ -81,6 +84,8 @@ class NormUnderTest:
             try:
                 n.pair()(inputs())
                 return n
+            except TimeLimitExceeded:
+                raise
             except Exception as exc:  # noqa: BLE001 - try the wider channel count
                 failures.append(f"{channels} channels: {failure_reason(exc)}")
         raise KitBuildError("cannot build or run a conv -> norm pair at " + "; ".join(failures))

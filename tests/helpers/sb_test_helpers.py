@@ -138,3 +138,14 @@ class NanPopulationNorm(nn.BatchNorm2d):
     def set_eval_statistics(self, mean, var, sqmean=None):
         self.running_mean.copy_(mean)
         self.running_var.fill_(float("nan"))
+
+
+class HangingNorm(nn.BatchNorm2d):
+    """A plugin whose constructor never returns (a lock it waits on for ever): the probe of
+    issue 35, item 3."""
+
+    def __init__(self, num_features, **kwargs):
+        import time
+
+        time.sleep(10**6)
+        super().__init__(num_features, **kwargs)
