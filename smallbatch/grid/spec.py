@@ -54,6 +54,7 @@ from ..naming import (
 )
 from ..results import base_config_record
 from ..timeouts import TimeLimitExceeded, time_limit
+from ..yaml_keys import RepeatedKeyError, check_yaml_file, load_yaml
 from .recipes import recipe_file, recipe_problem
 
 TOP_KEYS = {
@@ -372,7 +373,9 @@ def read_grid(path: str | Path) -> GridSpec:
     invalid); parsing each cell with the CLI is :func:`smallbatch.grid.validate.load_grid`."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = load_yaml(path.read_text(), str(path))
+    except RepeatedKeyError as exc:
+        raise GridSpecError(str(exc)) from None
     except FileNotFoundError:
         raise GridSpecError(f"{path}: grid file not found") from None
     except yaml.YAMLError as exc:
@@ -395,6 +398,10 @@ def read_grid(path: str | Path) -> GridSpec:
         raise spec_error(
             path, "base_config", f"{raw['base_config']!r} not found (looked at {base})"
         )
+    try:
+        check_yaml_file(base)
+    except RepeatedKeyError as exc:
+        raise spec_error(path, "base_config", str(exc)) from None
     axes = raw["axes"]
     if not isinstance(axes, dict) or not axes:
         raise spec_error(

@@ -47,6 +47,7 @@ from ..results import (
     base_config_record,
     write_json_atomic,
 )
+from ..yaml_keys import check_yaml_file
 from .final_eval import FinalEvaluation
 from .module import SmallBatchModule, norm_display_name
 from .progress import LogLineProgressBar
@@ -428,6 +429,8 @@ def lightning_main(args: list[str] | None = None, run: bool = True) -> SmallBatc
     _NEW_RUN_DIRS.clear()
     outer_run_dir = os.environ.get("SMALLBATCH_RUN_DIR")  # only this call's DDP ranks share it
     try:
+        for path in config_files(sys.argv[1:] if args is None else args):
+            check_yaml_file(path)  # a repeated key: one line naming both, before anything runs
         with warnings.catch_warnings():
             _quiet_known_noise()
             return _make_cli(args, run)
@@ -441,6 +444,17 @@ def lightning_main(args: list[str] | None = None, run: bool = True) -> SmallBatc
             os.environ.pop("SMALLBATCH_RUN_DIR", None)
         else:
             os.environ["SMALLBATCH_RUN_DIR"] = outer_run_dir
+
+
+def config_files(args: list[str]) -> list[str]:
+    """The files given with ``--config``/``-c`` (``--config=F`` too) in a CLI argument list."""
+    files = []
+    for i, arg in enumerate(args):
+        if arg in ("--config", "-c") and i + 1 < len(args):
+            files.append(args[i + 1])
+        elif arg.startswith("--config="):
+            files.append(arg.split("=", 1)[1])
+    return files
 
 
 def _remove_empty_run_dirs() -> None:
