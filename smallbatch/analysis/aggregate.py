@@ -11,6 +11,7 @@ optimistic) stays available and is labelled as such.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import fmean, stdev
@@ -54,13 +55,32 @@ class Loaded:
 
     results: list[dict[str, Any]] = field(default_factory=list)
     invalid: list[tuple[str, str]] = field(default_factory=list)
+    # runs of a grid folder whose cell the grid no longer has (its axes changed since): left
+    # out of every table, listed (their cell folders)
+    outside: list[str] = field(default_factory=list)
+
+
+def grid_cells(run_dir: Path) -> set[str] | None:
+    """The cell folders of the grid as last run (``cells.json``, written by ``smallbatch
+    grid``); None for a folder without one (any tree of runs, a published copy)."""
+    try:
+        cells = json.loads((run_dir / "cells.json").read_text())
+        return {str(c["folder"]) for c in cells}
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
 
 
 def load_results(run_dir: str | Path) -> Loaded:
-    """Every result.json under ``run_dir`` (a grid run folder or any tree of runs)."""
+    """Every result.json under ``run_dir`` (a grid run folder or any tree of runs); in a grid's
+    folder, the runs of cells its grid file no longer has are set aside (``outside``)."""
     out = Loaded()
     root = Path(run_dir)
+    current = grid_cells(root)
     for path in sorted(root.rglob("result.json")):
+        cell = path.parent
+        if current is not None and cell.parent == root / "cells" and cell.name not in current:
+            out.outside.append(cell.name)
+            continue
         try:
             out.results.append(load_result_file(path))
         except (OSError, InvalidResult) as exc:

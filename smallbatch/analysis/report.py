@@ -136,6 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     incomplete = incomplete_lines(loaded.results)
+    if loaded.outside:
+        incomplete += [
+            f"Not in the grid's cells any more, left out ({len(loaded.outside)}; the grid file "
+            "changed after they ran, e.g. a seed removed): "
+            + ", ".join(f"`{name}`" for name in loaded.outside[:12])
+            + (", ..." if len(loaded.outside) > 12 else "")
+        ]
     table = markdown_table(stats, args.metric, loaded.invalid, args.mode, incomplete)
     if times := timing_line(loaded.results):
         table += f"\n{times}\n"

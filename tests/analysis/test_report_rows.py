@@ -162,3 +162,16 @@ def test_a_difference_pairs_a_seed_only_on_one_kind_of_machine(tmp_path, capsys)
     # seeds 0 and 1 both on the EPYC: gn - bn = -2.00 each; seed 2 ran on two machines
     assert "| 32 | 89.50 ± 6.35 (n=2) | 87.50 ± 6.35 (n=2) | -2.00 ± 0.00 (n=2) | 2 |" in out
     assert "1 seed pair(s) left out: the two runs of the seed ran on different kinds" in out
+
+
+def test_runs_of_cells_the_grid_no_longer_has_are_listed_not_averaged(tmp_path, capsys):
+    run = tmp_path / "grid"
+    for seed in (0, 1, 2):
+        write_result(run, f"bn-s{seed}", "bn", 32, seed, 0.90 + seed / 100)
+    # the seed axis was edited to [0, 1] and the grid run again: its cells.json lists two
+    (run / "cells.json").write_text(json.dumps([{"folder": "bn-s0"}, {"folder": "bn-s1"}]))
+    assert report_main([str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "| bn | 89.50 ± 6.35 (n=2) | 2 |" in out  # seeds 0 and 1 only
+    assert "Not in the grid's cells any more, left out (1; the grid file changed" in out
+    assert "`bn-s2`" in out
