@@ -18,6 +18,7 @@ from typing import Any
 RESULT_FILE = "result.json"
 BASE_STAMP = "base_config.json"  # the base config a grid cell ran under (its digest)
 GRID_BASE_ENV = "SMALLBATCH_GRID_BASE"  # set by the grid for its cells: the base config's path
+RUNNING_MARKER = "running.json"  # in a cell folder while a local grid runs an attempt of it
 
 
 class Status(str, Enum):

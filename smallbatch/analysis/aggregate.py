@@ -12,6 +12,8 @@ optimistic) stays available and is labelled as such.
 from __future__ import annotations
 
 import json
+import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import fmean, stdev
@@ -21,6 +23,7 @@ from ..eval_modes import DEFAULT_EVAL
 from ..naming import RECIPE_KEY, UNIFORM_RECIPE, cli_value, is_setting_key, stable_digest
 from ..results import (
     DONE_STATUSES,
+    RUNNING_MARKER,
     InvalidResult,
     Status,
     load_result_file,
@@ -70,6 +73,25 @@ def grid_cells(run_dir: Path) -> set[str] | None:
         return None
 
 
+def running_attempt(cell: Path) -> dict[str, Any] | None:
+    """The grid's marker of an attempt running in this cell folder now (``running.json``), or
+    None: no marker, or one left by a process on this host that is gone."""
+    try:
+        marker = json.loads((cell / RUNNING_MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(marker, dict):
+        return None
+    if marker.get("host") == socket.gethostname() and isinstance(marker.get("pid"), int):
+        try:
+            os.kill(marker["pid"], 0)
+        except ProcessLookupError:
+            return None  # left behind by a killed grid
+        except PermissionError:
+            pass  # alive, another user's
+    return marker
+
+
 def load_results(run_dir: str | Path) -> Loaded:
     """Every result.json under ``run_dir`` (a grid run folder or any tree of runs); in a grid's
     folder, the runs of cells its grid file no longer has are set aside (``outside``)."""
@@ -82,7 +104,10 @@ def load_results(run_dir: str | Path) -> Loaded:
             out.outside.append(cell.name)
             continue
         try:
-            out.results.append(load_result_file(path))
+            result = load_result_file(path)
+            if (marker := running_attempt(cell)) is not None:
+                result["running_now"] = marker  # its status is an earlier attempt's
+            out.results.append(result)
         except (OSError, InvalidResult) as exc:
             out.invalid.append((str(path.relative_to(root)), str(exc).splitlines()[0]))
     return out
@@ -347,6 +372,13 @@ def incomplete_lines(results: list[dict[str, Any]]) -> list[str]:
         return []
     lines = [f"Incomplete, not in the table ({len(incomplete)}; run the grid again to finish):"]
     for r in sorted(incomplete, key=lambda r: str(r.get("name"))):
+        if running := r.get("running_now"):
+            lines.append(
+                f"- `{r.get('name')}` (seed {r.get('seed')}): running now (an attempt since "
+                f"{running.get('started')}, pid {running.get('pid')} on {running.get('host')}; "
+                f"the last one ended {r.get('status')})"
+            )
+            continue
         error = str(r.get("error") or "").strip().splitlines()
         why = f": {error[0][:160]}" if error else ""
         lines.append(f"- `{r.get('name')}` (seed {r.get('seed')}): {r.get('status')}{why}")

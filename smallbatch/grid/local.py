@@ -19,10 +19,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..results import GRID_BASE_ENV
+from ..results import GRID_BASE_ENV, RUNNING_MARKER, write_json_atomic
 from ..run.progress import PROGRESS_PREFIX
 from .spec import GridSpec
-from .store import CellState, CellStatus, ResultsStore, checkpoint_mtime
+from .store import CellState, CellStatus, ResultsStore, checkpoint_mtime, holder_record
 
 PR_SET_PDEATHSIG = 1
 
@@ -93,6 +93,7 @@ class LocalExecutor:
         return chosen
 
     def _release(self, run: Running) -> None:
+        (run.state.folder / RUNNING_MARKER).unlink(missing_ok=True)
         if self.gpus:
             for g in run.gpus:
                 self.load[g] -= 1
@@ -123,6 +124,9 @@ class LocalExecutor:
             out.flush()
             offset = out.tell()  # progress lines are read from here on
             proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, preexec_fn=_child_setup)
+        # who runs the cell now, for `smallbatch report` beside a running grid (removed when
+        # the attempt ends): its result.json still holds the previous attempt's status
+        write_json_atomic(state.folder / RUNNING_MARKER, {**holder_record(), "pid": proc.pid})
         mtime = checkpoint_mtime(state.folder)
         return Running(state, proc, gpus, checkpoint_mtime=mtime, log_offset=offset)
 
@@ -170,6 +174,7 @@ class LocalExecutor:
                 run.proc.wait(timeout=max(deadline - time.time(), 1))
             except subprocess.TimeoutExpired:
                 os.killpg(run.proc.pid, signal.SIGKILL)
+            (run.state.folder / RUNNING_MARKER).unlink(missing_ok=True)
 
     def run(
         self,

@@ -175,3 +175,23 @@ def test_runs_of_cells_the_grid_no_longer_has_are_listed_not_averaged(tmp_path, 
     assert "| bn | 89.50 ± 6.35 (n=2) | 2 |" in out  # seeds 0 and 1 only
     assert "Not in the grid's cells any more, left out (1; the grid file changed" in out
     assert "`bn-s2`" in out
+
+
+def test_a_cell_the_grid_is_running_again_is_shown_running_not_failed(tmp_path, capsys):
+    import os
+    import socket
+
+    run = tmp_path / "grid"
+    write_result(run, "bn-s0", "bn", 32, 0, 0.90)
+    write_result(run, "bn-s1", "bn", 32, 1, None, status="failed")
+    marker = {"pid": os.getpid(), "host": socket.gethostname(), "started": "2026-12-07T10:00:00Z"}
+    (run / "cells" / "bn-s1" / "running.json").write_text(json.dumps(marker))
+    assert report_main([str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "(seed 1): running now (an attempt since 2026-12-07T10:00:00Z, pid " in out
+    assert "the last one ended failed)" in out
+    # a marker left by a grid that was killed (its process gone) changes nothing
+    marker["pid"] = 2**22 + 12345  # beyond pid_max: no such process
+    (run / "cells" / "bn-s1" / "running.json").write_text(json.dumps(marker))
+    assert report_main([str(run)]) == 0
+    assert "(seed 1): failed" in capsys.readouterr().out

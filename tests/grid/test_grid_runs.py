@@ -25,6 +25,7 @@ def test_two_by_two_grid_runs_to_completion_then_skips(tmp_path, fashion_dir, ca
         ("gn", 8),
     }
     assert all(r["group"] == "g" for r in results.values())
+    assert not list(spec.run_dir.glob("cells/*/running.json"))  # markers go with the attempts
     mtimes = {p: p.stat().st_mtime_ns for p in spec.run_dir.glob("cells/*/result.json")}
     assert run_grid(load_grid(path)) == 0  # idempotent: nothing re-runs
     assert mtimes == {p: p.stat().st_mtime_ns for p in spec.run_dir.glob("cells/*/result.json")}
