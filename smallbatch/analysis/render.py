@@ -243,27 +243,47 @@ def busy_seconds(intervals: list[tuple[Any, Any]]) -> float:
     return total
 
 
+def run_spans(result: dict[str, Any]) -> list[tuple[Any, Any]]:
+    """When a run was going: its last attempt, [attempt start, end], and the earlier attempts'
+    time (run time less the last attempt's) from its first start. A run resumed days later (an
+    evaluation redone) is not busy in between."""
+    from datetime import datetime, timedelta
+
+    start = datetime.fromisoformat(result["started_utc"])
+    end = datetime.fromisoformat(result["ended_utc"])
+    attempt = result.get("attempt_started_utc")
+    last = datetime.fromisoformat(attempt) if attempt else start
+    spans = [(last, end)]
+    earlier = float(result.get("run_time_s") or 0) - float(result.get("wall_time_s") or 0)
+    if last > start and earlier > 0:
+        spans.append((start, min(start + timedelta(seconds=earlier), last)))
+    return spans
+
+
 def timing_line(results: list[dict[str, Any]]) -> str:
     """The machine time of a set of runs from their records: the cells' summed run time, the
     wall clock from the first start to the last end, and the busy time (the union of the runs'
-    intervals, per host when there are several); runs without times are counted."""
+    :func:`run_spans`, per host when there are several); runs without times are counted."""
     from datetime import datetime
 
     timed = [r for r in results if r.get("started_utc") and r.get("ended_utc")]
     if not timed:
         return ""
     by_host: dict[str, list[tuple[datetime, datetime]]] = {}
+    runs_on: Counter[str] = Counter()
     for r in timed:
         m = r.get("machine") or {}
-        span = (datetime.fromisoformat(r["started_utc"]), datetime.fromisoformat(r["ended_utc"]))
-        by_host.setdefault(f"{m.get('host')} ({m.get('cpu')})", []).append(span)
+        host = f"{m.get('host')} ({m.get('cpu')})"
+        by_host.setdefault(host, []).extend(run_spans(r))
+        runs_on[host] += 1
     spans = [span for host_spans in by_host.values() for span in host_spans]
     summed = sum(float(r.get("run_time_s") or r.get("wall_time_s") or 0) for r in timed)
     first, last = min(s for s, _ in spans), max(e for _, e in spans)
+    # (the wall clock is from the first start to the last end, whatever happened between)
     busy = f"busy {busy_seconds(spans) / 3600:.2f} h (at least one run going)"
     if len(by_host) > 1:
         busy += ": " + "; ".join(
-            f"{busy_seconds(own) / 3600:.2f} h on {host} ({len(own)} runs)"
+            f"{busy_seconds(own) / 3600:.2f} h on {host} ({runs_on[host]} runs)"
             for host, own in sorted(by_host.items())
         )
     else:

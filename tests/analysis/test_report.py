@@ -409,3 +409,21 @@ def test_times_line_counts_parallel_runs_once_and_session_gaps_not_at_all():
     assert "busy 3.00 h (at least one run going), on a (x)." in timing_line(results[:2])
     inner = run("10:30", "11:30", "a")  # inside the first run: adds nothing
     assert "busy 3.00 h (at least one run going)," in timing_line([*results[:2], inner])
+
+
+def test_a_run_resumed_days_later_is_busy_only_while_its_attempts_ran():
+    """A cell that finished on day 1 and had its evaluation redone on day 3 (a 10-minute
+    attempt): busy 2 h + 10 min, not the two days between (issue 35, item 8)."""
+    from smallbatch.analysis.render import timing_line
+
+    resumed = {
+        "started_utc": "2026-01-01T10:00:00+00:00",
+        "attempt_started_utc": "2026-01-03T09:00:00+00:00",
+        "ended_utc": "2026-01-03T09:10:00+00:00",
+        "run_time_s": 2 * 3600 + 600,
+        "wall_time_s": 600,
+        "machine": {"host": "a", "cpu": "x"},
+    }
+    line = timing_line([resumed])
+    assert "summed run time 2.17 h" in line and "busy 2.17 h (at least one run going)" in line
+    assert "wall clock 47.17 h" in line  # first start to last end, as it says
