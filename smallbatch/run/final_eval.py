@@ -128,9 +128,15 @@ class FinalEvaluation(Callback):
 
     def _val(self, dm: Any, batch: int | None, device: torch.device):
         """The evaluation set as evaluation sees it, in batches of ``batch`` (None: the data
-        module's evaluation batch)."""
-        size = int(dm.val_batch_size) if batch is None else batch
-        for x, y in DataLoader(dm.val_set, batch_size=size, shuffle=False, num_workers=0):
+        module's evaluation batch, in order). Groups of a normalization batch b are drawn in a
+        fixed random order (seed 0): a set stored by class (an image folder) would otherwise
+        give groups of one class, whose batch statistics no training batch ever had."""
+        if batch is None:
+            loader = DataLoader(dm.val_set, batch_size=int(dm.val_batch_size), shuffle=False)
+        else:
+            order = torch.Generator().manual_seed(0)
+            loader = DataLoader(dm.val_set, batch_size=batch, shuffle=True, generator=order)
+        for x, y in loader:
             yield self._prepare(dm, x.to(device), training=False), y.to(device)
 
     @staticmethod

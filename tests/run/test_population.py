@@ -167,3 +167,24 @@ def test_batch_statistics_evaluation_of_bn_is_training_mode_bn_on_each_group():
     with torch.no_grad(), using_batch_statistics(model):
         got = model(x)
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_batch_mode_groups_of_a_test_set_stored_by_class_mix_the_classes():
+    """An image folder stores its test set class by class: groups of b taken in order would
+    each hold one class (CIFAR-10's BN at b = 32 evaluated at 18 % so). The groups are drawn
+    in a fixed random order instead: mixed classes, the same groups every time."""
+    from types import SimpleNamespace
+
+    from torch.utils.data import TensorDataset
+
+    from smallbatch.run.final_eval import FinalEvaluation
+
+    labels = torch.arange(10).repeat_interleave(100)  # sorted by class, as ImageFolder
+    dm = SimpleNamespace(val_set=TensorDataset(torch.randn(1000, 3), labels), val_batch_size=500)
+    groups = [y for _, y in FinalEvaluation()._val(dm, 32, torch.device("cpu"))]
+    assert sum(len(g) for g in groups) == 1000 and all(len(g) == 32 for g in groups[:-1])
+    assert min(len(set(g.tolist())) for g in groups[:-1]) >= 5  # classes mixed in every group
+    again = [y for _, y in FinalEvaluation()._val(dm, 32, torch.device("cpu"))]
+    assert all(torch.equal(a, b) for a, b in zip(groups, again, strict=True))  # fixed order
+    in_order = [y for _, y in FinalEvaluation()._val(dm, None, torch.device("cpu"))]
+    assert torch.equal(torch.cat(in_order), labels)  # the estimator modes: order irrelevant
