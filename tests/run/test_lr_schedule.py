@@ -60,3 +60,18 @@ def test_cbn_authors_burnin_ends_at_epoch_8_of_12():
     layer = CrossIterationBatchNorm2d(16, **recipe["model"]["norm_args"])
     layer.set_total_steps(1200)
     assert layer.burnin == 800 and layer.window == 4
+
+
+@pytest.mark.parametrize(("per_gpu", "lr"), [(32, 0.1), (16, 0.05), (2, 0.00625)])
+def test_the_imagenet_configs_lr_is_the_gn_papers(per_gpu, lr):
+    """GN paper (Wu & He 2018, section 4.1, after Goyal et al.): 8 GPUs, LR 0.1 at 32 images
+    per GPU, scaled linearly, 0.1·b/32 for b images per GPU (issue 37: the config gave 8×)."""
+    config = yaml.safe_load((ROOT / "configs" / "imagenet_resnet50.yaml").read_text())
+    model = config["model"]
+    module = SmallBatchModule(backbone="resnet8", norm="bn", lr=model["lr"],
+                              reference_batch=model["reference_batch"])  # fmt: skip
+    module._trainer = SimpleNamespace(
+        num_devices=config["trainer"]["devices"], num_nodes=1, accumulate_grad_batches=1,
+        datamodule=SimpleNamespace(batch_size=per_gpu),
+    )  # fmt: skip
+    assert module.scaled_lr() == pytest.approx(lr)
