@@ -261,6 +261,14 @@ class SmallBatchCLI(LightningCLI):
         asked = self.config[sub].model.clone().as_dict()
         super()._parse_ckpt_path()
         stored = self.config[sub].model.clone().as_dict()
+        # a batch-free norm's norm_batch is dropped before the fit (and so from its checkpoint):
+        # asking for it again is no other setting
+        if (
+            asked.get("norm_batch") is not None
+            and stored.get("norm_batch") is None
+            and probe_norm(asked.get("norm"), **(asked.get("norm_args") or {})).batch_free
+        ):
+            asked["norm_batch"] = None
         differences = checkpoint_differences(asked, stored)
         if not differences:
             return

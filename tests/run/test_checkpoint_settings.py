@@ -35,6 +35,18 @@ def test_resuming_with_another_norm_is_refused_and_the_flag_resumes_as_trained(
     result = read_result(meant)
     assert result["norm"] == "bn" and result["status"] == "finished"
     assert "resuming" in capsys.readouterr().err
+    # a batch-free norm's norm_batch (dropped before the fit, so absent from its checkpoint)
+    # asked for again is the same setting, not a refusal
+    gn = ["--model.norm", "gn", "--model.norm_batch", "4"]
+    lightning_main(tiny_fit_args(fashion_dir, tmp_path / "gn1", *gn))
+    again = [
+        "--trainer.max_epochs",
+        "2",
+        "--ckpt_path",
+        str(tmp_path / "gn1/checkpoints/last.ckpt"),
+    ]
+    lightning_main(tiny_fit_args(fashion_dir, tmp_path / "gn2", *gn, *again))
+    assert read_result(tmp_path / "gn2")["epochs"] == 2
 
 
 @pytest.mark.parametrize(
