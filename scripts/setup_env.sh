@@ -7,7 +7,7 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-if ! .venv/bin/python -c "import smallbatch, pytest, smallbatch_bcn, scipy" 2>/dev/null; then
+if ! .venv/bin/python -c "import smallbatch, pytest, smallbatch_bcn" 2>/dev/null; then
   # quiet: setuptools' "Editable installation" notice is a warning of the build backend
   export PYTHONWARNINGS=ignore
   .venv/bin/pip install --quiet --upgrade pip
