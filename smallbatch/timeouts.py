@@ -55,8 +55,9 @@ def time_limit(what: str, seconds: float | None = None) -> Iterator[None]:
         )
 
     outer_left, _ = signal.getitimer(signal.ITIMER_REAL)
+    armed = min(limit, outer_left) if outer_left else limit
     previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, min(limit, outer_left) if outer_left else limit)
+    signal.setitimer(signal.ITIMER_REAL, armed)
     try:
         yield
     finally:
@@ -64,5 +65,4 @@ def time_limit(what: str, seconds: float | None = None) -> Iterator[None]:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
         if outer_left:  # the outer limit keeps running, less the time spent in here
-            spent = (min(limit, outer_left) if outer_left else limit) - left
-            signal.setitimer(signal.ITIMER_REAL, max(outer_left - spent, 1e-3))
+            signal.setitimer(signal.ITIMER_REAL, max(outer_left - (armed - left), 1e-3))

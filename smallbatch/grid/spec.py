@@ -330,10 +330,10 @@ def _check_axes_and_args(path: Path, axes: dict[str, Any], args: dict[str, Any])
             raise spec_error(path, "trainer.max_epochs", f"{epochs!r} must be an integer >= 1")
 
 
-def _check_recipes(spec: GridSpec) -> None:
+def _check_recipes(spec: GridSpec, cells: list[Cell]) -> None:
     """Every cell's recipe file exists and names itself (before anything runs)."""
     seen = set()
-    for _, cell in spec.expand():
+    for cell in cells:
         if RECIPE_KEY not in cell.overrides:
             continue
         key = (cell.overrides[RECIPE_KEY], norm_label(cell.overrides.get("model.norm", "bn")))
@@ -479,9 +479,10 @@ def read_grid(path: str | Path) -> GridSpec:
         if not spec.matches_some_cell(entry, excluded_too=True):
             print(f"note: {path}: exclude[{i}] {entry} matches no combination of the axes",
                   file=sys.stderr)  # fmt: skip
-    if not spec.expand():
+    cells = [cell for _, cell in spec.expand()]  # expanded once: a fixed total batch probes norms
+    if not cells:
         raise spec_error(path, "exclude", "leaves no cell to run")
-    _check_recipes(spec)
+    _check_recipes(spec, cells)
     for i, rule in enumerate(spec.overrides):
         if not spec.matches_some_cell(rule.get("when") or {}):
             print(f"note: {path}: overrides[{i}].when {rule.get('when')} matches no cell; "

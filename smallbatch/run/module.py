@@ -21,7 +21,7 @@ from ..eval_modes import DEFAULT_EVAL
 from ..models import compile_backbone, create_model, to_channels_last
 from ..naming import norm_label
 from ..norms import local_buffer_names, resolve_norm, set_norm_batch, uses_batch_statistics
-from .diagnostics import BatchStatGap, layer_diagnostics
+from .diagnostics import BatchStatGap, layer_diagnostics, nonfinite_rows
 
 SCHEDULES = ("cosine", "step", "constant")
 
@@ -364,8 +364,7 @@ class SmallBatchModule(pl.LightningModule):
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch
         logits = self(x)
-        # images whose logits hold a NaN/Inf (argmax would count them as class 0): device sum
-        self._val_nonfinite += (~torch.isfinite(logits)).flatten(1).any(dim=1).sum()
+        self._val_nonfinite += nonfinite_rows(logits)
         self._val_images += int(y.numel())
         self.val_acc(logits, y)
         self.log("val/loss", F.cross_entropy(logits, y), prog_bar=False, sync_dist=True)

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from ..norms.groups import ghost_groups
 from ..norms.walk import has_running_stats
-from .diagnostics import stat_gap
+from .diagnostics import nonfinite_rows, stat_gap
 
 
 def keeps_eval_statistics(m: nn.Module) -> bool:
@@ -226,7 +226,7 @@ def accuracy(
     with torch.no_grad():
         for x, y in batches:
             logits = forward(x)
-            bad += int((~torch.isfinite(logits)).flatten(1).any(dim=1).sum())
+            bad += int(nonfinite_rows(logits))
             correct += int((logits.argmax(dim=1) == y).sum())
             total += int(y.numel())
     if bad:
