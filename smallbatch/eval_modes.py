@@ -2,10 +2,10 @@
 compute it, how the report describes it, its place in the attribution of a drop).
 
 The final evaluation (:mod:`smallbatch.run.final_eval`) computes every mode into result.json's
-``eval_acc``; the report's ``--eval``/``--diff`` choices, its captions and the attribution's
+``eval_<metric>``; the report's ``--eval``/``--diff`` choices, its captions and the attribution's
 chain all read this map. Adding a mode is one entry and its function: the function gets the
-final weights (:class:`FinalWeights`, which the final evaluation provides) and returns a top-1
-accuracy. This module imports nothing (the report reads it without torch).
+final weights (:class:`FinalWeights`, which the final evaluation provides) and returns the task's
+metric (top-1 accuracy, mIoU). This module imports nothing (the report reads it without torch).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import Protocol
 
 class FinalWeights(Protocol):
     """What a mode's function may ask of the final weights (the final evaluation's object):
-    the cell's normalization batch b, and the accuracy on the evaluation set with each layer's
-    statistics as recomputed by ``estimator`` (a key of
+    the cell's normalization batch b, and the task's metric (top-1 accuracy, mIoU) on the
+    evaluation set with each layer's statistics as recomputed by ``estimator`` (a key of
     :func:`smallbatch.run.population.population_statistics`), or with each test group of
     ``group`` samples (default b) normalized by its own statistics."""
 
@@ -31,7 +31,7 @@ class FinalWeights(Protocol):
 
 @dataclass(frozen=True)
 class EvalMode:
-    """One evaluation mode. ``evaluate``: the final weights' accuracy in this mode (None for the
+    """One evaluation mode. ``evaluate``: the final weights' metric in this mode (None for the
     fit's own evaluation, which the run records as it trains). ``attribution``: the name of the
     step from the previous mode of the attribution chain to this one (None: not in the chain;
     the first mode of the chain has ``""``)."""

@@ -83,6 +83,15 @@ def norm_label(norm: Any) -> str:
     return str(norm).replace(":", ".").rsplit(".", 1)[-1]
 
 
+def model_norm_label(norm: Any, head_norm: Any = None) -> str:
+    """A model's norms in labels and tables: the backbone's (:func:`norm_label`), and a
+    segmentation head's after a ``+`` where it names another (``frozen_bn+gn``)."""
+    label = norm_label(norm)
+    if head_norm is None or norm_label(head_norm) == label:
+        return label
+    return f"{label}+{norm_label(head_norm)}"
+
+
 def stable_digest(data: Any, length: int = 16) -> str:
     """Hex digest of ``data`` as sorted-key JSON: equal for equal settings, across runs."""
     blob = json.dumps(data, sort_keys=True, default=str)

@@ -35,8 +35,37 @@ class Status(str, Enum):
 
 STATUSES = tuple(s.value for s in Status)
 DONE_STATUSES = (Status.FINISHED.value, Status.DIVERGED.value)  # runs that have a result
-# the accuracy fields a result may carry (numbers or null)
-ACCURACY_KEYS = ("final_val_acc", "median_last5_val_acc", "best_val_acc")
+# A result's metric (its task's: ``acc`` for classification, ``miou`` for segmentation; results
+# without the field are classification's) names its value fields: see :func:`metric_keys`.
+DEFAULT_METRIC = "acc"
+SUMMARIES = ("final", "median_last5", "best")  # of the fit's evaluations: best_val_<metric>, ...
+
+
+# metric -> (its name in a table's caption, what a plot's error axis shows: 100 · (1 − metric),
+# its short name in column heads and sentences)
+METRIC_LABELS = {
+    "acc": ("Top-1 accuracy", "top-1 error", "accuracy"),
+    "miou": ("mIoU", "1 − mIoU", "mIoU"),
+}
+
+
+def metric_labels(metric: str) -> tuple[str, str, str]:
+    """(how a caption names ``metric``, how a plot names 1 − it, its short name)."""
+    return METRIC_LABELS.get(metric, (metric, f"1 − {metric}", metric))
+
+
+def metric_of(result: dict[str, Any]) -> str:
+    """The metric a result's values are (``acc`` where the file does not say)."""
+    return str(result.get("metric") or DEFAULT_METRIC)
+
+
+def metric_keys(metric: str = DEFAULT_METRIC) -> dict[str, str]:
+    """The result.json keys of ``metric``'s values: ``final``, ``median_last5``, ``best`` (the
+    fit's evaluations: ``best_val_<metric>``, ...), ``history`` (``val_<metric>_history``) and
+    ``eval`` (per evaluation mode: ``eval_<metric>``). For ``acc``, the keys every
+    classification result has had."""
+    keys = {summary: f"{summary}_val_{metric}" for summary in SUMMARIES}
+    return {**keys, "history": f"val_{metric}_history", "eval": f"eval_{metric}"}
 
 
 class InvalidResult(ValueError):
@@ -149,27 +178,37 @@ def validate_result(data: Any) -> dict[str, Any]:
             "'setting' (the run's resolved config, which says which runs a table may average) is "
             "missing or not a mapping: re-run the cell with this version to record it"
         )
-    eval_acc = data.get("eval_acc")
-    if eval_acc is not None and not isinstance(eval_acc, dict):
-        raise InvalidResult(f"'eval_acc' must be a mapping of mode to accuracy, got {eval_acc!r}")
+    metric = data.get("metric", DEFAULT_METRIC)
+    if not isinstance(metric, str) or not metric.isidentifier():
+        raise InvalidResult(f"'metric' must be a metric's name (acc, miou), got {metric!r}")
+    keys = metric_keys(metric)
+    eval_values = data.get(keys["eval"])
+    if eval_values is not None and not isinstance(eval_values, dict):
+        raise InvalidResult(
+            f"{keys['eval']!r} must be a mapping of mode to {metric}, got {eval_values!r}"
+        )
     errors = data.get("eval_errors")
     if errors is not None and not (
         isinstance(errors, dict) and all(isinstance(v, str) for v in errors.values())
     ):
         raise InvalidResult(f"'eval_errors' must map modes to messages, got {errors!r}")
-    numbers = {k: data.get(k) for k in ACCURACY_KEYS}
-    numbers.update({f"eval_acc.{k}": v for k, v in (eval_acc or {}).items()})
-    history = data.get("val_acc_history")
+    numbers = {keys[k]: data.get(keys[k]) for k in SUMMARIES}
+    numbers.update({f"{keys['eval']}.{k}": v for k, v in (eval_values or {}).items()})
+    history = data.get(keys["history"])
     if history is not None and not isinstance(history, list):
-        raise InvalidResult(f"'val_acc_history' must be a list of accuracies, got {history!r}")
-    numbers.update({f"val_acc_history[{i}]": v for i, v in enumerate(history or [])})
+        raise InvalidResult(
+            f"{keys['history']!r} must be a list of {metric} values, got {history!r}"
+        )
+    numbers.update({f"{keys['history']}[{i}]": v for i, v in enumerate(history or [])})
     for key, value in numbers.items():
         if value is None:
             continue
         if not isinstance(value, int | float) or isinstance(value, bool):
             raise InvalidResult(f"{key!r} must be a number or null, got {value!r}")
-        if not 0 <= value <= 1:  # NaN fails this too: an accuracy is a fraction
-            raise InvalidResult(f"{key!r} must be an accuracy in [0, 1] or null, got {value!r}")
+        if not 0 <= value <= 1:  # NaN fails this too: the metrics are fractions
+            raise InvalidResult(
+                f"{key!r} must be a {metric} value in [0, 1] or null, got {value!r}"
+            )
     return data
 
 

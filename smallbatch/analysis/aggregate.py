@@ -19,6 +19,7 @@ from pathlib import Path
 from statistics import fmean, stdev
 from typing import Any
 
+from ..errors import UserError
 from ..eval_modes import DEFAULT_EVAL
 from ..naming import RECIPE_KEY, UNIFORM_RECIPE, cli_value, is_setting_key, stable_digest
 from ..results import (
@@ -28,24 +29,37 @@ from ..results import (
     Status,
     load_result_file,
     machine_kind,
+    metric_keys,
+    metric_of,
     normalization_batch_of,
 )
 from .stats import mean_ci95
 
-METRICS = {
-    "final": ("final_val_acc", "final evaluation"),
-    "median_last5": ("median_last5_val_acc", "median of the last 5 evaluations (GN paper)"),
-    "best": ("best_val_acc", "best evaluation, picked on the evaluation data (optimistic)"),
+METRICS = {  # which of the fit's evaluations a table shows (result.json's <summary>_val_<metric>)
+    "final": "final evaluation",
+    "median_last5": "median of the last 5 evaluations (GN paper)",
+    "best": "best evaluation, picked on the evaluation data (optimistic)",
 }
 DEFAULT_METRIC = "final"
 
 
 def value_of(result: dict[str, Any], metric: str = DEFAULT_METRIC, mode: str = DEFAULT_EVAL):
-    """The accuracy a table shows for one run: ``metric`` of the fit's evaluations (``ema``),
-    or the final weights evaluated in ``mode`` (None where the run has no such evaluation)."""
+    """The value a table shows for one run (of its task's metric: accuracy, mIoU): ``metric``
+    (final, median_last5, best) of the fit's evaluations (``ema``), or the final weights
+    evaluated in ``mode`` (None where the run has no such evaluation)."""
+    keys = metric_keys(metric_of(result))
     if mode == DEFAULT_EVAL:
-        return result.get(METRICS[metric][0])
-    return (result.get("eval_acc") or {}).get(mode)
+        return result.get(keys[metric])
+    return (result.get(keys["eval"]) or {}).get(mode)
+
+
+def measure_of(results: list[dict[str, Any]]) -> str:
+    """The one metric these results measure (``acc``, ``miou``); a table never mixes two."""
+    found = sorted({metric_of(r) for r in results})
+    if len(found) > 1:
+        raise UserError(f"these results measure different metrics ({', '.join(found)}): report "
+                        "each task's runs from its own folder")  # fmt: skip
+    return found[0] if found else "acc"
 
 
 # Keys that define the column (the normalization batch), not the row.
@@ -332,8 +346,10 @@ def aggregate(
             cell.duplicates = s.duplicates
             cell.failed = s.incomplete
             cell.setting = s.setting
-            cell.evaluations = min((len(r.get("val_acc_history") or []) for r in s.results),
-                                   default=0)  # fmt: skip
+            cell.evaluations = min(
+                (len(r.get(metric_keys(metric_of(r))["history"]) or []) for r in s.results),
+                default=0,
+            )
             for r in s.results:
                 cell.batch_sizes.add(r["batch_size"])
                 if r["status"] == Status.DIVERGED or mode in (r.get("eval_errors") or {}):

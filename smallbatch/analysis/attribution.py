@@ -19,7 +19,8 @@ from typing import Any
 
 from ..errors import UserError, did_you_mean
 from ..eval_modes import attribution_chain
-from .aggregate import CellStats, aggregate, batch_free_cell, row_order
+from ..results import metric_labels
+from .aggregate import CellStats, aggregate, batch_free_cell, measure_of, row_order
 from .stats import interval_text, mean_ci95
 
 
@@ -69,8 +70,10 @@ def paired_difference_table(results: list[dict[str, Any]], a: str, b: str) -> st
     first, second = _cells(results, a), _cells(results, b)
     stats = list(first.values())
     batches = sorted({c.normalization_batch for c in stats}, reverse=True)
+    word = metric_labels(measure_of(results))[2]
     lines = [
-        f"Accuracy with `{b}` minus accuracy with `{a}` evaluation (percentage points), paired "
+        f"{word[0].upper()}{word[1:]} with `{b}` minus {word} with `{a}` evaluation (percentage "
+        "points), paired "
         "by seed: mean ± 95% confidence half-width (Student t).",
         "",
         "| norm | " + " | ".join(f"b={n}" for n in batches) + " |",
@@ -151,6 +154,7 @@ def attribution_table(
     :func:`smallbatch.eval_modes.attribution_chain` (estimate, inconsistency) and what remains
     (module docstring)."""
     chain = attribution_chain()
+    word = metric_labels(measure_of(results))[2]
     (first, _), (last, _) = chain[0], chain[-1]
     cells = {mode: _cells(results, mode) for mode, _ in chain}
     stats = list(cells[first].values())
@@ -164,10 +168,10 @@ def attribution_table(
         f"Drop from BN at b = {b_max} (`{first}`) and where it comes from, percentage points "
         f"(mean ± 95% CI over seeds, paired by seed and machine): {', '.join(steps)}, "
         f"remaining = BN(b={b_max}) − {last}; {' + '.join([*names, 'remaining'])} = drop. "
-        f"The accuracy column is over all the row's seeds; the others over the paired seeds "
+        f"The {word} column is over all the row's seeds; the others over the paired seeds "
         "(last column).",
         "",
-        f"| norm | b | {first} accuracy | drop | {' | '.join(names)} | remaining | paired seeds |",
+        f"| norm | b | {first} {word} | drop | {' | '.join(names)} | remaining | paired seeds |",
         "|---|---|---|---|" + "---|" * len(names) + "---|---|",
     ]
     skipped = 0

@@ -22,6 +22,7 @@ from ..models import COMPILE_MODES, compile_backbone, create_model, to_channels_
 from ..norms import NormConfigError, resolve_norm
 from ..norms.registry import factory_defaults
 from ..results import write_json_atomic
+from ..tasks import TASKS, create_task
 
 
 def default_norms() -> list[str]:
@@ -71,18 +72,30 @@ def norm_spec(norm: str) -> Any:
     return norm
 
 
-def build(backbone: str, norm: str, window: int, device: torch.device, channels_last: bool):
+SEGMENTATION_CLASSES = 11  # as FashionScenes: 10 garments and background
+
+
+def build(backbone: str, norm: str, window: int, device: torch.device, channels_last: bool,
+          task: str = "classification"):  # fmt: skip
     """The backbone with ``norm`` in its steady regime; ``window`` goes to norms that take one
-    (CBN's window of iterations)."""
+    (CBN's window of iterations). ``task``: a classifier, or a segmentation model (the
+    backbone as encoder, an FCN head with the same norm)."""
     torch.manual_seed(0)
     factory = resolve_norm(norm_spec(norm))[0]
     extra = {"window": window} if "window" in factory_defaults(factory) else {}
     # time each norm in its steady regime (BRN with live r, d; MABN with its moving averages),
     # not its BN-like warm-up: the contract's steady_state_args
     extra |= getattr(factory, "steady_state_args", {})
-    model = create_model(
-        backbone, norm_spec(norm), num_classes=10, **BACKBONES.get(backbone, {}), **extra
-    )
+    if task == "classification":
+        model = create_model(
+            backbone, norm_spec(norm), num_classes=10, **BACKBONES.get(backbone, {}), **extra
+        )
+    else:
+        model = create_task(task, SEGMENTATION_CLASSES).build_model(
+            backbone=backbone, norm=norm_spec(norm), in_chans=3, backbone_args=None,
+            norm_act="replace", cifar_stem=BACKBONES.get(backbone, {}).get("cifar_stem", False),
+            **extra,
+        )  # fmt: skip
     model = model.to(device)
     if channels_last:
         to_channels_last(model)
@@ -162,23 +175,29 @@ def bench_config(
     bf16: bool = False,
     image_size: int = 32,
     compile_mode: str | None = None,
+    task: str = "classification",
 ) -> list[Measurement]:
     """Interleaved timing of every norm for one (backbone, batch); with ``compile_mode`` also
     each norm's compiled variant (norms with Python-side state are skipped), checked against
     the eager model's first-step gradients."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 3, image_size, image_size, generator=gen).to(device)
-    y = torch.randint(0, 10, (batch,), generator=gen).to(device)
+    if task == "classification":
+        y = torch.randint(0, 10, (batch,), generator=gen).to(device)
+    else:  # a label per pixel
+        shape = (batch, image_size, image_size)
+        y = torch.randint(0, SEGMENTATION_CLASSES, shape, generator=gen).to(device)
     if channels_last:
         x = x.to(memory_format=torch.channels_last)
     runners = {
-        n: Runner(build(backbone, n, window, device, channels_last), x, y, bf16) for n in norms
+        n: Runner(build(backbone, n, window, device, channels_last, task), x, y, bf16)
+        for n in norms
     }
     grad_diff: dict[str, float] = {}
     first_step: dict[str, float] = {}
     if compile_mode:
         for n in list(norms):
-            model = build(backbone, n, window, device, channels_last)
+            model = build(backbone, n, window, device, channels_last, task)
             try:
                 compile_backbone(model, compile_mode)
             except NormConfigError:
@@ -328,6 +347,18 @@ def main(argv: list[str] | None = None) -> int:
         help="also time each norm's torch.compile'd variant (reduce-overhead: CUDA graphs)",
     )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--task",
+        choices=list(TASKS),
+        default="classification",
+        help="time a classifier, or a segmentation model (encoder + FCN head, per-pixel loss)",
+    )
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="input side in pixels (default 32; 96 for segmentation, FashionScenes' canvas)",
+    )
     parser.add_argument("--json", default="bench.json", help="where to write the results")
     args = parser.parse_args(argv)
     if args.threads:
@@ -352,7 +383,9 @@ def main(argv: list[str] | None = None) -> int:
                 args.window,
                 args.channels_last,
                 args.bf16,
+                image_size=args.image_size or (32 if args.task == "classification" else 96),
                 compile_mode=args.compile,
+                task=args.task,
             )
     checks = check_targets(results, gpu=device.type == "cuda")
     print_table(results, checks)

@@ -64,11 +64,14 @@ def _draw_rows(ax: Any, stats: list[CellStats], rows: list[str], colors: dict[st
         ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, color=colors[row], label=row)
 
 
-def plot(stats: list[CellStats], path: Path, title: str, metric: str) -> None:
-    """Top-1 error (%) against the normalization batch, log2 axis, one line per row, 95%
-    confidence bars; a log error axis when the errors span more than 4× (a collapse beside
-    rows a point apart). Rows that use batch statistics and batch-free rows (one value at
-    every b) are drawn in two panels side by side, on one error axis, when both are there."""
+def plot(
+    stats: list[CellStats], path: Path, title: str, metric: str, error_label: str = "top-1 error"
+) -> None:
+    """The error, 100 · (1 − the task's metric) (``error_label``: top-1 error, 1 − mIoU),
+    against the normalization batch, log2 axis, one line per row, 95% confidence bars; a log
+    error axis when the errors span more than 4× (a collapse beside rows a point apart). Rows
+    that use batch statistics and batch-free rows (one value at every b) are drawn in two
+    panels side by side, on one error axis, when both are there."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -120,7 +123,7 @@ def plot(stats: list[CellStats], path: Path, title: str, metric: str) -> None:
         ax.yaxis.set_minor_locator(NullLocator())
         ax.set_yticks(ticks, [f"{t:g}" for t in ticks])
         ax.set_ylim(lo, hi)
-    ax.set_ylabel(f"top-1 error (%), {metric}" + ("; bars: 95% CI" if bars else ", one seed"))
+    ax.set_ylabel(f"{error_label} (%), {metric}" + ("; bars: 95% CI" if bars else ", one seed"))
     if wide:
         fig.suptitle(title)
     else:

@@ -8,7 +8,8 @@ from typing import Any
 
 from ..eval_modes import DEFAULT_EVAL, EVAL_MODES
 from ..naming import cli_value
-from ..results import UNRECORDED_MACHINE
+from ..results import DEFAULT_METRIC as DEFAULT_MEASURE
+from ..results import UNRECORDED_MACHINE, metric_keys, metric_labels
 from .aggregate import (
     METRICS,
     CellStats,
@@ -37,14 +38,22 @@ def _seed_count(cells: list[CellStats]) -> str:
 
 
 def caption(
-    stats: list[CellStats], metric: str, invalid: list[tuple[str, str]], mode: str = DEFAULT_EVAL
+    stats: list[CellStats],
+    metric: str,
+    invalid: list[tuple[str, str]],
+    mode: str = DEFAULT_EVAL,
+    measure: str = DEFAULT_MEASURE,
 ) -> str:
-    key, description = METRICS[metric]
+    """The table's caption: what each number is (``measure``'s ``metric`` summary, or the final
+    weights in ``mode``), how seeds are averaged, and what was left out."""
+    keys, description = metric_keys(measure), METRICS[metric]
+    key = keys[metric]
     if mode != DEFAULT_EVAL:
         description = f"final weights evaluated with {EVAL_MODES[mode].description}"
-        key = f"eval_acc.{mode}"
+        key = f"{keys['eval']}.{mode}"
     text = (
-        f"Top-1 accuracy (%), {description} (`{key}`), mean ± 95% confidence half-width over "
+        f"{metric_labels(measure)[0]} (%), {description} (`{key}`), mean ± 95% confidence "
+        "half-width over "
         "seeds (Student t, exact quantile; no interval from one seed); the last column counts "
         "the seeds per row. Columns are the normalization batch b (samples per normalization "
         "group)."
@@ -129,6 +138,7 @@ def markdown_table(
     invalid: list[tuple[str, str]] | None = None,
     mode: str = DEFAULT_EVAL,
     incomplete: list[str] | None = None,
+    measure: str = DEFAULT_MEASURE,
 ) -> str:
     """Rows: norm settings; columns: normalization batch (largest first); then seed counts;
     ``incomplete``: the lines of :func:`incomplete_lines` (runs left out)."""
@@ -136,7 +146,8 @@ def markdown_table(
     by_key = {(s.row, s.normalization_batch): s for s in stats}
     batches = sorted({s.normalization_batch for s in stats}, reverse=True)
     head = "| norm | " + " | ".join(f"b={b}" for b in batches) + " | seeds |"
-    lines = [caption(stats, metric, invalid, mode), "", head, "|" + "---|" * (len(batches) + 2)]
+    rule = "|" + "---|" * (len(batches) + 2)
+    lines = [caption(stats, metric, invalid, mode, measure), "", head, rule]
     mixed = rows_on_mixed_machines(stats)
     mark_single = any(len(s.values) > 1 for s in stats)  # then a value from one seed says so
     for row in row_order(stats):

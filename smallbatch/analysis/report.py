@@ -17,13 +17,14 @@ from pathlib import Path
 
 from ..errors import UserError, did_you_mean
 from ..eval_modes import DEFAULT_EVAL, EVAL_MODES
-from ..results import machine_kind, write_atomic
+from ..results import machine_kind, metric_labels, write_atomic
 from .aggregate import (
     DEFAULT_METRIC,
     METRICS,
     aggregate,
     incomplete_lines,
     load_results,
+    measure_of,
 )
 from .attribution import attribution_table, paired_difference_table, row_difference_table
 from .outputs import log_to_wandb, plot, write_csv
@@ -112,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     if sum(m in EVAL_MODES for m in diff_modes) == 1:
         parser.error(f"--diff: give two evaluation modes ({', '.join(EVAL_MODES)}) or two rows, "
                      f"not one of each: {args.diff}")  # fmt: skip
+    try:
+        measure = measure_of(loaded.results)
+    except UserError as exc:
+        parser.error(str(exc))
     stats = aggregate(loaded.results, args.metric, args.mode)
     extra = []
     if args.diff and all(m in EVAL_MODES for m in diff_modes):
@@ -143,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             + ", ".join(f"`{name}`" for name in loaded.outside[:12])
             + (", ..." if len(loaded.outside) > 12 else "")
         ]
-    table = markdown_table(stats, args.metric, loaded.invalid, args.mode, incomplete)
+    table = markdown_table(stats, args.metric, loaded.invalid, args.mode, incomplete, measure)
     if times := timing_line(loaded.results):
         table += f"\n{times}\n"
     suffix = "".join(
@@ -156,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     write_csv(stats, csv_path, args.metric)
     png = out / f"error_vs_batch{suffix}.png"
     label = args.metric if args.mode == DEFAULT_EVAL else f"{args.mode} evaluation"
-    plot(stats, png, f"{name}: error vs normalization batch", label)
+    plot(stats, png, f"{name}: error vs normalization batch", label, metric_labels(measure)[1])
     print(table)
     for text in extra:
         print(text)

@@ -3,7 +3,7 @@ unless ``model.norm_batch`` splits it into ghost batches)."""
 
 from .augment import CropFlipNormalize, crop_flip, image_tensor_dataset
 from .base import DatasetNotFoundError, SmallBatchDataModule, data_search_dirs, fixed_subset
-from .datasets import CIFAR10, CIFAR100, FashionMNIST, ImageFolder
+from .datasets import CIFAR10, CIFAR100, FashionMNIST, FashionScenes, ImageFolder
 
 __all__ = [
     "CIFAR10",
@@ -11,6 +11,7 @@ __all__ = [
     "CropFlipNormalize",
     "DatasetNotFoundError",
     "FashionMNIST",
+    "FashionScenes",
     "ImageFolder",
     "SmallBatchDataModule",
     "crop_flip",

@@ -34,17 +34,39 @@ class CropFlipNormalize:
                 f"expected a uint8 batch (N, C, H, W), got {images.dtype} {tuple(images.shape)}"
             )
         x = self.crop_flip(images) if train else images
+        return self.normalize(x)
+
+    def normalize(self, x: Tensor) -> Tensor:
+        """uint8 → float: x/255, then (x − mean)/std per channel."""
         mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
         return (x.float().div_(255) - mean).div_(std)
 
-    def crop_flip(self, images: Tensor) -> Tensor:
-        """Per image: a random crop of the zero-padded image, flipped with probability 1/2."""
+    def draw(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """One image's random (top, left, flip) each: crop offsets in the zero-padded image
+        and a flip with probability 1/2."""
         n, dev, span = images.shape[0], images.device, 2 * self.padding + 1
         top = torch.randint(0, images.shape[2] + span - self.size, (n,), device=dev)
         left = torch.randint(0, images.shape[3] + span - self.size, (n,), device=dev)
         flip = torch.rand(n, device=dev) < 0.5
-        return crop_flip(images, self.padding, self.size, top, left, flip)
+        return top, left, flip
+
+    def crop_flip(self, images: Tensor) -> Tensor:
+        """Per image: a random crop of the zero-padded image, flipped with probability 1/2."""
+        return crop_flip(images, self.padding, self.size, *self.draw(images))
+
+    def pair(self, images: Tensor, masks: Tensor, train: bool) -> tuple[Tensor, Tensor]:
+        """A uint8 image batch (N, C, H, W) and its label maps (N, H, W): in training both
+        cropped and flipped with the same draws (padding labelled 0, as the padded pixels are
+        0); then the images normalized and the labels as int64."""
+        if masks.shape[:1] + masks.shape[-2:] != images.shape[:1] + images.shape[-2:]:
+            raise ValueError(f"images {tuple(images.shape)} and label maps "
+                             f"{tuple(masks.shape)} differ in size")  # fmt: skip
+        if train:
+            top, left, flip = self.draw(images)
+            images = crop_flip(images, self.padding, self.size, top, left, flip)
+            masks = crop_flip(masks.unsqueeze(1), self.padding, self.size, top, left, flip)[:, 0]
+        return self.normalize(images), masks.long()
 
 
 def crop_flip(

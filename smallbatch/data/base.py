@@ -165,15 +165,21 @@ class SmallBatchDataModule(pl.LightningDataModule):
     float inputs (augmentation in training, normalization always); None when the datasets'
     own transforms produce the inputs."""
 
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+    def prepare_batch(self, inputs: Tensor, targets: Tensor, training: bool) -> tuple[Tensor, Tensor]:
+        """(inputs, targets) as the model sees them, on their device: :attr:`batch_transform`
+        applied to a uint8 image batch (the targets as they are). A data module whose
+        augmentation moves the target too (segmentation masks) overrides this, transforming
+        both with the same draws."""
         transform = self.batch_transform
-        if transform is None or not isinstance(batch, list | tuple):
-            return batch
-        images, *rest = batch
-        if not isinstance(images, Tensor) or images.dtype != torch.uint8:
+        if transform is None or not isinstance(inputs, Tensor) or inputs.dtype != torch.uint8:
+            return inputs, targets
+        return transform(inputs, training), targets
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if not isinstance(batch, list | tuple) or len(batch) != 2:
             return batch
         training = self.trainer is not None and self.trainer.training
-        return [transform(images, training), *rest]
+        return list(self.prepare_batch(batch[0], batch[1], training))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, self.batch_size, True)

@@ -16,8 +16,15 @@ from torchvision import datasets
 from torchvision import transforms as T
 from torchvision.io import ImageReadMode, decode_image
 
+from ..errors import UserError
+
 from .augment import CropFlipNormalize, image_tensor_dataset
 from .base import DatasetNotFoundError, SmallBatchDataModule, data_search_dirs, not_found
+from .scenes import SceneSetting, load_or_make_scenes
+
+class SceneSettingError(UserError, ValueError):
+    """FashionScenes arguments that cannot make scenes (the message says which)."""
+
 
 FASHION_FILES = (
     "train-images-idx3-ubyte",
@@ -300,3 +307,75 @@ class ImageFolder(SmallBatchDataModule):
             datasets.ImageFolder(root / "train", transform=T.Compose(train_tf)),
             datasets.ImageFolder(val_dir, transform=T.Compose(val_tf)),
         )
+
+
+class FashionScenes(FashionMNIST):
+    """Semantic segmentation of Fashion-MNIST scenes (:mod:`smallbatch.data.scenes`): several
+    garments on a ``canvas``×``canvas`` image, a label per pixel (0 background, 1–10 the
+    garment classes), training scenes from the training split and evaluation scenes from the
+    test split, made once per setting and cached under ``data_dir/FashionScenes``. Training
+    crops (``crop_padding``) and flips an image and its label map with the same draws.
+
+    Args (beside the base's): ``canvas``, ``garments`` ([lo, hi] per scene), ``scale``
+    ([lo, hi], garment size 28·s px), ``train_scenes``, ``test_scenes``, ``scene_seed``,
+    ``crop_padding``."""
+
+    num_classes = 11
+    in_chans = 1
+
+    def __init__(
+        self,
+        *args,
+        canvas: int = 96,
+        garments: tuple[int, int] = (2, 4),
+        scale: tuple[float, float] = (1.0, 2.0),
+        train_scenes: int = 4000,
+        test_scenes: int = 1000,
+        scene_seed: int = 0,
+        crop_padding: int = 8,
+        **kwargs,
+    ) -> None:
+        self.setting = SceneSetting(canvas, tuple(garments), tuple(scale),
+                                    train_scenes=train_scenes, test_scenes=test_scenes,
+                                    seed=scene_seed)  # fmt: skip
+        try:
+            self.setting.check()
+        except ValueError as exc:
+            raise SceneSettingError(f"FashionScenes: {exc}") from exc
+        self.image_size, self.crop_padding = canvas, crop_padding
+        super().__init__(*args, **kwargs)
+        self._scenes: dict | None = None
+
+    def scenes(self) -> dict:
+        """The cached scene set (made on first use)."""
+        if self._scenes is None:
+            self.prepare_data()
+
+            def garments():
+                def split(train: bool):
+                    ds = datasets.FashionMNIST(self.data_dir, train=train)
+                    return torch.as_tensor(ds.data), torch.as_tensor(ds.targets)
+
+                return split(True), split(False)
+
+            folder = Path(self.data_dir) / "FashionScenes"
+            self._scenes = load_or_make_scenes(folder, self.setting, garments)
+        return self._scenes
+
+    @functools.cached_property
+    def batch_transform(self) -> CropFlipNormalize:
+        images = self.scenes()["train_images"].float() / 255
+        mean, std = float(images.mean()), float(images.std())  # of the training scenes
+        return CropFlipNormalize(self.image_size, self.crop_padding, (mean,), (std,))
+
+    def prepare_batch(self, inputs, targets, training):
+        return self.batch_transform.pair(inputs, targets, training)
+
+    def build_datasets(self):
+        s = self.scenes()
+        return (TensorDataset(s["train_images"], s["train_maps"]),
+                TensorDataset(s["test_images"], s["test_maps"]))  # fmt: skip
+
+    def build_train_for_eval(self):
+        s = self.scenes()
+        return TensorDataset(s["train_images"], s["train_maps"])

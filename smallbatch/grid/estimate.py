@@ -119,10 +119,10 @@ def _time_steps(
     import threading
 
     import torch
-    import torch.nn.functional as F
 
     x, y = (t.to(device) for t in next(iter(loader)))
-    transform = getattr(dm, "batch_transform", None)
+    prepare = getattr(dm, "prepare_batch", lambda inputs, targets, _training: (inputs, targets))
+    train_x, train_y = prepare(x, y, True)  # as a training step sees them
     model = module.model.to(device).train()
     for layer in model.modules():  # as the fit does at its start (BRN's ramp, CBN's burn-in)
         if callable(getattr(layer, "set_total_steps", None)):
@@ -135,9 +135,8 @@ def _time_steps(
         opt = torch.optim.SGD(net.parameters(), lr=1e-6, momentum=0.9)
 
         def step() -> None:
-            batch = transform(x, True) if transform is not None else x
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                loss = F.cross_entropy(net(batch), y)
+                loss = module.task.loss(net(train_x), train_y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -156,7 +155,7 @@ def _time_steps(
         thread.join()
     model.eval()
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        inputs = transform(x, False) if transform is not None else x
+        inputs = prepare(x, y, False)[0]
         model(inputs)  # warms up: a compiled model compiles its eval graph on the first call
         image_s = seconds_per_call(lambda: model(inputs), 1, device) / len(x)
     return sorted(times)[len(times) // 2], image_s

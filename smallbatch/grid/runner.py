@@ -11,7 +11,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ..results import write_atomic
+from ..results import metric_keys, metric_of, write_atomic
 from .local import LocalExecutor
 from .spec import GridSpec
 from .store import RUNNABLE, CellState, CellStatus, ResultsStore, checkpoint_mtime
@@ -64,8 +64,9 @@ class GridProgress:
             result = state.result or {}
             detail = ""
             if kind == "finish":
-                acc = result.get("best_val_acc")
-                acc_text = f" best_val_acc={acc:.4f}" if isinstance(acc, float) else ""
+                best = metric_keys(metric_of(result))["best"]
+                acc = result.get(best)
+                acc_text = f" {best}={acc:.4f}" if isinstance(acc, float) else ""
                 detail = f" -> {result.get('status', state.status)}{acc_text}"
             c = self._counts()
             print(

@@ -47,6 +47,7 @@ from ..naming import (
     RECIPE_KEY,
     UNIFORM_RECIPE,
     cli_value,
+    model_norm_label,
     name_problem,
     norm_label,
     run_label,
@@ -109,7 +110,8 @@ class Cell:
     @property
     def label(self) -> str:
         """``<norm>-nb<b>[-pb<per-device>]-s<seed>`` (:func:`smallbatch.naming.run_label`)."""
-        norm = self.overrides.get("model.norm", "norm")
+        norm = model_norm_label(self.overrides.get("model.norm", "norm"),
+                                self.overrides.get("model.head_norm"))  # fmt: skip
         batch = self.overrides.get("data.batch_size", "x")
         norm_batch = self.overrides.get("model.norm_batch")
         return run_label(norm, batch, norm_batch, self.overrides.get("seed_everything"))
@@ -195,15 +197,16 @@ class GridSpec:
             if self.fixed_total_batch and NORM_BATCH in cell:
                 b = cell[NORM_BATCH]
                 cell["data.batch_size"] = self.fixed_total_batch
-                norm = (cell.get("model.norm"), cell.get("model.norm_args"))
-                key = json.dumps(norm, sort_keys=True, default=str)
+                norms = cell_norms(cell)
+                key = json.dumps(norms, sort_keys=True, default=str)
                 if key not in probed:
-                    probed[key] = norm_takes_ghost_batches(*norm)
+                    probed[key] = model_takes_ghost_batches(norms)
                 if probed[key] is None and b != self.fixed_total_batch:
                     raise spec_error(
                         self.source or Path("grid"),
                         "model.norm",
-                        f"{norm_label(norm[0])!r} keeps batch statistics but does not take ghost "
+                        f"{' / '.join(norm_label(n) for n, _ in norms)!r} keeps batch statistics "
+                        "but does not take ghost "
                         "batches, "
                         f"so its cells at b = {b} < fixed_total_batch {self.fixed_total_batch} "
                         "cannot be formed; give the layer supports_ghost_batch "
@@ -244,6 +247,26 @@ class GridSpec:
 
     def command_line(self, cell: Cell, python: str | None = None) -> str:
         return shlex.join(self.command(cell, python))
+
+
+def cell_norms(cell: dict[str, Any]) -> list[tuple[Any, Any]]:
+    """The (norm, norm_args) pairs a cell's model is built with: the backbone's, and a
+    segmentation head's own (``model.head_norm``) where the grid names one."""
+    norms = [(cell.get("model.norm"), cell.get("model.norm_args"))]
+    head = cell.get("model.head_norm")
+    if head is not None:
+        norms.append((head, cell.get("model.norm_args")))
+    return norms
+
+
+def model_takes_ghost_batches(norms: list[tuple[Any, Any]]) -> bool | None:
+    """:func:`norm_takes_ghost_batches` over a model's norms: None when one keeps batch
+    statistics without ghost batches, True when one takes them, False when all are batch-free
+    or synchronized (a frozen backbone with a GN head)."""
+    found = [norm_takes_ghost_batches(norm, args) for norm, args in norms]
+    if None in found:
+        return None
+    return any(found)
 
 
 def norm_takes_ghost_batches(norm: Any, norm_args: dict[str, Any] | None = None) -> bool | None:

@@ -8,6 +8,7 @@ from .bn import BatchNorm2d, SyncBatchNorm
 from .brn import BatchRenorm2d, RenormRamp
 from .cbn import CrossIterationBatchNorm2d
 from .evonorm_b0 import EvoNormB0
+from .frozen_bn import FrozenBatchNorm2d
 from .functional import batch_stat_norm, moments
 from .gn import GroupNorm2d, InstanceNorm2d, LayerNorm2d
 from .gn_ws import GroupNormWS, StandardizedWeight
@@ -59,6 +60,7 @@ _BUILTINS = {
     "in": (InstanceNorm2d, "InstanceNorm: one channel per group"),
     "evonorm_s0": (evonorm_s0, "timm EvoNorm-S0: batch-free, sample-wise, built-in activation"),
     "frn": (frn, "timm Filter Response Norm + TLU: batch-free, per-channel"),
+    "frozen_bn": (FrozenBatchNorm2d, "Frozen BN: a trained BN's statistics and affine, fixed"),
 }
 for _name, (_factory, _description) in _BUILTINS.items():
     register_norm(_name, _factory, description=_description, source="built-in")
@@ -68,6 +70,7 @@ __all__ = [
     "MILESTONE_UNITS",
     "BatchNorm2d",
     "BatchRenorm2d",
+    "FrozenBatchNorm2d",
     "BatchStatsError",
     "CrossIterationBatchNorm2d",
     "EvoNormB0",

@@ -33,6 +33,10 @@ class NormLayer:
             ``apply_act=False`` where no activation follows, so its factory takes ``apply_act``.
         zero_init_before_add: the non-activation form on a residual block's main branch starts
             with γ = 0 (EvoNorm's reference ResNet: ``init_zero=True``).
+
+    Optional, not defaulted here: ``batch_free`` (True: the layer's ``running_*`` buffers are
+    fixed, nothing comes from the batch, as in FrozenBN; unset, a layer with running
+    statistics is probed by behaviour, :func:`smallbatch.norms.walk.depends_on_batch`).
     """
 
     supports_ghost_batch: bool = False

@@ -4,8 +4,10 @@ device under DDP, the layers' diagnostics and which layers cannot be compiled.""
 
 from __future__ import annotations
 
+import copy
 from statistics import fmean
 
+import torch
 from torch import Tensor, nn
 
 from .registry import NormConfigError
@@ -20,11 +22,46 @@ def has_running_stats(m: nn.Module) -> bool:
 
 def is_batch_statistics_layer(m: nn.Module) -> bool:
     """A layer that normalizes with statistics over the batch in training, the suite's one test
-    of it: it takes ghost batches, or keeps a running mean or a running variance (EvoNorm-B0
-    keeps only the latter). ``set_norm_batch`` must split or refuse such a layer."""
-    return bool(getattr(m, "supports_ghost_batch", False)) or any(
+    of it: it takes ghost batches; or it declares ``batch_free`` (the contract's answer: True
+    for a frozen BN); or it keeps a running mean or variance (EvoNorm-B0 keeps only the latter)
+    and its training output for a sample moves with the rest of the batch
+    (:func:`depends_on_batch`: torchvision's ``FrozenBatchNorm2d`` keeps both buffers and does
+    not). ``set_norm_batch`` must split or refuse such a layer."""
+    if getattr(m, "supports_ghost_batch", False):
+        return True
+    declared = getattr(m, "batch_free", None)
+    if isinstance(declared, bool):
+        return not declared
+    if not any(
         isinstance(getattr(m, key, None), Tensor) for key in ("running_mean", "running_var")
-    )
+    ):
+        return False
+    return depends_on_batch(m)
+
+
+_PROBED = "_smallbatch_depends_on_batch"  # a layer's probed answer, kept on the instance
+
+
+def depends_on_batch(m: nn.Module) -> bool:
+    """Whether a copy of layer ``m`` in training mode gives sample 0 a different output alone
+    than beside three other samples (4 × C × 3 × 3 random inputs, C from its running
+    statistics); a layer the probe cannot run counts as batch-dependent. Probed once per
+    layer; ``m`` itself is not run."""
+    cached = getattr(m, _PROBED, None)
+    if isinstance(cached, bool):
+        return cached
+    stats = next(getattr(m, k) for k in ("running_mean", "running_var")
+                 if isinstance(getattr(m, k, None), Tensor))  # fmt: skip
+    try:
+        layer = copy.deepcopy(m).train()
+        x = torch.randn(4, stats.numel(), 3, 3, generator=torch.Generator().manual_seed(0))
+        x = x.to(stats.device)
+        with torch.no_grad():
+            depends = not torch.allclose(layer(x)[:1], layer(x[:1]), atol=1e-5, rtol=1e-4)
+    except Exception:  # noqa: BLE001 - an unprobeable layer: assume it uses the batch
+        depends = True
+    object.__setattr__(m, _PROBED, depends)
+    return depends
 
 
 def uses_batch_statistics(model: nn.Module) -> bool:

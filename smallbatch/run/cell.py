@@ -34,6 +34,7 @@ from ..naming import (
     cli_value,
     is_location_key,
     is_setting_key,
+    model_norm_label,
     name_problem,
     normalization_batch,
     run_label,
@@ -42,6 +43,7 @@ from ..naming import (
 from ..norms import probe_norm
 from ..results import (
     BASE_STAMP,
+    DEFAULT_METRIC,
     GRID_BASE_ENV,
     NORMALIZATION_BATCH,
     base_config_record,
@@ -70,8 +72,16 @@ def run_name(cfg: Namespace) -> str:
     with ghost batches, ``brn-nb2-pb8-s0``."""
     if cfg.get("name"):
         return str(cfg.name)
-    norm = norm_display_name(cfg.model.norm)  # checks that it resolves
+    norm = model_norm_name(cfg.model)  # checks that the norms resolve
     return run_label(norm, data_args(cfg).batch_size, cfg.model.norm_batch, cfg.seed_everything)
+
+
+def model_norm_name(model: Any) -> str:
+    """The model's norms as runs and tables name them: the backbone's, and a segmentation
+    head's after a ``+`` where it differs (:func:`smallbatch.naming.model_norm_label`)."""
+    head = model.get("head_norm")
+    norm = norm_display_name(model.norm)
+    return model_norm_label(norm, norm_display_name(head) if head is not None else None)
 
 
 def cell_identity(cfg: Namespace, name: str) -> dict[str, Any]:
@@ -81,7 +91,7 @@ def cell_identity(cfg: Namespace, name: str) -> dict[str, Any]:
     data = data_args(cfg)
     return {
         "name": name,
-        "norm": norm_display_name(cfg.model.norm),
+        "norm": model_norm_name(cfg.model),
         "norm_args": _jsonable(cfg.model.norm_args or {}),
         "batch_size": data.batch_size,
         NORMALIZATION_BATCH: normalization_batch(cfg.model.norm_batch, data.batch_size),
@@ -172,7 +182,7 @@ def ignore_norm_batch_of_batch_free_norms(cfg: Namespace) -> None:
     nothing it computes: said once, then dropped from the config and the run's name."""
     if cfg.model.norm_batch is None:
         return
-    if probe_norm(cfg.model.norm, **(cfg.model.norm_args or {})).batch_free:
+    if model_norms_batch_free(cfg.model):
         label = norm_display_name(cfg.model.norm)
         if os.environ.get("LOCAL_RANK", "0") == "0":
             print(
@@ -182,6 +192,14 @@ def ignore_norm_batch_of_batch_free_norms(cfg: Namespace) -> None:
                 file=sys.stderr,
             )
         cfg.model.norm_batch = None
+
+
+def model_norms_batch_free(model: Any) -> bool:
+    """Whether every norm the model config names is batch-free: ``norm`` and, for a
+    segmentation model, ``head_norm`` (a frozen backbone under a BN head is not)."""
+    norms = [model.get("norm"), model.get("head_norm")]
+    args = model.get("norm_args") or {}
+    return all(probe_norm(n, **args).batch_free for n in norms if n is not None)
 
 
 class LoggedSaveConfigCallback(SaveConfigCallback):
@@ -266,7 +284,7 @@ class SmallBatchCLI(LightningCLI):
         if (
             asked.get("norm_batch") is not None
             and stored.get("norm_batch") is None
-            and probe_norm(asked.get("norm"), **(asked.get("norm_args") or {})).batch_free
+            and model_norms_batch_free(asked)
         ):
             asked["norm_batch"] = None
         differences = checkpoint_differences(asked, stored)
@@ -366,13 +384,14 @@ class SmallBatchCLI(LightningCLI):
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]):
         run_dir = Path(config["default_root_dir"])
+        task = getattr(getattr(self, "model", None), "task", None)  # the best checkpoint's metric
         given = list(config.get("callbacks") or []) + list(callbacks)
         if not any(isinstance(c, ModelCheckpoint) for c in given):
             callbacks.append(
                 ModelCheckpoint(
                     dirpath=run_dir / "checkpoints",
                     filename="best-{epoch}-{step}",
-                    monitor="val/acc",
+                    monitor=f"val/{getattr(task, 'metric', DEFAULT_METRIC)}",
                     mode="max",
                 )
             )

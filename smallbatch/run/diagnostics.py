@@ -88,9 +88,3 @@ class BatchStatGap:
         for h in self.handles:
             h.remove()
         self.handles = []
-
-
-def nonfinite_rows(logits: Tensor) -> Tensor:
-    """How many samples' logits hold a NaN or Inf (a device scalar; argmax would count such a
-    sample as class 0): the check of every evaluation, the fit's and the final ones."""
-    return (~torch.isfinite(logits)).flatten(1).any(dim=1).sum()

@@ -1,9 +1,10 @@
 """After a fit: the final model evaluated with population statistics (each estimator) and with
 batch statistics at the cell's normalization batch (:mod:`smallbatch.run.population`), for
-``result.json``'s ``eval_acc`` and ``end_diagnostics``."""
+``result.json``'s ``eval_<metric>`` and ``end_diagnostics``."""
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,9 +19,8 @@ from torch.utils.data import DataLoader
 
 from ..eval_modes import DEFAULT_EVAL, EVAL_MODES, computed_modes
 from ..naming import normalization_batch
+from ..tasks import NonFiniteOutputs
 from .population import (
-    NonFiniteLogits,
-    accuracy,
     population_statistics,
     stat_layers,
     using_batch_statistics,
@@ -44,22 +44,23 @@ class _FinalWeights:
     forward: Callable[[Tensor], Tensor]
     val: Callable[[int | None], Iterator[tuple[Tensor, Tensor]]]
     normalization_batch: int
+    score: Callable[[Callable[[Tensor], Tensor], Iterator[tuple[Tensor, Tensor]]], float]
 
     def with_statistics(self, estimator: str) -> float:
         with using_statistics(self.backbone, self.statistics, estimator):
-            return accuracy(self.forward, self.val(None))
+            return self.score(self.forward, self.val(None))
 
     def with_batch_statistics(self, group: int | None = None) -> float:
         with using_batch_statistics(self.backbone):  # each test group its own statistics
-            return accuracy(self.forward, self.val(group or self.normalization_batch))
+            return self.score(self.forward, self.val(group or self.normalization_batch))
 
 
 class FinalEvaluation(Callback):
     """Evaluates the final weights in every mode of :data:`smallbatch.eval_modes.EVAL_MODES`
-    when a fit finishes (not when it diverged or was stopped) and leaves the accuracies in
-    ``pl_module.eval_acc``; ``ema`` (the default mode) is the fit's last evaluation. The
-    statistics are recomputed from ``pl_module.hparams.precise_images`` training images (0: no final
-    evaluation). Runs on the device the model is on, under the trainer's precision,
+    when a fit finishes (not when it diverged or was stopped) and leaves the task's metric per
+    mode in ``pl_module.eval_values``; ``ema`` (the default mode) is the fit's last evaluation.
+    The statistics are recomputed from ``pl_module.hparams.precise_images`` training images (0:
+    no final evaluation). Runs on the device the model is on, under the trainer's precision,
     single-device (each rank its own data under DDP; rank 0 writes the result)."""
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -78,23 +79,24 @@ class FinalEvaluation(Callback):
         stats, gaps = population_statistics(backbone, self._inputs(dm, device), images, forward)
         pl_module.end_diagnostics = {f"end/{k}": v for k, v in gaps.items()}
         if not stat_layers(backbone):  # batch-free: every mode is the same computation
-            pl_module.eval_acc = {mode: history[-1] for mode in EVAL_MODES}
+            pl_module.eval_values = {mode: history[-1] for mode in EVAL_MODES}
             return
         b = normalization_batch(pl_module.hparams.norm_batch, int(dm.batch_size))
-        final = _FinalWeights(backbone, stats, forward, lambda n: self._val(dm, n, device), b)
+        val = functools.partial(self._val, dm, device=device)
+        final = _FinalWeights(backbone, stats, forward, val, b, pl_module.task.score)
         errors: dict[str, str] = {}
         try:
             backbone.eval()
             for mode, evaluate in computed_modes().items():
                 try:
                     acc[mode] = evaluate(final)
-                except NonFiniteLogits as exc:  # no accuracy in this mode; the others stand
+                except NonFiniteOutputs as exc:  # no accuracy in this mode; the others stand
                     acc[mode] = None
                     errors[mode] = f"final evaluation, mode {mode}: {exc}"
                     rank_zero_info(f"warning: {errors[mode]}: recorded without an accuracy")
         finally:
             backbone.train(was_training)
-        pl_module.eval_acc = acc
+        pl_module.eval_values = acc
         pl_module.eval_errors = errors
         pl_module.end_diagnostics["end/eval_s"] = round(time.time() - start, 3)
         rank_zero_info(
@@ -123,8 +125,8 @@ class FinalEvaluation(Callback):
         """Training inputs as training sees them (augmented), in per-device batches."""
         loader = DataLoader(dm.train_set, batch_size=int(dm.batch_size), shuffle=True,
                             drop_last=True, num_workers=0)  # fmt: skip
-        for x, _ in loader:
-            yield self._prepare(dm, x.to(device), training=True)
+        for x, y in loader:
+            yield self._prepare(dm, x.to(device), y.to(device), training=True)[0]
 
     def _val(self, dm: Any, batch: int | None, device: torch.device):
         """The evaluation set as evaluation sees it, in batches of ``batch`` (None: the data
@@ -137,11 +139,11 @@ class FinalEvaluation(Callback):
             order = torch.Generator().manual_seed(0)
             loader = DataLoader(dm.val_set, batch_size=batch, shuffle=True, generator=order)
         for x, y in loader:
-            yield self._prepare(dm, x.to(device), training=False), y.to(device)
+            yield self._prepare(dm, x.to(device), y.to(device), training=False)
 
     @staticmethod
-    def _prepare(dm: Any, images: Tensor, training: bool) -> Tensor:
-        transform = getattr(dm, "batch_transform", None)
-        if transform is not None and images.dtype == torch.uint8:
-            return transform(images, training)
-        return images
+    def _prepare(dm: Any, inputs: Tensor, targets: Tensor, training: bool) -> tuple[Tensor, Tensor]:
+        """The data module's :meth:`~smallbatch.data.SmallBatchDataModule.prepare_batch` (a
+        plain LightningDataModule's batches as they come)."""
+        prepare = getattr(dm, "prepare_batch", None)
+        return prepare(inputs, targets, training) if callable(prepare) else (inputs, targets)

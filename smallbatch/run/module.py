@@ -10,18 +10,17 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from timm.optim import param_groups_weight_decay
-from torch import Tensor
-from torchmetrics.classification import MulticlassAccuracy
+from torch import Tensor, nn
 
 from ..eval_modes import DEFAULT_EVAL
-from ..models import compile_backbone, create_model, to_channels_last
+from ..models import compile_backbone, to_channels_last
 from ..naming import norm_label
 from ..norms import local_buffer_names, resolve_norm, set_norm_batch, uses_batch_statistics
-from .diagnostics import BatchStatGap, layer_diagnostics, nonfinite_rows
+from ..tasks import create_task, nonfinite_rows
+from .diagnostics import BatchStatGap, layer_diagnostics
 
 SCHEDULES = ("cosine", "step", "constant")
 
@@ -62,9 +61,22 @@ def set_rng_states(states: dict[str, Any]) -> None:
 
 
 class SmallBatchModule(pl.LightningModule):
-    """Image classifier for the small-batch benchmark.
+    """A network of the small-batch benchmark for one task (:mod:`smallbatch.tasks`), trained
+    with SGD and the linear LR scaling rule.
 
     Args:
+        task: ``classification`` (default) or ``segmentation``: the head, loss and metric
+            (:data:`smallbatch.tasks.TASKS`).
+        task_args: the task's other arguments (segmentation: ``head_channels``; see
+            :class:`smallbatch.tasks.SegmentationTask`).
+        head_norm: segmentation: the head's norm (default: ``norm``), chosen apart from the
+            backbone's as detectron2 and mmdet configure them.
+        backbone_weights: segmentation: a smallbatch classification checkpoint of the same
+            backbone that the encoder starts from (its BN buffers load into ``frozen_bn``);
+            ``{norm}`` in the path stands for the backbone norm's name (``bn``, ``gn``), so one
+            grid row can name each norm's pretrained weights.
+        freeze_at: segmentation: no gradient for the stem and the first stages
+            (detectron2's ``FREEZE_AT``: 2 = stem and ``layer1``); 0: none.
         backbone: see :func:`smallbatch.models.build_backbone` (``resnet8``, ``resnet20``,
             ``resnet18``, ``timm/<name>``, ...).
         norm: registered name, dotted class path, or ``{class_path, init_args}``.
@@ -131,6 +143,11 @@ class SmallBatchModule(pl.LightningModule):
         diagnostics: bool = True,
         norm_act: str = "replace",
         precise_images: int = 10_000,
+        task: str = "classification",
+        task_args: dict[str, Any] | None = None,
+        head_norm: str | dict[str, Any] | None = None,
+        backbone_weights: str | None = None,
+        freeze_at: int = 0,
     ) -> None:
         super().__init__()
         if schedule not in SCHEDULES:
@@ -145,9 +162,15 @@ class SmallBatchModule(pl.LightningModule):
         self.norm_name = norm_display_name(norm)
         if precise_images < 0:
             raise ValueError(f"precise_images must be >= 0 (0: skip), got {precise_images}")
-        self.model = create_model(
-            backbone, norm, num_classes, in_chans, cifar_stem, backbone_args, norm_act=norm_act,
-            **(norm_args or {}),
+        if backbone_weights and "{norm}" in backbone_weights:
+            backbone_weights = backbone_weights.replace("{norm}", self.norm_name)
+        given = {"head_norm": head_norm, "backbone_weights": backbone_weights,
+                 "freeze_at": freeze_at or None}  # fmt: skip
+        task_args = {**(task_args or {}), **{k: v for k, v in given.items() if v is not None}}
+        self.task = create_task(task, num_classes, task_args)
+        self.model = self.task.build_model(
+            backbone=backbone, norm=norm, in_chans=in_chans, cifar_stem=cifar_stem,
+            backbone_args=backbone_args, norm_act=norm_act, **(norm_args or {}),
         )  # fmt: skip
         set_norm_batch(self.model, norm_batch)
         # batch-free norms (GN, LN, ...) compute the same thing for every normalization batch
@@ -158,13 +181,13 @@ class SmallBatchModule(pl.LightningModule):
             compile_backbone(self.model, compile_mode)
         # Per-device state (CBN windows) must not be overwritten by DDP's broadcast from rank 0.
         self._ddp_params_and_buffers_to_ignore = local_buffer_names(self)
-        top5 = num_classes > 5
-        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.val_acc5 = MulticlassAccuracy(num_classes, top_k=5, average="micro") if top5 else None
-        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.val_history: list[float] = []
+        self.val_metrics = nn.ModuleDict(self.task.val_metrics())  # the first: the task's metric
+        self.test_metric = self.task.val_metrics()[self.task.metric]
+        self.val_history: list[float] = []  # the task's metric after each epoch
         self.diag_history: list[tuple[int, dict[str, float]]] = []  # (global step, values)
-        self.eval_acc: dict[str, float] = {}  # per evaluation mode (FinalEvaluation)
+        self.eval_values: dict[
+            str, float | None
+        ] = {}  # metric per evaluation mode (FinalEvaluation)
         self.end_diagnostics: dict[str, float] = {}
         self.diverged = False
         self.diverged_reason: str | None = None
@@ -282,16 +305,17 @@ class SmallBatchModule(pl.LightningModule):
         self._seen = 0
         self._checked_step = self.global_step  # the last step known to be finite
 
-    def _watch(self, loss: Tensor, logits: Tensor, target: Tensor) -> None:
-        """Add a step's loss and its count of top-1 hits to the epoch's sums (device ops only:
-        a torchmetrics update costs ~0.1 ms a step on a CPU; the sums give the same micro
-        accuracy, sum(argmax = y) / images)."""
+    def _watch(self, loss: Tensor, output: Tensor, target: Tensor) -> None:
+        """Add a step's loss and its hits (the task's training score: top-1 hits of images,
+        or of pixels) to the epoch's sums (device ops only: a torchmetrics update costs ~0.1 ms
+        a step on a CPU; the sums give the same micro accuracy, hits / predictions)."""
         if self._loss_sum is None or self._correct is None:  # resumed inside an epoch
             self._reset_epoch_sums()
         self._loss_sum += loss
         self._loss_steps += 1
-        self._correct += (logits.argmax(dim=-1) == target).sum()
-        self._seen += target.numel()
+        hits, counted = self.task.hits(output, target)
+        self._correct += hits
+        self._seen += counted
 
     def mark_diverged(self, why: str) -> None:
         """Mark the run diverged (result.json's status, with ``why`` as its error), say so, and
@@ -323,9 +347,9 @@ class SmallBatchModule(pl.LightningModule):
         diagnose = due and self.hparams.diagnostics
         if diagnose and self._gap is not None:
             self._gap.armed = True
-        logits = self(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
-        self._watch(loss.detach(), logits.detach(), y)
+        output = self(x)
+        loss = self.task.loss(output, y, label_smoothing=self.hparams.label_smoothing)
+        self._watch(loss.detach(), output.detach(), y)
         if not due:
             return loss
         if self.check_diverged():
@@ -363,15 +387,13 @@ class SmallBatchModule(pl.LightningModule):
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch
-        logits = self(x)
-        self._val_nonfinite += nonfinite_rows(logits)
-        self._val_images += int(y.numel())
-        self.val_acc(logits, y)
-        self.log("val/loss", F.cross_entropy(logits, y), prog_bar=False, sync_dist=True)
-        self.log("val/acc", self.val_acc, prog_bar=True)
-        if self.val_acc5 is not None:
-            self.val_acc5(logits, y)
-            self.log("val/acc5", self.val_acc5)
+        output = self(x)
+        self._val_nonfinite += nonfinite_rows(output)
+        self._val_images += int(y.shape[0])
+        self.log("val/loss", self.task.loss(output, y), prog_bar=False, sync_dist=True)
+        for name, metric in self.val_metrics.items():
+            metric(output, y)
+            self.log(f"val/{name}", metric, prog_bar=name == self.task.metric)
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking or self.diverged:
@@ -383,17 +405,18 @@ class SmallBatchModule(pl.LightningModule):
                               reduce_op="sum"))  # fmt: skip
             self.mark_diverged(
                 f"evaluation after epoch {self.current_epoch + 1} (running statistics, mode "
-                f"{DEFAULT_EVAL}): {bad} of {seen} images gave non-finite logits"
+                f"{DEFAULT_EVAL}): {bad} of {seen} samples gave non-finite outputs"
             )
             return
-        if self.val_acc.update_count:  # epoch accuracy (synced across devices by torchmetrics)
-            self.val_history.append(float(self.val_acc.compute()))
-            self.log("val/acc_best", max(self.val_history))
+        metric = self.val_metrics[self.task.metric]
+        if metric.update_count:  # the epoch's metric (synced across devices by torchmetrics)
+            self.val_history.append(float(metric.compute()))
+            self.log(f"val/{self.task.metric}_best", max(self.val_history))
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch
-        self.test_acc(self(x), y)
-        self.log("test/acc", self.test_acc)
+        self.test_metric(self(x), y)
+        self.log(f"test/{self.task.metric}", self.test_metric)
 
     def diagnostics_summary(self) -> dict[str, list[float | None]]:
         """Each logged diagnostic's mean over the first, second and last third of the run's

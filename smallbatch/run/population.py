@@ -32,17 +32,18 @@ import torch
 from torch import Tensor, nn
 
 from ..norms.groups import ghost_groups
-from ..norms.walk import has_running_stats
-from .diagnostics import nonfinite_rows, stat_gap
+from ..norms.walk import has_running_stats, is_batch_statistics_layer
+from .diagnostics import stat_gap
 
 
 def keeps_eval_statistics(m: nn.Module) -> bool:
     """A layer that normalizes with stored statistics in evaluation: it implements
     ``set_eval_statistics`` (and does not decline with ``uses_eval_statistics = False``), or
-    it has ``running_mean`` and ``running_var`` tensors (torch's BN)."""
+    it has ``running_mean`` and ``running_var`` tensors and takes statistics from the batch
+    (torch's BN; a frozen BN's fixed statistics are left as they are)."""
     if callable(getattr(m, "set_eval_statistics", None)):
         return bool(getattr(m, "uses_eval_statistics", True))
-    return has_running_stats(m)
+    return has_running_stats(m) and is_batch_statistics_layer(m)  # not a frozen BN's
 
 
 def set_eval_statistics(m: nn.Module, mean: Tensor, var: Tensor, sqmean: Tensor) -> None:
@@ -210,25 +211,3 @@ def using_batch_statistics(model: nn.Module) -> Iterator[None]:
         finally:
             for h in handles:
                 h.remove()
-
-
-class NonFiniteLogits(ArithmeticError):
-    """An evaluation gave NaN/Inf logits for some images: it has no accuracy (argmax would
-    count them as class 0)."""
-
-
-def accuracy(
-    forward: Callable[[Tensor], Tensor], batches: Iterable[tuple[Tensor, Tensor]]
-) -> float:
-    """Top-1 accuracy of ``forward`` over (inputs, labels) batches, under ``no_grad``; raises
-    :class:`NonFiniteLogits` naming how many images had a NaN/Inf logit."""
-    correct = total = bad = 0
-    with torch.no_grad():
-        for x, y in batches:
-            logits = forward(x)
-            bad += int(nonfinite_rows(logits))
-            correct += int((logits.argmax(dim=1) == y).sum())
-            total += int(y.numel())
-    if bad:
-        raise NonFiniteLogits(f"{bad} of {total} images gave non-finite logits")
-    return correct / max(total, 1)

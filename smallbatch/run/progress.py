@@ -10,7 +10,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
-SHOWN = ("train/loss_step", "val/loss", "val/acc", "val/acc_best")
+SHOWN = ("train/loss_step", "val/loss", "val/acc", "val/acc_best", "val/miou", "val/miou_best")
 PROGRESS_PREFIX = "progress:"  # the grid echoes a cell's lines that start with this
 
 

@@ -16,10 +16,12 @@ from lightning.pytorch.callbacks import Callback
 
 from ..hardware import cpu_record
 from ..results import (
+    DEFAULT_METRIC,
     DONE_STATUSES,
     NORMALIZATION_BATCH,
     RESULT_FILE,
     Status,
+    metric_keys,
     read_result,
     write_json_atomic,
 )
@@ -122,15 +124,20 @@ class ResultWriter(Callback):
             print(f"result.json was finished by another attempt ({later}); not overwritten")
             return
         history = list(getattr(pl_module, "val_history", []))
-        eval_acc = dict(getattr(pl_module, "eval_acc", {}) or {})
+        eval_values = dict(getattr(pl_module, "eval_values", {}) or {})
         summary = getattr(pl_module, "diagnostics_summary", None)
+        task = getattr(pl_module, "task", None)
+        metric = getattr(task, "metric", DEFAULT_METRIC)
+        keys = metric_keys(metric)
         now = time.time()
         result = {
             "status": status.value,
-            "best_val_acc": max(history) if history else None,
-            "final_val_acc": history[-1] if history else None,
-            "median_last5_val_acc": median(history[-5:]) if history else None,
-            "val_acc_history": history,
+            "task": getattr(task, "name", "classification"),
+            "metric": metric,
+            keys["best"]: max(history) if history else None,
+            keys["final"]: history[-1] if history else None,
+            keys["median_last5"]: median(history[-5:]) if history else None,
+            keys["history"]: history,
             "epochs": trainer.current_epoch,
             "global_step": trainer.global_step,
             "wall_time_s": round(now - self._start, 3),  # this attempt
@@ -140,7 +147,7 @@ class ResultWriter(Callback):
             "attempt_started_utc": utc_now(self._start),
             "ended_utc": utc_now(now),
             "machine": machine(),
-            "eval_acc": eval_acc or None,
+            keys["eval"]: eval_values or None,
             "diagnostics": summary() if callable(summary) else None,
             "end_diagnostics": dict(getattr(pl_module, "end_diagnostics", {}) or {}) or None,
             "config_digest": self.config_digest,
@@ -165,10 +172,10 @@ class ResultWriter(Callback):
         for logger in trainer.loggers:
             summary = getattr(getattr(logger, "experiment", None), "summary", None)
             if summary is not None and history:
-                summary["val/acc_best"] = result["best_val_acc"]
-                summary["val/acc_final"] = result["final_val_acc"]
-                # the dashboard's y axis (smallbatch.analysis.dashboard): final top-1 error in %
-                error = 100 * (1 - result["final_val_acc"])
+                summary[f"val/{metric}_best"] = result[keys["best"]]
+                summary[f"val/{metric}_final"] = result[keys["final"]]
+                # the dashboard's y axis (smallbatch.analysis.dashboard): 100 · (1 − metric)
+                error = 100 * (1 - result[keys["final"]])
                 summary["val/error_final"] = error
                 summary["status"] = status
                 # one history row with the normalization batch, so W&B line plots can put it on

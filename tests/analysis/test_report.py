@@ -315,7 +315,9 @@ def test_diverged_run_keeps_its_accuracy_before_divergence(tmp_path):
         sanity_checking = False
 
     module._trainer = Trainer()
-    module.val_acc.update(__import__("torch").zeros(4, 10), __import__("torch").zeros(4).long())
+    module.val_metrics["acc"].update(
+        __import__("torch").zeros(4, 10), __import__("torch").zeros(4).long()
+    )
     module.on_validation_epoch_end()  # an evaluation of the NaN weights
     assert module.val_history == [0.55]
 

@@ -41,7 +41,7 @@ def test_a_result_with_an_impossible_accuracy_is_a_named_invalid_file(
 def test_validate_result_accepts_null_and_fractions():
     base = {"norm": "bn", "batch_size": 8, "status": "finished", "setting": {}}
     validate_result({**base, "final_val_acc": None, "best_val_acc": 1, "val_acc_history": [0.0]})
-    with pytest.raises(InvalidResult, match="'final_val_acc' must be an accuracy in"):
+    with pytest.raises(InvalidResult, match="'final_val_acc' must be a acc value in"):
         validate_result({**base, "final_val_acc": float("nan")})
 
 

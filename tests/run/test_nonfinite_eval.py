@@ -17,11 +17,11 @@ def test_nan_in_the_fits_own_evaluation_marks_the_run_diverged(fashion_dir, tmp_
     result = read_result(run)
     assert result["status"] == "diverged"
     assert result["error"] == (
-        "evaluation after epoch 1 (running statistics, mode ema): 128 of 128 images gave "
-        "non-finite logits"
+        "evaluation after epoch 1 (running statistics, mode ema): 128 of 128 samples gave "
+        "non-finite outputs"
     )
     assert result["final_val_acc"] is None and result["val_acc_history"] == []
-    assert "non-finite logits: run diverged" in capsys.readouterr().out
+    assert "non-finite outputs: run diverged" in capsys.readouterr().out
     assert report_main([str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "| NanInEvalNorm | diverged | 0 |" in out  # counted, never a number
@@ -39,7 +39,7 @@ def test_nan_in_one_final_evaluation_mode_leaves_the_others(fashion_dir, tmp_pat
     assert result["eval_acc"]["ema"] == result["final_val_acc"]
     assert all(result["eval_acc"][m] is None for m in ("precise", "precise_pooled", "batch"))
     assert result["eval_errors"]["precise"] == (
-        "final evaluation, mode precise: 128 of 128 images gave non-finite logits"
+        "final evaluation, mode precise: 128 of 128 samples gave non-finite outputs"
     )
     capsys.readouterr()
     assert report_main([str(tmp_path), "--eval", "precise"]) == 0

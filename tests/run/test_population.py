@@ -15,12 +15,12 @@ from torch.optim.swa_utils import update_bn
 from smallbatch.models import create_model
 from smallbatch.norms import BatchNorm2d, NormLayer, set_norm_batch
 from smallbatch.run.population import (
-    accuracy,
     population_statistics,
     stat_layers,
     using_batch_statistics,
     using_statistics,
 )
+from smallbatch.tasks import create_task
 
 WITH_STATISTICS = ["bn", "syncbn", "brn", "cbn", "mabn", "evonorm_b0"]
 
@@ -124,9 +124,9 @@ def test_recomputation_and_batch_evaluation_leave_every_state_untouched(norm):
     labelled = [(x, torch.zeros(x.shape[0], dtype=torch.long)) for x in _batches(2, 4, seed=2)]
     for estimator in ("precise", "precise_pooled"):
         with using_statistics(model, stats, estimator):
-            accuracy(model, labelled)
+            create_task("classification", 10).score(model, labelled)
     with using_batch_statistics(model):
-        accuracy(model, labelled)
+        create_task("classification", 10).score(model, labelled)
     after = _state(model)
     assert before.keys() == after.keys()
     for key in before:
