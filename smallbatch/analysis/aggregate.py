@@ -255,11 +255,28 @@ def _varying(settings: list[_Setting], columns_too: bool) -> list[str]:
     return [RECIPE_KEY, *(k for k in within if k != RECIPE_KEY)]
 
 
+# settings that read as a word in a row label (no ``key=``) where the words tell the row's
+# settings apart: a segmentation encoder started from a checkpoint or from scratch
+LABEL_WORDS = {"model.backbone_weights": lambda v: "from scratch" if v is None else "pretrained"}
+
+
 def _label_value(key: str, value: Any) -> str:
     """How a setting's value reads in a row label (no recipe: the uniform protocol)."""
     if key == RECIPE_KEY and value is None:
         return UNIFORM_RECIPE
     return cli_value(value)
+
+
+def _label_part(key: str, value: str, settings: list[_Setting]) -> str:
+    """``key=value`` in a row label, or the word :data:`LABEL_WORDS` gives the value when the
+    words tell these settings apart as well as the values do."""
+    word = LABEL_WORDS.get(key)
+    if word is not None:
+        values = {cli_value(s.setting.get(key)) for s in settings}
+        words = {word(s.setting.get(key)) for s in settings}
+        if len(words) == len(values):
+            return word(None if value == "null" else value)
+    return f"{short_key(key)}={value}"
 
 
 def _ghost_mode(settings: list[_Setting]) -> str:
@@ -332,7 +349,7 @@ def aggregate(
     stats = []
     for (norm, ghost, diffs), group in rows.items():
         row_id = (norm, ghost, diffs)
-        parts = [f"{short_key(k)}={v}" for k, v in diffs]
+        parts = [_label_part(k, v, by_norm[norm]) for k, v in diffs]
         if row_id in flats:
             parts.append(flats[row_id][1])
         elif mixed and modes[row_id]:

@@ -148,11 +148,15 @@ def row_difference_table(
 
 
 def attribution_table(
-    results: list[dict[str, Any]], norms: list[str] | None = None, batches: list[int] | None = None
+    results: list[dict[str, Any]],
+    norms: list[str] | None = None,
+    batches: list[int] | None = None,
+    reference: str = "bn",
 ) -> str:
-    """The drop of each row (at each b) from BN at the largest b, split into the steps of
-    :func:`smallbatch.eval_modes.attribution_chain` (estimate, inconsistency) and what remains
-    (module docstring)."""
+    """The drop of each row (at each b) from the ``reference`` row (BN) at the largest b, split
+    into the steps of :func:`smallbatch.eval_modes.attribution_chain` (estimate,
+    inconsistency) and what remains (module docstring). Raises :class:`UserError` when the
+    table has no such row."""
     chain = attribution_chain()
     word = metric_labels(measure_of(results))[2]
     (first, _), (last, _) = chain[0], chain[-1]
@@ -160,14 +164,19 @@ def attribution_table(
     stats = list(cells[first].values())
     all_b = sorted({c.normalization_batch for c in stats}, reverse=True)
     b_max = all_b[0]
-    ref_cell = cells[first].get(("bn", b_max))
+    ref_cell = cells[first].get((reference, b_max))
+    if ref_cell is None and reference != "bn":
+        rows = ", ".join(f"'{r}'" for r in row_order(stats))
+        raise UserError(f"--reference {reference!r} is no row at b = {b_max} of this table "
+                        f"(rows: {rows})")  # fmt: skip
     ref = _by_seed(ref_cell)
+    ref_name = "BN" if reference == "bn" else reference
     steps = [f"{name} = {mode} − {before}" for (before, _), (mode, name) in pairwise(chain)]
     names = [name for _, name in chain[1:]]
     lines = [
-        f"Drop from BN at b = {b_max} (`{first}`) and where it comes from, percentage points "
-        f"(mean ± 95% CI over seeds, paired by seed and machine): {', '.join(steps)}, "
-        f"remaining = BN(b={b_max}) − {last}; {' + '.join([*names, 'remaining'])} = drop. "
+        f"Drop from {ref_name} at b = {b_max} (`{first}`) and where it comes from, percentage "
+        f"points (mean ± 95% CI over seeds, paired by seed and machine): {', '.join(steps)}, "
+        f"remaining = {ref_name}(b={b_max}) − {last}; {' + '.join([*names, 'remaining'])} = drop. "
         f"The {word} column is over all the row's seeds; the others over the paired seeds "
         "(last column).",
         "",

@@ -65,6 +65,13 @@ def main(argv: list[str] | None = None) -> int:
         "inconsistency and remaining (docs/results.md)",
     )
     parser.add_argument(
+        "--reference",
+        default="bn",
+        metavar="ROW",
+        help="with --attribution: the row whose value at the largest b each drop is measured "
+        "from (default bn; a segmentation grid: e.g. 'frozen_bn+bn')",
+    )
+    parser.add_argument(
         "--machine",
         default=None,
         metavar="TEXT",
@@ -127,7 +134,10 @@ def main(argv: list[str] | None = None) -> int:
         except UserError as exc:
             parser.error(str(exc))
     if args.attribution:
-        extra.append(attribution_table(loaded.results))
+        try:
+            extra.append(attribution_table(loaded.results, reference=args.reference))
+        except UserError as exc:
+            parser.error(str(exc))
     grid_file = run_dir / "grid.json"
     try:
         manifest = json.loads(grid_file.read_text()) if grid_file.exists() else {}

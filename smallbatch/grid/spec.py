@@ -255,7 +255,7 @@ def cell_norms(cell: dict[str, Any]) -> list[tuple[Any, Any]]:
     norms = [(cell.get("model.norm"), cell.get("model.norm_args"))]
     head = cell.get("model.head_norm")
     if head is not None:
-        norms.append((head, cell.get("model.norm_args")))
+        norms.append((head, cell.get("model.head_norm_args")))
     return norms
 
 

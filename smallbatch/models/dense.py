@@ -90,18 +90,22 @@ def create_segmentation_model(
     head_norm: NormSpecLike | None = None,
     head_channels: int = 64,
     norm_act: str = "replace",
+    head_norm_args: dict[str, Any] | None = None,
     **norm_overrides: Any,
 ) -> SegmentationModel:
-    """A :class:`SegmentationModel` on ``backbone`` with ``norm`` in the encoder and
-    ``head_norm`` (default: ``norm``) in the FCN head; ``norm_overrides`` go to both."""
+    """A :class:`SegmentationModel` on ``backbone`` with ``norm`` (arguments
+    ``norm_overrides``) in the encoder and ``head_norm`` (arguments ``head_norm_args``) in the
+    FCN head; without ``head_norm`` the head has the encoder's norm and arguments."""
     encoder, channels = encoder_of(
         build_backbone(backbone, 10, in_chans, cifar_stem, backbone_args)
     )
     swap_norms(encoder, norm, norm_act=norm_act, **norm_overrides)
     head = FCNHead(channels, head_channels, num_classes)
     head_example = torch.zeros(2, channels, 16, 16)
-    swap_norms(head, head_norm if head_norm is not None else norm, example_input=head_example,
-               norm_act=norm_act, **norm_overrides)  # fmt: skip
+    if head_norm is None:
+        head_norm, head_norm_args = norm, {**norm_overrides, **(head_norm_args or {})}
+    swap_norms(head, head_norm, example_input=head_example, norm_act=norm_act,
+               **(head_norm_args or {}))  # fmt: skip
     return SegmentationModel(encoder, head)
 
 

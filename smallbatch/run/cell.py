@@ -197,9 +197,10 @@ def ignore_norm_batch_of_batch_free_norms(cfg: Namespace) -> None:
 def model_norms_batch_free(model: Any) -> bool:
     """Whether every norm the model config names is batch-free: ``norm`` and, for a
     segmentation model, ``head_norm`` (a frozen backbone under a BN head is not)."""
-    norms = [model.get("norm"), model.get("head_norm")]
-    args = model.get("norm_args") or {}
-    return all(probe_norm(n, **args).batch_free for n in norms if n is not None)
+    norms = [(model.get("norm"), model.get("norm_args"))]
+    if model.get("head_norm") is not None:
+        norms.append((model.get("head_norm"), model.get("head_norm_args")))
+    return all(probe_norm(n, **(args or {})).batch_free for n, args in norms)
 
 
 class LoggedSaveConfigCallback(SaveConfigCallback):

@@ -70,7 +70,8 @@ class SmallBatchModule(pl.LightningModule):
         task_args: the task's other arguments (segmentation: ``head_channels``; see
             :class:`smallbatch.tasks.SegmentationTask`).
         head_norm: segmentation: the head's norm (default: ``norm``), chosen apart from the
-            backbone's as detectron2 and mmdet configure them.
+            backbone's as detectron2 and mmdet configure them; ``norm_args`` are the
+            backbone norm's, ``head_norm_args`` the head's.
         backbone_weights: segmentation: a smallbatch classification checkpoint of the same
             backbone that the encoder starts from (its BN buffers load into ``frozen_bn``);
             ``{norm}`` in the path stands for the backbone norm's name (``bn``, ``gn``), so one
@@ -146,6 +147,7 @@ class SmallBatchModule(pl.LightningModule):
         task: str = "classification",
         task_args: dict[str, Any] | None = None,
         head_norm: str | dict[str, Any] | None = None,
+        head_norm_args: dict[str, Any] | None = None,
         backbone_weights: str | None = None,
         freeze_at: int = 0,
     ) -> None:
@@ -164,7 +166,8 @@ class SmallBatchModule(pl.LightningModule):
             raise ValueError(f"precise_images must be >= 0 (0: skip), got {precise_images}")
         if backbone_weights and "{norm}" in backbone_weights:
             backbone_weights = backbone_weights.replace("{norm}", self.norm_name)
-        given = {"head_norm": head_norm, "backbone_weights": backbone_weights,
+        given = {"head_norm": head_norm, "head_norm_args": head_norm_args,
+                 "backbone_weights": backbone_weights,
                  "freeze_at": freeze_at or None}  # fmt: skip
         task_args = {**(task_args or {}), **{k: v for k, v in given.items() if v is not None}}
         self.task = create_task(task, num_classes, task_args)

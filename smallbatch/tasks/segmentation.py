@@ -20,9 +20,10 @@ class SegmentationTask(Task):
     """One label per pixel (target (N, H, W), int64); ``num_classes`` counts the background.
 
     Task arguments (the module's ``task_args``): ``head_norm`` (the head's norm; default the
-    backbone's), ``head_channels`` (64), ``backbone_weights`` (a smallbatch classification
-    checkpoint of the same backbone to start the encoder from), ``freeze_at`` (no gradient
-    for the stem and the first stages, as detectron2's ``FREEZE_AT``; 0: none)."""
+    backbone's), ``head_norm_args`` (its arguments), ``head_channels`` (64),
+    ``backbone_weights`` (a smallbatch classification checkpoint of the same backbone to start
+    the encoder from), ``freeze_at`` (no gradient for the stem and the first stages, as
+    detectron2's ``FREEZE_AT``; 0: none)."""
 
     name = "segmentation"
     metric = "miou"
@@ -30,9 +31,11 @@ class SegmentationTask(Task):
     train_score = "pixel accuracy"
 
     def __init__(self, num_classes: int, head_norm: Any = None, head_channels: int = 64,
-                 backbone_weights: str | None = None, freeze_at: int = 0) -> None:  # fmt: skip
+                 backbone_weights: str | None = None, freeze_at: int = 0,
+                 head_norm_args: dict[str, Any] | None = None) -> None:  # fmt: skip
         super().__init__(num_classes)
         self.head_norm = head_norm
+        self.head_norm_args = head_norm_args
         self.head_channels = head_channels
         self.backbone_weights = backbone_weights
         self.freeze_at = freeze_at
@@ -43,7 +46,7 @@ class SegmentationTask(Task):
         model = create_segmentation_model(
             backbone, norm, self.num_classes, in_chans, cifar_stem, backbone_args,
             head_norm=self.head_norm, head_channels=self.head_channels, norm_act=norm_act,
-            **norm_args,
+            head_norm_args=self.head_norm_args, **norm_args,
         )  # fmt: skip
         if self.backbone_weights:
             load_backbone_weights(model, self.backbone_weights)

@@ -111,6 +111,14 @@ def test_the_encoder_starts_from_a_classification_checkpoint_under_frozen_bn(tmp
         load_backbone_weights(seg, ckpt)
 
 
+def test_head_norm_args_reach_the_head_only():
+    seg = create_segmentation_model("resnet8", "frozen_bn", 11, 1, head_norm="cbn",
+                                    head_norm_args={"window": 3})  # fmt: skip
+    assert seg.head[1].window == 3 and isinstance(seg.encoder.bn1, FrozenBatchNorm2d)
+    same = create_segmentation_model("resnet8", "cbn", 11, 1, window=2)  # no head_norm: shared
+    assert same.head[1].window == 2 and same.encoder.bn1.window == 2
+
+
 def test_freeze_at_stops_the_gradient_of_the_stem_and_first_stages():
     seg = create_segmentation_model("resnet8", "bn", 11, 1)
     assert freeze_stages(seg, 2) == ["conv1", "bn1", "relu", "layer1"]
