@@ -70,11 +70,37 @@ def validate_cells(spec: GridSpec) -> None:
                     f"CLI: {detail}"
                 ) from None
         config = yaml.safe_load(out.getvalue()) or {}
+        check_cluster_resources(spec, cell, config)
         key = json.dumps([config.get("model"), config.get("data")], sort_keys=True, default=str)
         if key not in built:  # each distinct model and data section, built once
             built.add(key)
             with time_limit(f"{spec.source}: building cell {cell.label}'s model and data"):
                 _check_cell_builds(spec, cell, config)
+
+
+def check_cluster_resources(spec: GridSpec, cell: Cell, config: dict[str, Any]) -> None:
+    """A SLURM job gets ``executor.nodes`` nodes with one task per GPU (``gpus_per_node``; one
+    for CPU jobs), and Lightning must be asked for exactly that (``trainer.num_nodes``,
+    ``trainer.devices``): otherwise it waits for ranks that never start, or leaves the
+    allocation idle. Raise :class:`GridSpecError` saying which pair disagrees."""
+    if spec.executor.get("kind") != "slurm":
+        return
+    trainer = config.get("trainer") or {}
+    nodes, num_nodes = int(spec.executor.get("nodes", 1)), trainer.get("num_nodes", 1)
+    tasks = max(int(spec.executor.get("gpus_per_node", 1)), 1)
+    devices = trainer.get("devices", "auto")
+    if isinstance(devices, str) and devices.lstrip("-").isdigit():  # the CLI keeps "2" a str
+        devices = int(devices)
+    if num_nodes != nodes:
+        problem = (f"executor.nodes is {nodes} but the cell's trainer.num_nodes is {num_nodes}: "
+                   f"set both to the nodes one cell runs on")  # fmt: skip
+    elif isinstance(devices, int) and devices not in (-1, tasks):
+        problem = (f"executor.gpus_per_node gives {tasks} task(s) per node but the cell's "
+                   f"trainer.devices is {devices}: set trainer.devices to {tasks} (or "
+                   "gpus_per_node to the devices a node runs)")  # fmt: skip
+    else:
+        return
+    raise GridSpecError(f"{spec.source}: cell {cell.label}: {problem}")
 
 
 def _check_cell_builds(spec: GridSpec, cell: Cell, config: dict[str, Any]) -> None:

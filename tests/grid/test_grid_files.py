@@ -89,6 +89,17 @@ BAD_INPUTS = [  # (change to the grid file, what the one line says)
         {"axes": {"model.norm": [{"class_path": "sb_test_helpers.BrokenInitNorm"}]}},
         "constructor is broken",
     ),
+    (  # issue 37: a SLURM job of 2 nodes for a cell that trains on one
+        {"executor": {"kind": "slurm", "cluster": "debug", "nodes": 2, "gpus_per_node": 0}},
+        "executor.nodes is 2 but the cell's trainer.num_nodes is 1",
+    ),
+    (  # one task per node (a CPU job) for a cell that asks for 2 devices a node
+        {
+            "executor": {"kind": "slurm", "cluster": "debug", "gpus_per_node": 0},
+            "args": {"trainer.devices": 2},
+        },  # fmt: skip
+        "gives 1 task(s) per node but the cell's trainer.devices is 2",
+    ),
 ]
 
 
