@@ -37,6 +37,7 @@ def seg_fit_args(data_dir: str, run_dir: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_a_segmentation_fit_records_miou_in_every_mode_and_the_report_prints_it(
     fashion_dir, tmp_path, capsys
 ):
@@ -56,6 +57,7 @@ def test_a_segmentation_fit_records_miou_in_every_mode_and_the_report_prints_it(
     assert "| bn | " in out and "| ema mIoU | drop | estimate |" in out
 
 
+@pytest.mark.slow
 def test_pretrain_then_fine_tune_under_frozen_bn_and_never_mix_two_metrics_in_a_report(
     fashion_dir, tmp_path, capsys
 ):
