@@ -63,3 +63,13 @@ def test_ghost_batches_and_population_statistics_leave_frozen_layers_alone():
     )
     assert set_norm_batch(model, 2) == ["3"]  # the BN splits; the frozen layer is no error
     assert list(stat_layers(model)) == ["3"]
+
+
+@pytest.mark.parametrize("norm", ["frozen_bn", "torchvision.ops.FrozenBatchNorm2d"])
+def test_the_kit_runs_the_batch_free_check_on_frozen_norms(norm):
+    from smallbatch.testing import check_norm
+
+    report = check_norm(norm, fast=True)
+    status = {r.check: r.status for r in report.results}
+    assert status["batch_free"] == "pass", report.table()  # run, not skipped
+    assert "fail" not in status.values(), report.table()
