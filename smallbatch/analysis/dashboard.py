@@ -20,15 +20,26 @@ from pathlib import Path
 from typing import Any
 
 from ..naming import stable_digest
-from ..results import NORMALIZATION_BATCH
+from ..results import NORMALIZATION_BATCH, metric_labels
 
-ERROR_KEY = (
-    "val/error_final"  # each cell run's summary: final top-1 error in % (run/result_writer.py)
+ERROR_KEY = (  # each cell run's summary: 100 · (1 − final metric) (run/result_writer.py)
+    "val/error_final"
 )
 PLOT_KEY = "error_vs_batch"  # the summary run's image of the report's plot
 NORM_BATCH_KEY = NORMALIZATION_BATCH  # each cell run's config (run.wandb_logger): b
 NORM_KEY = "norm"
-CURVES = (("validation top-1 accuracy", "val/acc"), ("training loss", "train/loss_step"))
+
+
+def curves(measure: str = "acc") -> tuple[tuple[str, str], ...]:
+    """(title, logged key) of the training curves: the task's validation metric and the loss."""
+    title = (
+        "validation top-1 accuracy" if measure == "acc" else f"validation {measure_word(measure)}"
+    )
+    return ((title, f"val/{measure}"), ("training loss", "train/loss_step"))
+
+
+def measure_word(measure: str) -> str:
+    return metric_labels(measure)[2]
 
 
 def summary_run_id(project: str, group: str) -> str:
@@ -36,14 +47,18 @@ def summary_run_id(project: str, group: str) -> str:
     return f"summary-{stable_digest([project, group], 12)}"
 
 
-def workspace_spec(entity: str, project: str, group: str, max_runs: int = 500):
-    """The workspace view of ``group`` (a ``wandb_workspaces`` Workspace, not yet saved)."""
+def workspace_spec(
+    entity: str, project: str, group: str, max_runs: int = 500, measure: str = "acc"
+):
+    """The workspace view of ``group`` (a ``wandb_workspaces`` Workspace, not yet saved); its
+    error is 100 · (1 − ``measure``): top-1 error, 1 − mIoU."""
     import wandb_workspaces.reports.v2 as wr
     import wandb_workspaces.workspaces as ws
 
+    error = metric_labels(measure)[1]
     error_panels = [
         wr.LinePlot(
-            title="final top-1 error (%) vs normalization batch (log2), mean ± s.e. over seeds",
+            title=f"final {error} (%) vs normalization batch (log2), mean ± s.e. over seeds",
             x=NORM_BATCH_KEY,
             y=[ERROR_KEY],
             log_x=True,
@@ -52,7 +67,7 @@ def workspace_spec(entity: str, project: str, group: str, max_runs: int = 500):
             groupby_rangefunc="stderr",
         ),
         wr.ScatterPlot(
-            title="final top-1 error (%) of every cell vs normalization batch (log2)",
+            title=f"final {error} (%) of every cell vs normalization batch (log2)",
             x=wr.Config(NORM_BATCH_KEY),
             y=wr.SummaryMetric(ERROR_KEY),
             log_x=True,
@@ -71,7 +86,7 @@ def workspace_spec(entity: str, project: str, group: str, max_runs: int = 500):
             groupby_aggfunc="mean",
             groupby_rangefunc="stderr",
         )
-        for title, key in CURVES
+        for title, key in curves(measure)
     ]
     return ws.Workspace(
         entity=entity,
@@ -142,11 +157,11 @@ def log_summary_run(
     return run
 
 
-def save_workspace(project: str, group: str) -> str:
+def save_workspace(project: str, group: str, measure: str = "acc") -> str:
     """Save the workspace view on the W&B server (needs a key); returns its URL."""
     import wandb
 
     entity = wandb.Api().default_entity
-    workspace = workspace_spec(entity, project, group)
+    workspace = workspace_spec(entity, project, group, measure=measure)
     workspace.save()
     return workspace.url

@@ -135,7 +135,9 @@ def plot(
     write_atomic(path, png.getvalue())
 
 
-def log_to_wandb(stats: list[CellStats], png: Path, project: str, group: str, metric: str) -> str:
+def log_to_wandb(
+    stats: list[CellStats], png: Path, project: str, group: str, metric: str, measure: str = "acc"
+) -> str:
     """Update the grid's one W&B summary run and, when it ran online (a key), save its
     workspace view (``smallbatch.analysis.dashboard``); returns what to tell the user."""
     from .dashboard import log_summary_run, save_workspace
@@ -155,7 +157,7 @@ def log_to_wandb(stats: list[CellStats], png: Path, project: str, group: str, me
     run = log_summary_run(rows, png, project, group, metric)
     lines = [f"W&B summary run {run.id} in project {project!r}: {run.dir}"]
     if not run.offline:
-        lines.append(f"W&B workspace view: {save_workspace(project, group)}")
+        lines.append(f"W&B workspace view: {save_workspace(project, group, measure)}")
     else:
         lines.append("W&B workspace view: not saved (offline; it needs a W&B key)")
     return "\n".join(lines)

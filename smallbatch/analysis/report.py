@@ -183,5 +183,5 @@ def main(argv: list[str] | None = None) -> int:
 
         base = manifest.get("base_config")
         project = args.project or grid_project(loaded.results, base and Path(base)) or "smallbatch"
-        print(log_to_wandb(stats, png, project, name, args.metric))
+        print(log_to_wandb(stats, png, project, name, args.metric, measure))
     return 0

@@ -91,6 +91,7 @@ def cell_identity(cfg: Namespace, name: str) -> dict[str, Any]:
     data = data_args(cfg)
     return {
         "name": name,
+        "task": cfg.model.get("task") or "classification",
         "norm": model_norm_name(cfg.model),
         "norm_args": _jsonable(cfg.model.norm_args or {}),
         "batch_size": data.batch_size,

@@ -52,3 +52,16 @@ def test_the_attribution_is_measured_from_the_reference_row(seg_run, capsys):
         report_main([str(seg_run), "--attribution", "--reference", "gn"])
     err = capsys.readouterr().err
     assert "--reference 'gn' is no row at b = 8" in err and "'frozen_bn+bn'" in err
+
+
+def test_the_workspace_view_of_a_segmentation_grid_charts_miou():
+    from smallbatch.analysis.dashboard import workspace_spec
+
+    body = workspace_spec("team", "proj", "seg", measure="miou")._to_model().model_dump(
+        by_alias=True, exclude_none=True
+    )
+    sections = body["spec"]["section"]["panelBankConfig"]["sections"]
+    titles = [p["config"].get("chartTitle", "") for s in sections for p in s["panels"]]
+    assert any(t.startswith("final 1 − mIoU (%) vs normalization batch") for t in titles)
+    curves = [p["config"] for p in sections[1]["panels"] if "Line Plot" in p["viewType"]]
+    assert {c["metrics"][0] for c in curves} == {"val/miou", "train/loss_step"}
