@@ -58,7 +58,13 @@ class Running:
 
 
 class LocalExecutor:
-    def __init__(self, spec: GridSpec, store: ResultsStore) -> None:
+    """Runs a grid's cells as processes on this machine (``executor.kind: local``): over the
+    visible GPUs (``jobs_per_gpu`` each), or ``max_parallel`` at a time on the CPU."""
+
+    kind = "local"
+    keys = frozenset({"max_parallel", "jobs_per_gpu", "threads_per_job", "retries", "timeout_min"})
+
+    def __init__(self, spec: GridSpec, store: ResultsStore, wait: bool = True) -> None:
         self.spec = spec
         self.store = store
         cfg = spec.executor

@@ -12,9 +12,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ..results import metric_keys, metric_of, write_atomic
-from .local import LocalExecutor
+from .executors import executor_for
 from .spec import GridSpec
-from .store import RUNNABLE, CellState, CellStatus, ResultsStore, checkpoint_mtime
+from .store import RUNNABLE, CellState, CellStatus, ResultsStore
 
 
 def emit_cells(spec: GridSpec, store: ResultsStore, python: str | None = None) -> Path:
@@ -83,11 +83,7 @@ class GridProgress:
 
 def cells_at_once(spec: GridSpec, store: ResultsStore) -> int:
     """How many cells the grid's executor runs at once (SLURM: its array parallelism)."""
-    if spec.executor.get("kind") == "slurm":
-        from .slurm import array_parallelism
-
-        return array_parallelism(spec)
-    return LocalExecutor(spec, store).cells_at_once
+    return executor_for(spec, store).cells_at_once
 
 
 def run_grid(
@@ -141,12 +137,10 @@ def run_grid(
                 print(f"submit: sbatch --array=0-{n - 1} jobs/array.sbatch {path}")
             return 0
         todo = [s for s in states if s.status in RUNNABLE]
-        if spec.executor.get("kind") == "slurm":
-            _run_slurm(spec, store, todo, wait)
-        else:
-            progress = GridProgress(states, console)
-            with progress.progress:
-                LocalExecutor(spec, store).run(todo, progress.event, progress.cell_progress)
+        executor = executor_for(spec, store, wait)
+        progress = GridProgress(states, console)
+        with progress.progress:
+            executor.run(todo, progress.event, progress.cell_progress)
     except KeyboardInterrupt as exc:
         print(f"\n{exc or 'interrupted'}", file=sys.stderr)
         return 130
@@ -175,30 +169,3 @@ def run_grid(
             )
             print(f"  {what}: {s.cell.folder}: {why}")
     return 0 if final[CellStatus.DONE] == len(states) else 1
-
-
-def _run_slurm(spec: GridSpec, store: ResultsStore, todo: list[CellState], wait: bool) -> None:
-    """Submit the runnable cells as one array; while any cell can run again (it failed within
-    ``retries``, or it was stopped after writing a newer checkpoint), submit those again."""
-    from .slurm import submit_cells
-
-    while todo:
-        for state in todo:
-            store.prepare_start(state)
-        before = {s.cell.digest: checkpoint_mtime(s.folder) for s in todo}
-        started = time.time()
-        jobs = submit_cells(spec, [s.cell for s in todo])
-        print(f"submitted {len(jobs)} cells as job array {jobs[0].job_id.split('_')[0]}")
-        if not wait and spec.executor.get("cluster") not in ("debug", "local"):
-            print("not waiting; re-run `smallbatch grid` later to see results or retry failures")
-            return
-        for state, job in zip(todo, jobs, strict=True):
-            try:
-                job.result()
-            except Exception as exc:  # noqa: BLE001 - one failed cell must not stop the grid
-                first = (str(exc).strip().splitlines() or [""])[0]
-                print(f"  cell {state.cell.folder} failed: {type(exc).__name__}: {first}")
-            if store.state(state.cell).status != CellStatus.DONE:
-                store.record_attempt(state.cell, None, started, before[state.cell.digest])
-        todo = [store.state(s.cell) for s in todo]
-        todo = [s for s in todo if s.status in RUNNABLE]

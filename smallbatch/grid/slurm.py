@@ -13,6 +13,8 @@ from __future__ import annotations
 import getpass
 import os
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ from submitit.slurm.slurm import SlurmInfoWatcher, SlurmJob
 
 from ..results import GRID_BASE_ENV, read_result
 from .spec import Cell, GridSpec
-from .store import ResultsStore
+from .store import RUNNABLE, CellState, CellStatus, ResultsStore, checkpoint_mtime
 
 GONE = "LEFT_QUEUE"  # a job squeue no longer lists: over; its result file says how it ended
 
@@ -143,3 +145,56 @@ def submit_cells(spec: GridSpec, cells: list[Cell]) -> list[submitit.Job]:
     """Submit the cells as one job array; returns the jobs (wait with ``job.result()``)."""
     executor = slurm_executor(spec)
     return executor.map_array(CellJob(spec), cells)
+
+
+class SlurmExecutor:
+    """Runs a grid's cells as SLURM job arrays through submitit (``executor.kind: slurm``):
+    one array of the runnable cells; while any cell can run again (it failed within
+    ``retries``, or it was stopped after writing a newer checkpoint), an array of those.
+    Without ``wait`` (``grid --no-wait``) on a real cluster it returns after submitting."""
+
+    kind = "slurm"
+    keys = frozenset({
+        "retries", "cluster", "slurm_partition", "gpus_per_node", "nodes", "timeout_min",
+        "cpus_per_task", "mem_gb", "array_parallelism", "signal_delay_s", "threads_per_job",
+        "slurm_additional_parameters",
+    })  # fmt: skip
+
+    def __init__(self, spec: GridSpec, store: ResultsStore, wait: bool = True) -> None:
+        self.spec, self.store, self.wait = spec, store, wait
+
+    @property
+    def cells_at_once(self) -> int:
+        return array_parallelism(self.spec)
+
+    def run(
+        self,
+        todo: list[CellState],
+        on_event: Callable[[str, CellState], None],
+        on_progress: Callable[[CellState, str], None] | None = None,
+    ) -> None:
+        spec, store = self.spec, self.store
+        while todo:
+            for state in todo:
+                store.prepare_start(state)
+            before = {s.cell.digest: checkpoint_mtime(s.folder) for s in todo}
+            started = time.time()
+            jobs = submit_cells(spec, [s.cell for s in todo])
+            print(f"submitted {len(jobs)} cells as job array {jobs[0].job_id.split('_')[0]}")
+            if not self.wait and spec.executor.get("cluster") not in ("debug", "local"):
+                print("not waiting; re-run `smallbatch grid` later to see results or retry "
+                      "failures")  # fmt: skip
+                return
+            for state in todo:
+                on_event("start", state)
+            for state, job in zip(todo, jobs, strict=True):
+                try:
+                    job.result()
+                except Exception as exc:  # noqa: BLE001 - one failed cell must not stop the grid
+                    first = (str(exc).strip().splitlines() or [""])[0]
+                    print(f"  cell {state.cell.folder} failed: {type(exc).__name__}: {first}")
+                if store.state(state.cell).status != CellStatus.DONE:
+                    store.record_attempt(state.cell, None, started, before[state.cell.digest])
+                on_event("finish", store.state(state.cell))
+            todo = [store.state(s.cell) for s in todo]
+            todo = [s for s in todo if s.status in RUNNABLE]

@@ -70,24 +70,6 @@ TOP_KEYS = {
     "ghost_devices",
     "fixed_total_batch",
 }
-EXECUTOR_KEYS = {
-    "kind",
-    "max_parallel",
-    "jobs_per_gpu",
-    "threads_per_job",
-    "retries",
-    "cluster",
-    "slurm_partition",
-    "gpus_per_node",
-    "nodes",
-    "timeout_min",
-    "cpus_per_task",
-    "mem_gb",
-    "array_parallelism",
-    "signal_delay_s",
-    "slurm_additional_parameters",
-}
-EXECUTOR_KINDS = ("local", "slurm")
 RESERVED_KEYS = {"run_dir", "group", "config", "name"}
 NORM_BATCH = "model.norm_batch"  # the batch axis of ghost_devices / fixed_total_batch grids
 OLD_NORM_BATCH = "data.batch_size"  # its earlier spelling there
@@ -450,15 +432,7 @@ def read_grid(path: str | Path) -> GridSpec:
             path, "exclude", "must be a list of {axis key: value} mappings (combinations to skip)"
         )
     executor = {"kind": "local", **(raw.get("executor") or {})}
-    bad = set(executor) - EXECUTOR_KEYS
-    if bad:
-        raise spec_error(
-            path, f"executor.{sorted(bad)[0]}", f"unknown; accepted: {sorted(EXECUTOR_KEYS)}"
-        )
-    if executor["kind"] not in EXECUTOR_KINDS:
-        raise spec_error(
-            path, "executor.kind", f"{executor['kind']!r} is not one of {EXECUTOR_KINDS}"
-        )
+    # its kind and keys are the executors' (grid/executors.py, checked by load_grid)
     _check_executor(path, executor)
     _check_axes_and_args(path, axes, args)
     if isinstance(axes.get("model.norm"), list):  # a JSON mapping written as a string, as on

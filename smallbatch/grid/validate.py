@@ -14,6 +14,7 @@ from ..errors import first_line
 from ..models.preflight import check_feature_maps
 from ..naming import cli_value
 from ..timeouts import TimeLimitExceeded, time_limit
+from .executors import check_executor_keys
 from .spec import Cell, GridSpec, GridSpecError, read_grid, spec_error
 
 
@@ -21,6 +22,7 @@ def load_grid(path: str | Path) -> GridSpec:
     """Read a grid file (:func:`smallbatch.grid.spec.read_grid`) and validate every cell
     (:func:`validate_cells`): what ``smallbatch grid`` runs."""
     spec = read_grid(path)
+    check_executor_keys(spec.source or Path(path), spec.executor)
     validate_cells(spec)
     return spec
 

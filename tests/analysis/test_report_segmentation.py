@@ -57,8 +57,10 @@ def test_the_attribution_is_measured_from_the_reference_row(seg_run, capsys):
 def test_the_workspace_view_of_a_segmentation_grid_charts_miou():
     from smallbatch.analysis.dashboard import workspace_spec
 
-    body = workspace_spec("team", "proj", "seg", measure="miou")._to_model().model_dump(
-        by_alias=True, exclude_none=True
+    body = (
+        workspace_spec("team", "proj", "seg", measure="miou")
+        ._to_model()
+        .model_dump(by_alias=True, exclude_none=True)
     )
     sections = body["spec"]["section"]["panelBankConfig"]["sections"]
     titles = [p["config"].get("chartTitle", "") for s in sections for p in s["panels"]]

@@ -175,3 +175,37 @@ def test_ghost_devices_switch_emulates_devices_with_ghost_batches(tmp_path, fash
     assert bn2.overrides["data.batch_size"] == 16 and bn2.overrides["model.norm_batch"] == 4
     with pytest.raises(GridSpecError, match="ghost_devices: 0 must be"):
         load_grid(write_grid(tmp_path, fashion_dir, name="h", ghost_devices=0))
+
+
+def test_an_executor_kind_is_one_class_and_one_map_entry(tmp_path, fashion_dir, monkeypatch):
+    """Issue 37: the runner, the dry run and the grid file's checks know executors only through
+    ``smallbatch.grid.executors.EXECUTORS``."""
+    from smallbatch.grid import executors, run_grid
+
+    ran = []
+
+    class Recording:
+        kind = "recording"
+        keys = frozenset({"note"})
+
+        def __init__(self, spec, store, wait=True):
+            self.spec = spec
+
+        @property
+        def cells_at_once(self):
+            return 3
+
+        def run(self, todo, on_event, on_progress=None):
+            for state in todo:
+                on_event("start", state)
+                ran.append((state.cell.folder, self.spec.executor["note"]))
+
+    monkeypatch.setitem(executors.EXECUTORS, "recording", Recording)
+    path = write_grid(tmp_path, fashion_dir, executor={"kind": "recording", "note": "hi"})
+    spec = load_grid(path)  # its kind and key are accepted
+    assert executors.executor_for(spec, None).cells_at_once == 3
+    assert run_grid(spec, estimate=False) == 1  # nothing ran for real: no results
+    assert sorted(ran) == sorted((c.folder, "hi") for c in spec.cells())
+    monkeypatch.delitem(executors.EXECUTORS, "recording")
+    with pytest.raises(GridSpecError, match=r"executor\.note: unknown"):
+        load_grid(path)
