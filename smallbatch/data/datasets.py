@@ -211,18 +211,34 @@ class ImageFolder(SmallBatchDataModule):
             return [root]
         return [root, *(d / root for d in data_search_dirs(self.data_dir))]
 
+    def check_available(self) -> None:
+        """The folder (with ``train/``) or archive exists somewhere it is looked for; nothing
+        is unpacked or read (a grid's validation, a dry run)."""
+        for cand in self.candidates():
+            if cand.is_dir() and (cand / "train").is_dir():
+                return
+            if cand.is_file() and cand.name.endswith((".tar.gz", ".tgz", ".tar")):
+                return
+        if self.download:
+            return
+        raise self._not_found()
+
+    def _not_found(self) -> DatasetNotFoundError:
+        return not_found(
+            f"image folder {self.root!r}",
+            self.candidates(),
+            "Expected a folder with train/ and val/ (or test/) sub-folders of class folders, "
+            "or a .tar.gz of that layout. A cluster grid checks from the machine that runs "
+            "`smallbatch grid`: run it where the cluster's data is visible.",
+        )
+
     def resolved_root(self) -> Path:
         for cand in self.candidates():
             if cand.is_dir() and (cand / "train").is_dir():
                 return cand
             if cand.is_file() and cand.name.endswith((".tar.gz", ".tgz", ".tar")):
                 return self._unpack(cand)
-        raise not_found(
-            f"image folder {self.root!r}",
-            self.candidates(),
-            "Expected a folder with train/ and val/ (or test/) sub-folders of class folders, "
-            "or a .tar.gz of that layout.",
-        )
+        raise self._not_found()
 
     def _unpack(self, archive: Path) -> Path:
         """Unpack once into ``data_dir``; safe when parallel grid cells unpack at the same time
