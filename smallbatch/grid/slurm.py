@@ -189,7 +189,7 @@ class SlurmExecutor:
                 on_event("start", state)
             for state, job in zip(todo, jobs, strict=True):
                 try:
-                    job.result()
+                    job.results()  # one per task: a cell over several nodes has several
                 except Exception as exc:  # noqa: BLE001 - one failed cell must not stop the grid
                     first = (str(exc).strip().splitlines() or [""])[0]
                     print(f"  cell {state.cell.folder} failed: {type(exc).__name__}: {first}")

@@ -64,6 +64,24 @@ def machine() -> dict[str, Any]:
     }
 
 
+def node_name() -> str:
+    """This process's node: SLURM's name for it where a SLURM job runs it (several nodes may
+    share a host), else the host name."""
+    return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+
+
+def rank_nodes(trainer: pl.Trainer) -> list[str]:
+    """Each rank's node name, in rank order (every rank must call it: a collective under DDP)."""
+    import torch.distributed as dist
+
+    name = node_name()
+    if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
+        names: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(names, name)
+        return [str(n) for n in names]
+    return [name]
+
+
 def _reason(pl_module: pl.LightningModule, status: Status) -> str | None:
     """Why a diverged run diverged (the loss or an evaluation that went non-finite)."""
     return getattr(pl_module, "diverged_reason", None) if status == Status.DIVERGED else None
@@ -86,10 +104,12 @@ class ResultWriter(Callback):
         self._start = time.time()
         self._written = False
         self.attempt_id = uuid.uuid4().hex  # this process's attempt at the run
+        self.rank_nodes: list[str] = [node_name()]
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start = time.time()
         self._written = False
+        self.rank_nodes = rank_nodes(trainer)  # every rank is here: the one collective
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         status = Status.DIVERGED if getattr(pl_module, "diverged", False) else Status.FINISHED
@@ -158,6 +178,8 @@ class ResultWriter(Callback):
             "batch_free": getattr(pl_module, "batch_free", None),
             "devices": trainer.num_devices,
             "num_nodes": trainer.num_nodes,
+            "world_size": trainer.world_size,
+            "rank_nodes": self.rank_nodes,  # each rank's node name, in rank order
         }
         runs = [
             {"project": run.project, "id": run.id, "group": run.group}

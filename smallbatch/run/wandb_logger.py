@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 
 from jsonargparse import Namespace
 from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from ..errors import UserError
 from ..results import NORMALIZATION_BATCH, write_atomic
@@ -51,6 +51,7 @@ class WandbLogger(LightningWandbLogger):
             why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise WandbSetupError(f"W&B could not start the run: {why}; {WANDB_FIX}") from exc
 
+    @rank_zero_only  # as Lightning's: the other ranks hold no run (a DummyExperiment)
     def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
         if self._logged_up_to is None:
             self._logged_up_to = logged_up_to(self.experiment)
