@@ -26,8 +26,22 @@ need_root() {
   fi
 }
 
+kill_tree() {
+  local child
+  for child in $(pgrep -P "$1" 2>/dev/null); do kill_tree "$child"; done
+  kill -9 "$1" 2>/dev/null || true
+}
+
 stop_cluster() {
   local dir=$1 pid
+  if [ -f "$dir/slurmctld.pid" ] && kill -0 "$(cat "$dir/slurmctld.pid")" 2>/dev/null; then
+    # end the jobs first: a job step still closing when its slurmd goes would be orphaned
+    SLURM_CONF="$dir/slurm.conf" scancel --partition=debug 2>/dev/null || true
+    for _ in $(seq 30); do
+      [ -z "$(SLURM_CONF="$dir/slurm.conf" squeue -h 2>/dev/null)" ] && break
+      sleep 0.5
+    done
+  fi
   for pid in "$dir"/slurmd-*.pid "$dir/slurmctld.pid" "$dir/munge/munged.pid"; do
     [ -f "$pid" ] && kill "$(cat "$pid")" 2>/dev/null || true
   done
@@ -40,6 +54,11 @@ stop_cluster() {
     sleep 0.5
   done
   rm -f "$dir"/slurmd-*.pid "$dir/slurmctld.pid"
+  for pid in $(pgrep -x slurmstepd 2>/dev/null); do  # any job step of this cluster left over
+    if { tr '\0' '\n' <"/proc/$pid/environ"; } 2>/dev/null | grep -qx "SLURM_CONF=$dir/slurm.conf"; then
+      kill_tree "$pid"
+    fi
+  done
   if [ -L "$dir/munge" ]; then
     rm -rf "$(readlink "$dir/munge")" "$dir/munge"
   fi

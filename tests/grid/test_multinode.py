@@ -72,4 +72,20 @@ def test_a_cell_runs_over_two_slurm_nodes(tmp_path, fashion_dir, monkeypatch):
     finally:
         subprocess.run(["bash", str(SCRIPT), "stop", str(folder)], timeout=60)
     assert not any(_alive(p) for p in folder.glob("*.pid"))
+    assert not _processes_of(folder / "slurm.conf")  # no job step left either
     assert str(folder) not in Path("/etc/hosts").read_text()
+
+
+def _processes_of(conf: Path) -> list[int]:
+    """Live processes started by the cluster of ``conf`` (SLURM_CONF in their environment),
+    this test's own process aside."""
+    mine, found = {os.getpid(), os.getppid()}, []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            environ = (proc / "environ").read_bytes().split(b"\0")
+            state = (proc / "stat").read_text().split()[2]
+        except OSError:
+            continue
+        if f"SLURM_CONF={conf}".encode() in environ and state != "Z" and int(proc.name) not in mine:
+            found.append(int(proc.name))
+    return found
