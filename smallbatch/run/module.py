@@ -437,13 +437,28 @@ class SmallBatchModule(pl.LightningModule):
 
     # ----------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Called on every rank (Lightning dumps the checkpoint everywhere, rank 0 writes it):
+        each rank's random-number states are gathered into it, in rank order."""
+        per_rank = self._from_every_rank(rng_states())
         checkpoint["smallbatch"] = {
             "val_history": list(self.val_history),
             "diag_history": [[step, dict(values)] for step, values in self.diag_history],
             "first_started_utc": self.first_started_utc,
             "elapsed_s": self.elapsed_before + time.time() - self._attempt_start,
-            "rng": rng_states(),
+            "rng": per_rank[0],  # rank 0's, as checkpoints before 2026-12-07 held
+            "rng_per_rank": per_rank,
         }
+
+    def _from_every_rank(self, value: Any) -> list[Any]:
+        """``value`` of each rank, in rank order (a collective under DDP; ``[value]`` alone)."""
+        import torch.distributed as dist
+
+        world = self.trainer.world_size if self._trainer is not None else 1
+        if world == 1 or not (dist.is_available() and dist.is_initialized()):
+            return [value]
+        values: list[Any] = [None] * world
+        dist.all_gather_object(values, value)
+        return values
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get("smallbatch", {})
@@ -451,8 +466,13 @@ class SmallBatchModule(pl.LightningModule):
         self.diag_history = [(int(s), dict(v)) for s, v in saved.get("diag_history", [])]
         self.first_started_utc = saved.get("first_started_utc")
         self.elapsed_before = float(saved.get("elapsed_s", 0.0))
-        single = self._trainer is None or self.trainer.world_size == 1
-        if saved.get("rng") is not None and single:
-            # the data order and augmentation of the next epoch continue as if never stopped
-            # (checkpoints hold rank 0's states only: under DDP each rank keeps its own seed)
+        world = self.trainer.world_size if self._trainer is not None else 1
+        rank = self.trainer.global_rank if self._trainer is not None else 0
+        per_rank = saved.get("rng_per_rank") or []
+        # the data order and augmentation of the next epoch continue as if never stopped, on
+        # every rank (a checkpoint of another world size, or from before per-rank states:
+        # rank 0's on one device; under DDP each rank keeps its own seed)
+        if len(per_rank) == world:
+            set_rng_states(per_rank[rank])
+        elif saved.get("rng") is not None and world == 1:
             set_rng_states(saved["rng"])

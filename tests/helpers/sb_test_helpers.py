@@ -149,3 +149,15 @@ class HangingNorm(nn.BatchNorm2d):
 
         time.sleep(10**6)
         super().__init__(num_features, **kwargs)
+
+
+class StopAfterEpochs(Callback):
+    """End the fit after ``epochs`` epochs (its checkpoints written), as a requeued job's first
+    attempt would end; on every rank alike."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch + 1 >= self.epochs:
+            trainer.should_stop = True

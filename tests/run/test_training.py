@@ -293,6 +293,35 @@ def test_two_process_cpu_ddp(norm, fashion_dir, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_resumed_ddp_run_equals_the_uninterrupted_one_on_every_rank(fashion_dir, tmp_path):
+    """Issue 37: a checkpoint holds every rank's random-number states (augmentation draws), so a
+    two-process DDP run stopped after epoch 1 and resumed ends with the same weights and
+    accuracies as the run that never stopped (before, only rank 0's states were saved and none
+    restored under DDP)."""
+
+    def ddp_args(run, *extra):
+        args = tiny_fit_args(fashion_dir, run, "--model.norm", "bn", *extra)
+        args += ["--trainer.accelerator", "cpu", "--trainer.devices", "2"]
+        args += ["--trainer.strategy", "ddp", "--trainer.max_epochs", "2"]
+        return args + ["--data.train_subset", "128", "--data.val_subset", "64"]
+
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert _smallbatch(ddp_args(whole)).returncode == 0
+    stop = '{"class_path": "sb_test_helpers.StopAfterEpochs", "init_args": {"epochs": 1}}'
+    first = _smallbatch(ddp_args(parts, "--trainer.callbacks+", stop))
+    assert first.returncode == 0, first.stderr[-3000:]
+    ckpt = torch.load(parts / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["epoch"] == 0 and len(ckpt["smallbatch"]["rng_per_rank"]) == 2
+    rest = _smallbatch(ddp_args(parts, "--ckpt_path", "last"))
+    assert rest.returncode == 0, rest.stderr[-3000:]
+    a, b = read_result(whole), read_result(parts)
+    assert b["val_acc_history"] == a["val_acc_history"] and len(a["val_acc_history"]) == 2
+    wa = torch.load(whole / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    wb = torch.load(parts / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("norm", ["brn", "cbn"])
 def test_kill_and_resume_continues_brn_step_and_cbn_window(norm, fashion_dir, tmp_path):
     run = tmp_path / "run"
