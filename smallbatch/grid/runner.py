@@ -134,7 +134,11 @@ def run_grid(
             n = sum(1 for _ in path.open())
             print(f"wrote {n} cell commands to {path}")
             if n:
-                print(f"submit: sbatch --array=0-{n - 1} jobs/array.sbatch {path}")
+                from .slurm import sbatch_resources
+
+                resources = " ".join(sbatch_resources(spec))
+                print(f"sbatch args: {resources}")
+                print(f"submit: sbatch --array=0-{n - 1} {resources} jobs/array.sbatch {path}")
             return 0
         todo = [s for s in states if s.status in RUNNABLE]
         executor = executor_for(spec, store, wait)

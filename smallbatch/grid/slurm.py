@@ -112,6 +112,26 @@ def array_parallelism(spec: GridSpec) -> int:
     return int(spec.executor.get("array_parallelism", DEFAULT_ARRAY_PARALLELISM))
 
 
+def sbatch_resources(spec: GridSpec) -> list[str]:
+    """The sbatch options of one cell's job, from the grid file's ``executor`` (the SLURM
+    executor's keys and defaults): nodes, one task per GPU (one for a CPU job), GPUs, CPUs per
+    task, time limit, memory. For ``jobs/array.sbatch``, whose own #SBATCH lines they override."""
+    cfg = spec.executor
+    gpus = int(cfg.get("gpus_per_node", 1))
+    args = [
+        f"--nodes={int(cfg.get('nodes', 1))}",
+        f"--ntasks-per-node={max(gpus, 1)}",
+        f"--gres=gpu:{gpus}" if gpus else "--gres=none",
+        f"--cpus-per-task={int(cfg.get('cpus_per_task', 8))}",
+        f"--time={int(cfg.get('timeout_min', 240))}",
+    ]
+    if cfg.get("mem_gb"):
+        args.append(f"--mem={int(cfg['mem_gb'])}G")
+    if cfg.get("slurm_partition"):
+        args.append(f"--partition={cfg['slurm_partition']}")
+    return args
+
+
 def slurm_executor(spec: GridSpec) -> submitit.AutoExecutor:
     cfg = spec.executor
     executor = submitit.AutoExecutor(

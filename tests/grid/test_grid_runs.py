@@ -48,10 +48,12 @@ def test_slurm_path_through_submitit_debug_executor(tmp_path, fashion_dir):
     assert all(r["status"] == "finished" for r in results.values())
 
 
-def test_emit_and_array_script_select_the_right_cell(tmp_path, fashion_dir):
+def test_emit_and_array_script_select_the_right_cell(tmp_path, fashion_dir, capsys):
     path = write_grid(tmp_path, fashion_dir)
     spec = load_grid(path)
     assert run_grid(spec, emit=True) == 0
+    out = capsys.readouterr().out  # the job's resources from the grid file (issue 37)
+    assert "sbatch args: --nodes=1 --ntasks-per-node=1 --gres=gpu:1 --cpus-per-task=8" in out
     lines = (spec.run_dir / "cells.txt").read_text().splitlines()
     assert len(lines) == 4 and all("smallbatch.cli fit" in line for line in lines)
     script = ROOT / "jobs" / "array.sbatch"

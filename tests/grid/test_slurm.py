@@ -158,31 +158,23 @@ def test_cell_that_hits_its_time_limit_is_requeued_and_resumes_to_the_same_resul
 
 @pytest.mark.slow
 def test_array_sbatch_runs_emitted_cells_under_real_sbatch(slurm_env, tmp_path, fashion_dir):
-    """`grid --emit` + `sbatch --array jobs/array.sbatch cells.txt`: each array task runs its
-    cell through srun, and the grid then counts them as done."""
-    path = _grid(tmp_path, fashion_dir, "arr", {"kind": "local"}, epochs=1, batch_sizes=(8, 16))
+    """`jobs/submit_grid.sh` (`grid --emit`, then `sbatch --array jobs/array.sbatch cells.txt`
+    with the grid file's resources): each array task runs its cell through srun, and the grid
+    then counts them as done."""
+    executor = {"kind": "slurm", "gpus_per_node": 0, "cpus_per_task": 1, "timeout_min": 10}
+    path = _grid(tmp_path, fashion_dir, "arr", executor, epochs=1, batch_sizes=(8, 16))
     spec = load_grid(path)
-    assert run_grid(spec, emit=True) == 0
-    cells = spec.run_dir / "cells.txt"
-    assert len(cells.read_text().splitlines()) == 2
     out = tmp_path / "slurm-%A_%a.out"
     done = subprocess.run(
-        [
-            "sbatch",
-            "--wait",
-            "--array=0-1",
-            "--gres=none",
-            "--cpus-per-task=1",
-            "--time=10",
-            f"--output={out}",
-            str(ROOT / "jobs" / "array.sbatch"),
-            str(cells),
-        ],
+        ["bash", str(ROOT / "jobs" / "submit_grid.sh"), str(path), "--wait", f"--output={out}"],
         capture_output=True,
         text=True,
         timeout=300,
         cwd=ROOT,
+        env={**os.environ, "SMALLBATCH": f"{sys.executable} -m smallbatch.cli"},
     )
+    assert "sbatch args: --nodes=1 --ntasks-per-node=1 --gres=none --cpus-per-task=1" in done.stdout
+    assert len((spec.run_dir / "cells.txt").read_text().splitlines()) == 2
     logs = "".join(p.read_text() for p in tmp_path.glob("slurm-*.out"))
     assert done.returncode == 0, done.stderr + logs[-3000:]
     results = [json.loads(p.read_text()) for p in spec.run_dir.glob("cells/*/result.json")]
