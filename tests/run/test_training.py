@@ -275,7 +275,7 @@ def _smallbatch(args, env_extra=None, timeout=600):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("norm", ["bn", "brn", "cbn"])
+@pytest.mark.parametrize("norm", ["brn", "cbn"])  # BN: the resumed-DDP test below
 def test_two_process_cpu_ddp(norm, fashion_dir, tmp_path):
     run = tmp_path / "run"
     args = tiny_fit_args(fashion_dir, run, "--model.norm", norm)
@@ -303,7 +303,7 @@ def test_a_resumed_ddp_run_equals_the_uninterrupted_one_on_every_rank(fashion_di
         args = tiny_fit_args(fashion_dir, run, "--model.norm", "bn", *extra)
         args += ["--trainer.accelerator", "cpu", "--trainer.devices", "2"]
         args += ["--trainer.strategy", "ddp", "--trainer.max_epochs", "2"]
-        return args + ["--data.train_subset", "128", "--data.val_subset", "64"]
+        return args + ["--data.train_subset", "64", "--data.val_subset", "32"]
 
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     assert _smallbatch(ddp_args(whole)).returncode == 0

@@ -41,15 +41,14 @@ def seg_fit_args(data_dir: str, run_dir: Path, *extra: str) -> list[str]:
 def test_a_segmentation_fit_records_miou_in_every_mode_and_the_report_prints_it(
     fashion_dir, tmp_path, capsys
 ):
-    for seed in (0, 1):
-        run = tmp_path / "grid" / f"s{seed}"
-        lightning_main(seg_fit_args(fashion_dir, run, "--seed_everything", str(seed)))
-        result = load_result_file(run / "result.json")
-        assert result["task"] == "segmentation" and result["metric"] == "miou"
-        assert result["status"] == "finished" and "best_val_acc" not in result
-        assert set(result["eval_miou"]) == set(EVAL_MODES)
-        assert all(0 <= v <= 1 for v in result["eval_miou"].values())
-        assert result["eval_miou"]["ema"] == result["final_val_miou"]
+    run = tmp_path / "grid" / "s0"
+    lightning_main(seg_fit_args(fashion_dir, run))
+    result = load_result_file(run / "result.json")
+    assert result["task"] == "segmentation" and result["metric"] == "miou"
+    assert result["status"] == "finished" and "best_val_acc" not in result
+    assert set(result["eval_miou"]) == set(EVAL_MODES)
+    assert all(0 <= v <= 1 for v in result["eval_miou"].values())
+    assert result["eval_miou"]["ema"] == result["final_val_miou"]
     capsys.readouterr()
     assert report_main([str(tmp_path / "grid"), "--attribution"]) == 0
     out = capsys.readouterr().out
