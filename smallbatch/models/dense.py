@@ -114,6 +114,12 @@ def load_backbone_weights(model: SegmentationModel, path: str | Path) -> list[st
     the classifier left out) into ``model.encoder``; every encoder tensor must be found with
     its shape. A trained BN's buffers load into a frozen BN (torchvision's semantics). Returns
     the loaded names."""
+    if not Path(path).is_file():
+        raise BackboneWeightsError(
+            f"backbone_weights {str(path)!r} does not exist: pretrain the backbone first (for "
+            "the segmentation configs: smallbatch fit --config configs/seg_pretrain.yaml "
+            "--model.norm bn --run_dir runs/pretrained/resnet8-bn; docs/segmentation.md)"
+        )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, ValueError) as exc:
