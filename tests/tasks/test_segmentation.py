@@ -56,28 +56,6 @@ def test_a_segmentation_fit_records_miou_in_every_mode_and_the_report_prints_it(
     assert "| bn | " in out and "| ema mIoU | drop | estimate |" in out
 
 
-@pytest.mark.slow
-def test_pretrain_then_fine_tune_under_frozen_bn_and_never_mix_two_metrics_in_a_report(
-    fashion_dir, tmp_path, capsys
-):
-    from conftest import tiny_fit_args
-
-    pretrain = tmp_path / "runs" / "cls"
-    lightning_main(tiny_fit_args(fashion_dir, pretrain))  # ResNet-8 with BN on Fashion-MNIST
-    weights = pretrain / "checkpoints" / "last.ckpt"
-    seg = tmp_path / "runs" / "seg"
-    lightning_main(seg_fit_args(fashion_dir, seg, "--model.norm", "frozen_bn",
-                                "--model.head_norm", "gn", "--model.backbone_weights",
-                                str(weights), "--model.freeze_at", "1"))  # fmt: skip
-    result = load_result_file(seg / "result.json")
-    assert result["status"] == "finished" and result["batch_free"] is True
-    assert set(result["eval_miou"]) == set(EVAL_MODES)
-    capsys.readouterr()
-    with pytest.raises(SystemExit):
-        report_main([str(tmp_path / "runs")])
-    assert "different metrics (acc, miou)" in capsys.readouterr().err
-
-
 def test_head_norm_is_refused_for_classification(fashion_dir, tmp_path, capsys):
     from conftest import tiny_fit_args
 

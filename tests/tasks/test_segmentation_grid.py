@@ -1,7 +1,8 @@
-"""A shrunk segmentation grid (issue 34): frozen pretrained backbone under two head norms and a
-from-scratch row, under the fixed total batch; a frozen backbone with a GN head is batch-free
-(one cell), one with a BN head splits into ghost batches; the report and its attribution read
-the grid's mIoU."""
+"""A shrunk segmentation grid (issue 34): a backbone pretrained by a classification fit, frozen
+under two head norms, and a from-scratch row, under the fixed total batch; a frozen backbone
+with a GN head is batch-free (one cell), one with a BN head splits into ghost batches; the
+report and its attribution read the grid's mIoU, and refuse a folder that mixes it with the
+classification run's accuracy."""
 
 import pytest
 import yaml
@@ -68,3 +69,6 @@ def test_a_shrunk_segmentation_grid_runs_and_reports_miou(tmp_path, fashion_dir,
     assert "mIoU (%), final evaluation (`final_val_miou`)" in out
     assert "| ema mIoU | drop |" in out
     assert "| frozen_bn+gn (batch-free: the same at every b) |" in out
+    with pytest.raises(SystemExit):  # the pretraining run (accuracy) beside the grid (mIoU)
+        report_main([str(tmp_path)])
+    assert "different metrics (acc, miou)" in capsys.readouterr().err
