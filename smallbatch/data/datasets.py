@@ -211,17 +211,20 @@ class ImageFolder(SmallBatchDataModule):
             return [root]
         return [root, *(d / root for d in data_search_dirs(self.data_dir))]
 
+    def _located(self) -> Path | None:
+        """The first candidate that is a folder with ``train/`` or an archive (None: none)."""
+        for cand in self.candidates():
+            if cand.is_dir() and (cand / "train").is_dir():
+                return cand
+            if cand.is_file() and cand.name.endswith((".tar.gz", ".tgz", ".tar")):
+                return cand
+        return None
+
     def check_available(self) -> None:
         """The folder (with ``train/``) or archive exists somewhere it is looked for; nothing
         is unpacked or read (a grid's validation, a dry run)."""
-        for cand in self.candidates():
-            if cand.is_dir() and (cand / "train").is_dir():
-                return
-            if cand.is_file() and cand.name.endswith((".tar.gz", ".tgz", ".tar")):
-                return
-        if self.download:
-            return
-        raise self._not_found()
+        if self._located() is None and not self.download:
+            raise self._not_found()
 
     def _not_found(self) -> DatasetNotFoundError:
         return not_found(
@@ -233,12 +236,10 @@ class ImageFolder(SmallBatchDataModule):
         )
 
     def resolved_root(self) -> Path:
-        for cand in self.candidates():
-            if cand.is_dir() and (cand / "train").is_dir():
-                return cand
-            if cand.is_file() and cand.name.endswith((".tar.gz", ".tgz", ".tar")):
-                return self._unpack(cand)
-        raise self._not_found()
+        found = self._located()
+        if found is None:
+            raise self._not_found()
+        return found if found.is_dir() else self._unpack(found)
 
     def _unpack(self, archive: Path) -> Path:
         """Unpack once into ``data_dir``; safe when parallel grid cells unpack at the same time
