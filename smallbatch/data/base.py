@@ -191,6 +191,13 @@ class SmallBatchDataModule(pl.LightningDataModule):
         return self._loader(self.test_set, self.val_batch_size, False)
 
 
+def prepare_batch(dm: Any, inputs: Tensor, targets: Tensor, training: bool) -> tuple[Tensor, Tensor]:
+    """A batch as the model sees it: the data module's ``prepare_batch`` (a plain
+    LightningDataModule's batches as they come)."""
+    prepare = getattr(dm, "prepare_batch", None)
+    return prepare(inputs, targets, training) if callable(prepare) else (inputs, targets)
+
+
 def not_found(name: str, looked: Sequence[Path], how: str) -> DatasetNotFoundError:
     places = "\n  ".join(str(p) for p in looked)
     return DatasetNotFoundError(f"{name} not found. Looked in:\n  {places}\n{how}")

@@ -120,9 +120,10 @@ def _time_steps(
 
     import torch
 
+    from ..data.base import prepare_batch
+
     x, y = (t.to(device) for t in next(iter(loader)))
-    prepare = getattr(dm, "prepare_batch", lambda inputs, targets, _training: (inputs, targets))
-    train_x, train_y = prepare(x, y, True)  # as a training step sees them
+    train_x, train_y = prepare_batch(dm, x, y, True)  # as a training step sees them
     model = module.model.to(device).train()
     for layer in model.modules():  # as the fit does at its start (BRN's ramp, CBN's burn-in)
         if callable(getattr(layer, "set_total_steps", None)):
@@ -155,7 +156,7 @@ def _time_steps(
         thread.join()
     model.eval()
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        inputs = prepare(x, y, False)[0]
+        inputs = prepare_batch(dm, x, y, False)[0]
         model(inputs)  # warms up: a compiled model compiles its eval graph on the first call
         image_s = seconds_per_call(lambda: model(inputs), 1, device) / len(x)
     return sorted(times)[len(times) // 2], image_s

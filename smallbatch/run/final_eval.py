@@ -17,6 +17,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from ..data.base import prepare_batch
 from ..eval_modes import DEFAULT_EVAL, EVAL_MODES, computed_modes
 from ..naming import normalization_batch
 from ..tasks import NonFiniteOutputs
@@ -126,7 +127,7 @@ class FinalEvaluation(Callback):
         loader = DataLoader(dm.train_set, batch_size=int(dm.batch_size), shuffle=True,
                             drop_last=True, num_workers=0)  # fmt: skip
         for x, y in loader:
-            yield self._prepare(dm, x.to(device), y.to(device), training=True)[0]
+            yield prepare_batch(dm, x.to(device), y.to(device), training=True)[0]
 
     def _val(self, dm: Any, batch: int | None, device: torch.device):
         """The evaluation set as evaluation sees it, in batches of ``batch`` (None: the data
@@ -139,11 +140,4 @@ class FinalEvaluation(Callback):
             order = torch.Generator().manual_seed(0)
             loader = DataLoader(dm.val_set, batch_size=batch, shuffle=True, generator=order)
         for x, y in loader:
-            yield self._prepare(dm, x.to(device), y.to(device), training=False)
-
-    @staticmethod
-    def _prepare(dm: Any, inputs: Tensor, targets: Tensor, training: bool) -> tuple[Tensor, Tensor]:
-        """The data module's :meth:`~smallbatch.data.SmallBatchDataModule.prepare_batch` (a
-        plain LightningDataModule's batches as they come)."""
-        prepare = getattr(dm, "prepare_batch", None)
-        return prepare(inputs, targets, training) if callable(prepare) else (inputs, targets)
+            yield prepare_batch(dm, x.to(device), y.to(device), training=False)
