@@ -13,6 +13,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..errors import UserError
+from .samplers import DevicesSideBySide
 
 
 DEFAULT_DATA_DIR = "data"
@@ -61,6 +62,12 @@ class SmallBatchDataModule(pl.LightningDataModule):
         holdout: evaluate on this many training images, held out of training (a fixed split),
             instead of the test set: for choosing a protocol without looking at test results.
         download: allow downloading when the dataset is not found on disk.
+        augment: random training augmentation (crop, flip); false trains on the images as
+            evaluated (e.g. to compare a DDP run step for step with its one-process emulation,
+            whose random draws cannot line up with each rank's).
+        emulated_devices: D, for a one-process run that emulates D devices with ghost batches:
+            each training batch is D devices' DDP batches side by side, in the order that
+            Lightning's ``DistributedSampler`` gives D ranks (same seed), instead of one shuffle.
     """
 
     num_classes: int = 10
@@ -77,6 +84,8 @@ class SmallBatchDataModule(pl.LightningDataModule):
         download: bool = False,
         val_batch_size: int | None = None,
         holdout: int | None = None,
+        augment: bool = True,
+        emulated_devices: int | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -86,9 +95,16 @@ class SmallBatchDataModule(pl.LightningDataModule):
                 f"train_subset {train_subset} is smaller than batch_size {batch_size}: no full "
                 "batch can be formed (training drops the last partial batch)"
             )
+        if emulated_devices is not None and (emulated_devices < 1 or batch_size % emulated_devices):
+            raise ValueError(
+                f"emulated_devices {emulated_devices} must be >= 1 and divide batch_size "
+                f"{batch_size}: each emulated device takes batch_size / emulated_devices samples"
+            )
         if holdout is not None and holdout < 1:
             raise ValueError(f"holdout must be >= 1 training images (or null), got {holdout}")
         self.holdout = holdout
+        self.augment = augment
+        self.emulated_devices = emulated_devices
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size or max(batch_size, 64)
         self.data_dir_given = data_dir is not None
@@ -150,15 +166,30 @@ class SmallBatchDataModule(pl.LightningDataModule):
         return Subset(train, kept), Subset(self.build_train_for_eval(), held)
 
     def _loader(self, dataset: Dataset, batch_size: int, train: bool) -> DataLoader:
+        if train and (self.emulated_devices or 1) > 1:
+            self._check_one_process()
+            sampler = DevicesSideBySide(len(dataset), self.emulated_devices, batch_size,
+                                        seed=int(os.environ.get("PL_GLOBAL_SEED", 0)))  # fmt: skip
+        else:
+            sampler = None
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=train,
+            shuffle=train and sampler is None,
+            sampler=sampler,
             drop_last=train,  # a norm never sees a smaller batch than the grid says
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
+
+    def _check_one_process(self) -> None:
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if world > 1:
+            raise UserError(
+                f"data.emulated_devices {self.emulated_devices} emulates devices in one process, "
+                f"but this run has {world} real ones; drop emulated_devices under DDP"
+            )
 
     batch_transform: Callable[[Tensor, bool], Tensor] | None = None
     """Applied to each uint8 image batch after it reaches the device: (images, training) →
@@ -173,13 +204,13 @@ class SmallBatchDataModule(pl.LightningDataModule):
         transform = self.batch_transform
         if transform is None or not isinstance(inputs, Tensor) or inputs.dtype != torch.uint8:
             return inputs, targets
-        return transform(inputs, training), targets
+        return transform(inputs, training and self.augment), targets
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if not isinstance(batch, list | tuple) or len(batch) != 2:
             return batch
         training = self.trainer is not None and self.trainer.training
-        return list(self.prepare_batch(batch[0], batch[1], training))
+        return list(prepare_batch(self, batch[0], batch[1], training))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, self.batch_size, True)
@@ -193,9 +224,15 @@ class SmallBatchDataModule(pl.LightningDataModule):
 
 def prepare_batch(dm: Any, inputs: Tensor, targets: Tensor, training: bool) -> tuple[Tensor, Tensor]:
     """A batch as the model sees it: the data module's ``prepare_batch`` (a plain
-    LightningDataModule's batches as they come)."""
+    LightningDataModule's batches as they come), then the inputs in the trainer's precision
+    (float64 under ``64-true``, half under ``16-true``/``bf16-true``; as they are otherwise)."""
     prepare = getattr(dm, "prepare_batch", None)
-    return prepare(inputs, targets, training) if callable(prepare) else (inputs, targets)
+    if callable(prepare):
+        inputs, targets = prepare(inputs, targets, training)
+    trainer = getattr(dm, "trainer", None)
+    if trainer is not None:
+        inputs = trainer.precision_plugin.convert_input(inputs)
+    return inputs, targets
 
 
 def not_found(name: str, looked: Sequence[Path], how: str) -> DatasetNotFoundError:

@@ -318,7 +318,8 @@ class ImageFolder(SmallBatchDataModule):
         else:
             train_tf = [T.RandomResizedCrop(size)]
             val_tf = [T.Resize(int(size / 0.875)), T.CenterCrop(size)]
-        train_tf += [T.RandomHorizontalFlip(), T.ToTensor(), norm]
+        train_tf = [*train_tf, T.RandomHorizontalFlip()] if self.augment else list(val_tf)
+        train_tf += [T.ToTensor(), norm]
         val_tf += [T.ToTensor(), norm]
         return (
             datasets.ImageFolder(root / "train", transform=T.Compose(train_tf)),
@@ -386,7 +387,7 @@ class FashionScenes(FashionMNIST):
         return CropFlipNormalize(self.image_size, self.crop_padding, (mean,), (std,))
 
     def prepare_batch(self, inputs, targets, training):
-        return self.batch_transform.pair(inputs, targets, training)
+        return self.batch_transform.pair(inputs, targets, training and self.augment)
 
     def build_datasets(self):
         s = self.scenes()

@@ -147,6 +147,9 @@ def slurm_executor(spec: GridSpec) -> submitit.AutoExecutor:
     }
     if executor.cluster == "slurm":
         params["gpus_per_node"] = gpus
+        # a rank that dies (a node lost, SIGKILL) ends its job step at once, instead of leaving
+        # the other ranks blocked in a collective until their timeout
+        params["slurm_srun_args"] = ["--kill-on-bad-exit=1"]
         params["slurm_array_parallelism"] = array_parallelism(spec)
         if cfg.get("signal_delay_s") is not None:
             params["slurm_signal_delay_s"] = int(cfg["signal_delay_s"])

@@ -40,6 +40,7 @@ from .walk import (
     ghost_batch_capable,
     layer_diagnostics,
     local_buffer_names,
+    running_statistics,
     set_norm_batch,
     uses_batch_statistics,
 )
@@ -49,7 +50,7 @@ from .walk import (
 # the layers themselves (``base.builtin_norms``, ``base.probe_norm``).
 _BUILTINS = {
     "bn": (BatchNorm2d, "BatchNorm: per-device batch statistics (torch kernel)"),
-    "syncbn": (SyncBatchNorm, "SyncBatchNorm: batch stats over all devices (CUDA DDP)"),
+    "syncbn": (SyncBatchNorm, "SyncBatchNorm: batch stats over all devices (DDP; CPU via gloo)"),
     "brn": (BatchRenorm2d, "Batch Renormalization: batch stats corrected by clipped r, d"),
     "cbn": (CrossIterationBatchNorm2d, "Cross-Iteration BN: k-iteration Taylor-compensated stats"),
     "mabn": (MovingAverageBatchNorm2d, "Moving Average BN: averaged fwd/bwd stats, no mean"),
@@ -108,6 +109,7 @@ __all__ = [
     "place_milestones",
     "probe_norm",
     "register_norm",
+    "running_statistics",
     "resolve_norm",
     "set_norm_batch",
     "unregister_norm",

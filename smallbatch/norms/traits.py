@@ -29,7 +29,10 @@ def probe_norm(norm: Any, **norm_args: Any) -> NormTraits:
         batch_free=not uses_batch_statistics(layer),
         ghost_batches=ghost_batch_capable(layer),
         compile_safe=all(getattr(m, "compile_safe", True) for m in layer.modules()),
-        synchronized=any(isinstance(m, nn.SyncBatchNorm) for m in layer.modules()),
+        synchronized=any(
+            getattr(m, "synchronized", False) or isinstance(m, nn.SyncBatchNorm)
+            for m in layer.modules()
+        ),
     )
 
 

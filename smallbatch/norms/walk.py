@@ -115,6 +115,19 @@ def local_buffer_names(model: nn.Module) -> list[str]:
     return names
 
 
+def running_statistics(model: nn.Module) -> list[Tensor]:
+    """Every floating ``running_mean`` / ``running_var`` buffer of ``model`` that DDP does not
+    keep per device (the EMA estimates the evaluation reads)."""
+    local = set(local_buffer_names(model))
+    return [
+        buf
+        for name, buf in model.named_buffers()
+        if name.rsplit(".", 1)[-1] in ("running_mean", "running_var")
+        and buf.is_floating_point()
+        and name not in local
+    ]
+
+
 def layer_diagnostics(model: nn.Module) -> dict[str, float]:
     """Every layer's ``diagnostics()``, averaged over the layers of each class, as
     ``norm/<diagnostics_prefix>_<key>`` (no extra compute: from the last training step)."""

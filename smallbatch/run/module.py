@@ -18,8 +18,15 @@ from torch import Tensor, nn
 from ..eval_modes import DEFAULT_EVAL
 from ..models import compile_backbone, to_channels_last
 from ..naming import norm_label
-from ..norms import local_buffer_names, resolve_norm, set_norm_batch, uses_batch_statistics
+from ..norms import (
+    local_buffer_names,
+    resolve_norm,
+    running_statistics,
+    set_norm_batch,
+    uses_batch_statistics,
+)
 from ..tasks import create_task, nonfinite_rows
+from .ddp_sync import average_over_ranks, world_size
 from .diagnostics import BatchStatGap, layer_diagnostics
 
 SCHEDULES = ("cosine", "step", "constant")
@@ -203,6 +210,7 @@ class SmallBatchModule(pl.LightningModule):
         self.elapsed_before = 0.0  # seconds of earlier attempts, through their last checkpoint
         self._attempt_start = time.time()
         self._gap: BatchStatGap | None = None
+        self._running: list[Tensor] = []  # running statistics averaged over DDP ranks
 
     def forward(self, x: Tensor) -> Tensor:
         if self.hparams.channels_last:
@@ -253,6 +261,13 @@ class SmallBatchModule(pl.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    def configure_model(self) -> None:
+        """The module in the trainer's precision before a checkpoint is restored into it
+        (Lightning restores before its strategy converts the module: a ``64-true`` run's
+        float64 weights would otherwise pass through the float32 module and be rounded)."""
+        if self._trainer is not None:
+            self.trainer.precision_plugin.convert_module(self)
+
     def on_fit_start(self) -> None:
         from .result_writer import utc_now
 
@@ -269,6 +284,8 @@ class SmallBatchModule(pl.LightningModule):
                 schedules.add(line)
         for line in sorted(schedules):
             rank_zero_info(f"{line} (run: {total} steps)")
+        # under DDP: the devices' mean running statistics, as ghost batches emulate them
+        self._running = running_statistics(self.model) if world_size() > 1 else []
         if self.hparams.diagnostics and not self.hparams.compile_mode and self._gap is None:
             self._gap = BatchStatGap(self.model)
         for logger in self.loggers:
@@ -367,6 +384,9 @@ class SmallBatchModule(pl.LightningModule):
                 self.log_dict(diag, on_step=True, on_epoch=False)
                 self.diag_history.append((int(self.global_step), diag))
         return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        average_over_ranks(self._running)
 
     def on_validation_start(self) -> None:
         if self.trainer.state.fn == TrainerFn.FITTING:  # a fit's validation: not of NaN weights

@@ -55,12 +55,15 @@ class FailingNorm(nn.BatchNorm2d):
 
 class KillOnceAtStep(Callback):
     """SIGKILL this process at each of ``steps`` the first time it gets there (a marker file
-    per step remembers it): a cell killed after a checkpoint, which its next attempt resumes."""
+    per step remembers it): a cell killed after a checkpoint, which its next attempt resumes.
+    With ``rank``, only that DDP rank's process is killed (a rank on another node)."""
 
-    def __init__(self, steps: list[int], marker: str) -> None:
-        self.steps, self.marker = steps, marker
+    def __init__(self, steps: list[int], marker: str, rank: int | None = None) -> None:
+        self.steps, self.marker, self.rank = steps, marker, rank
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.rank is not None and trainer.global_rank != self.rank:
+            return
         for step in self.steps:
             marker = f"{self.marker}.{step}"
             if trainer.global_step == step and not os.path.exists(marker):

@@ -322,6 +322,29 @@ def test_a_resumed_ddp_run_equals_the_uninterrupted_one_on_every_rank(fashion_di
 
 
 @pytest.mark.slow
+def test_a_resumed_float64_run_equals_the_uninterrupted_one(fashion_dir, tmp_path):
+    """Under ``64-true`` the checkpoint's float64 weights are restored into a float64 module
+    (``configure_model``): before, Lightning restored them into the float32 module it converts
+    later, and a resumed run differed from the whole one by ~1e-8."""
+
+    def args(run, *extra):
+        return tiny_fit_args(fashion_dir, run, "--model.norm", "bn", "--trainer.precision",
+                             "64-true", "--trainer.max_epochs", "2", "--data.train_subset", "64",
+                             "--data.val_subset", "32", *extra)  # fmt: skip
+
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert _smallbatch(args(whole)).returncode == 0
+    stop = '{"class_path": "sb_test_helpers.StopAfterEpochs", "init_args": {"epochs": 1}}'
+    assert _smallbatch(args(parts, "--trainer.callbacks+", stop)).returncode == 0
+    rest = _smallbatch(args(parts, "--ckpt_path", "last"))
+    assert rest.returncode == 0, rest.stderr[-3000:]
+    wa = torch.load(whole / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    wb = torch.load(parts / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert wa["model.conv1.weight"].dtype == torch.float64
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("norm", ["brn", "cbn"])
 def test_kill_and_resume_continues_brn_step_and_cbn_window(norm, fashion_dir, tmp_path):
     run = tmp_path / "run"
