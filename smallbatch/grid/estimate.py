@@ -10,6 +10,12 @@ time divides the sum by the cells run at once; on a CPU the timed steps of that 
 run side by side, since parallel cells share the cores' caches and memory bandwidth. It is an
 estimate from a few steps: process start-up (seconds a cell) is not counted, and a busy machine
 is slower.
+
+A cluster grid states its step time instead (``executor.step_time_s``: seconds per optimizer
+step where the cells will run, e.g. from ``smallbatch bench`` on one of its GPUs): each cell is
+then built on this machine's CPU only to count its steps (per rank: the training set split over
+the job's ``nodes × gpus_per_node`` ranks), and the dry run prints every cell's steps and time
+and the grid's GPU-hours (steps × step time × GPUs a cell; evaluation not counted).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from typing import Any
 
 from ..hardware import seconds_per_call
 from ..run.progress import duration
-from .spec import Cell, GridSpec
+from .spec import Cell, GridSpec, GridSpecError
 
 TIMED_STEPS = 5  # after one warm-up step
 FINAL_EVALUATIONS = 3  # precise, precise_pooled, batch (the EMA one is the last validation)
@@ -51,9 +57,34 @@ def _cost_key(cell: Cell) -> str:
     return json.dumps(same, sort_keys=True, default=str)
 
 
-def measure_cell(spec: GridSpec, cell: Cell, at_once: int = 1) -> CellEstimate:
+def ranks_per_cell(spec: GridSpec) -> int:
+    """The ranks (GPUs, or processes of a CPU job) one cell of a SLURM grid runs on."""
+    cfg = spec.executor
+    return int(cfg.get("nodes", 1)) * max(int(cfg.get("gpus_per_node", 1)), 1)
+
+
+def stated_step_time(spec: GridSpec, batch: int) -> float:
+    """``executor.step_time_s`` for a per-device batch: one number for every cell, or a map
+    from ``data.batch_size`` to seconds (a step of 2 images costs less than one of 32)."""
+    stated = spec.executor["step_time_s"]
+    if not isinstance(stated, dict):
+        return float(stated)
+    times = {int(k): float(v) for k, v in stated.items()}
+    if batch not in times:
+        raise GridSpecError(
+            f"{spec.source}: executor.step_time_s states no time for data.batch_size {batch} "
+            f"(it has {sorted(times)}): add it, e.g. from `smallbatch bench` on the cluster"
+        )
+    return times[batch]
+
+
+def measure_cell(
+    spec: GridSpec, cell: Cell, at_once: int = 1, stated: bool = False
+) -> CellEstimate:
     """Build ``cell`` through the CLI (no logger, a throw-away folder) and time it; on a CPU,
-    ``at_once`` copies step side by side (as the grid's parallel cells share the cores)."""
+    ``at_once`` copies step side by side (as the grid's parallel cells share the cores). With
+    ``stated`` (``executor.step_time_s``) nothing is timed: the cell is built on this CPU, as
+    one process, only to count its steps per rank over :func:`ranks_per_cell` ranks."""
     import logging
 
     import torch
@@ -62,9 +93,13 @@ def measure_cell(spec: GridSpec, cell: Cell, at_once: int = 1) -> CellEstimate:
 
     threads = spec.executor.get("threads_per_job")
     before = torch.get_num_threads()
+    world = ranks_per_cell(spec) if stated else 1
     with tempfile.TemporaryDirectory() as folder:
         args = spec.cli_args(cell)[1:]  # without "fit": the CLI builds, nothing runs
         args += ["--trainer.logger", "false", "--run_dir", folder]
+        if stated:  # a login node has no GPU: count on its CPU, as one process
+            args += ["--trainer.accelerator", "cpu", "--trainer.devices", "1",
+                     "--trainer.num_nodes", "1", "--trainer.strategy", "auto"]  # fmt: skip
         quiet = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric")]
         levels = [log.level for log in quiet]
         try:
@@ -85,8 +120,8 @@ def measure_cell(spec: GridSpec, cell: Cell, at_once: int = 1) -> CellEstimate:
         loader = dm.train_dataloader()
         if trainer.max_steps and trainer.max_steps > 0:
             steps = int(trainer.max_steps)
-        else:
-            per_epoch = len(loader)
+        else:  # per rank: DistributedSampler pads the set to a multiple of the ranks
+            per_epoch = math.ceil(len(dm.train_set) / world) // int(dm.batch_size)
             if isinstance(trainer.limit_train_batches, int):
                 per_epoch = min(per_epoch, trainer.limit_train_batches)
             accumulate = max(int(trainer.accumulate_grad_batches), 1)
@@ -96,6 +131,8 @@ def measure_cell(spec: GridSpec, cell: Cell, at_once: int = 1) -> CellEstimate:
         precise = int(module.hparams.get("precise_images") or 0)
         eval_images = val_images * (epochs + (FINAL_EVALUATIONS if precise else 0))
         eval_images += min(precise, len(dm.train_set)) if precise else 0
+        if stated:
+            return CellEstimate(steps, stated_step_time(spec, int(dm.batch_size)), 0, 0.0, "stated")
         try:
             if threads:
                 torch.set_num_threads(int(threads))
@@ -168,6 +205,8 @@ def estimate_lines(spec: GridSpec, cells: list[Cell], parallel: int) -> list[str
 
     if not cells:
         return ["estimate: nothing to run"]
+    if spec.executor.get("step_time_s"):
+        return stated_lines(spec, cells, parallel)
     measured: dict[str, CellEstimate] = {}
     lines = []
     for cell in cells:
@@ -193,3 +232,30 @@ def estimate_lines(spec: GridSpec, cells: list[Cell], parallel: int) -> list[str
         f"{at_once} at once: about {duration(total / at_once)}"
     )
     return [head, *lines, tail]
+
+
+def stated_lines(spec: GridSpec, cells: list[Cell], parallel: int) -> list[str]:
+    """The estimate of a grid that states its step time (``executor.step_time_s``): each cell's
+    steps and time, then the grid's GPU-hours (steps × step time × ranks a cell)."""
+    ranks = ranks_per_cell(spec)
+    unit = "GPU" if int(spec.executor.get("gpus_per_node", 1)) > 0 else "CPU-process"
+    counted: dict[str, CellEstimate] = {}
+    lines = [f"estimate from the stated step time (executor.step_time_s; {ranks} {unit}s a "
+             "cell), evaluation not counted:"]  # fmt: skip
+    for cell in cells:
+        key = _cost_key(cell)
+        if key not in counted:
+            counted[key] = measure_cell(spec, cell, stated=True)
+        e = counted[key]
+        hours = e.seconds * ranks / 3600
+        lines.append(f"  {cell.folder}: {e.steps:,} steps x {e.step_s:g} s = "
+                     f"{duration(e.seconds)}, {hours:,.1f} {unit}-hours")  # fmt: skip
+    seconds = sum(counted[_cost_key(c)].seconds for c in cells)
+    steps = sum(counted[_cost_key(c)].steps for c in cells)
+    at_once = max(min(parallel, len(cells)), 1)
+    lines.append(
+        f"estimate: {len(cells)} cells to run, {steps:,} steps, {seconds * ranks / 3600:,.1f} "
+        f"{unit}-hours; {at_once} at once ({at_once * ranks} {unit}s): about "
+        f"{duration(seconds / at_once)}"
+    )
+    return lines

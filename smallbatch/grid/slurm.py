@@ -180,7 +180,7 @@ class SlurmExecutor:
     keys = frozenset({
         "retries", "cluster", "slurm_partition", "gpus_per_node", "nodes", "timeout_min",
         "cpus_per_task", "mem_gb", "array_parallelism", "signal_delay_s", "threads_per_job",
-        "slurm_additional_parameters",
+        "slurm_additional_parameters", "step_time_s",
     })  # fmt: skip
 
     def __init__(self, spec: GridSpec, store: ResultsStore, wait: bool = True) -> None:
