@@ -57,7 +57,8 @@ def test_a_cluster_grid_states_its_step_time_and_the_dry_run_prints_gpu_hours(
     executor = {"kind": "slurm", "nodes": 2, "gpus_per_node": 4, "cpus_per_task": 1,
                 "step_time_s": {8: 0.5, 16: 0.25}}  # fmt: skip
     args = {"trainer.accelerator": "gpu", "trainer.devices": 4, "trainer.num_nodes": 2,
-            "trainer.strategy": "ddp", "trainer.max_epochs": 100, "data.train_subset": 640}  # fmt: skip
+            "trainer.strategy": "ddp", "trainer.max_epochs": 100,
+            "data.train_subset": 640}  # fmt: skip
     axes = {"model.norm": ["bn"], "data.batch_size": [8, 16], "seed_everything": [0, 1]}
     spec = load_grid(write_grid(tmp_path, fashion_dir, axes=axes, args=args, executor=executor))
     lines = estimate_lines(spec, list(spec.cells()), parallel=2)
