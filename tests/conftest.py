@@ -2,6 +2,7 @@
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -57,3 +58,15 @@ def tiny_fit_args(fashion_dir: str, run_dir: Path, *extra: str) -> list[str]:
         str(run_dir),
         *extra,
     ]
+
+
+def wait_for(predicate, timeout_s: float, what: str):
+    """Poll ``predicate`` every 0.5 s until it returns something truthy (returned), or fail
+    saying what was awaited."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")

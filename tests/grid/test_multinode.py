@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import HELPERS, ROOT
+from conftest import HELPERS, ROOT, wait_for
 
 from smallbatch.grid import load_grid, run_grid
 from smallbatch.norms.cbn import WINDOW_BUFFERS
@@ -212,7 +212,7 @@ def test_a_rank_killed_on_the_second_node_ends_the_job_and_the_retry_resumes(
     logs = "".join(p.read_text() for p in grid.run_dir.glob("submitit/*/*_log.*"))
     assert f"resuming from {folder / 'checkpoints' / 'last.ckpt'}" in logs
     _only_result_and_run(folder)
-    _wait_for(lambda: not _job_steps(cluster_env), 30, "the job steps to end")  # none orphaned
+    wait_for(lambda: not _job_steps(cluster_env), 30, "the job steps to end")  # none orphaned
     assert elapsed < 240, f"the killed rank's job took {elapsed:.0f} s to end and retry"
     print(f"killed-rank fault: {elapsed:.0f} s from submission to the retried cell's result")
 
@@ -247,12 +247,12 @@ def test_a_requeued_two_node_job_resumes_to_the_uninterrupted_result(
     output: list[str] = []
     reader = threading.Thread(target=lambda: output.extend(grid.communicate(timeout=420)))
     try:
-        job = _wait_for(_pending_job, 90, "the job pending in squeue")
+        job = wait_for(_pending_job, 90, "the job pending in squeue")
         time.sleep(5)
         assert _pending_job() == job  # n2 is out: the job waits for it
         subprocess.run(["scontrol", "update", "NodeName=n2", "State=RESUME"], check=True)
         reader.start()
-        _wait_for(lambda: next(iter(spec.run_dir.glob("cells/*/checkpoints/last.ckpt")), None),
+        wait_for(lambda: next(iter(spec.run_dir.glob("cells/*/checkpoints/last.ckpt")), None),
                   240, "the cell's first checkpoint")  # fmt: skip
         subprocess.run(["scontrol", "update", f"JobId={job}", "TimeLimit=1"], check=True)
         reader.join(timeout=420)
@@ -294,13 +294,3 @@ def _pending_job() -> str | None:
     lines = subprocess.run(["squeue", "-h", "-r", "-t", "PENDING", "-o", "%i"],
                            capture_output=True, text=True).stdout.split()  # fmt: skip
     return lines[0] if lines else None
-
-
-def _wait_for(predicate, timeout_s: float, what: str):
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")

@@ -13,7 +13,7 @@ import time
 
 import pytest
 import yaml
-from conftest import HELPERS, ROOT
+from conftest import HELPERS, ROOT, wait_for
 
 from smallbatch.grid import load_grid, run_grid
 from smallbatch.grid.store import ResultsStore
@@ -83,16 +83,6 @@ def _grid(tmp_path, fashion_dir, name, executor, slow_s=0.0, epochs=12, batch_si
     return path
 
 
-def _wait_for(predicate, timeout_s: float, what: str):
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-
-
 @pytest.mark.slow
 def test_cell_that_hits_its_time_limit_is_requeued_and_resumes_to_the_same_result(
     slurm_env, tmp_path, fashion_dir
@@ -124,12 +114,12 @@ def test_cell_that_hits_its_time_limit_is_requeued_and_resumes_to_the_same_resul
     started = time.time()
     grid = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
-        cell_dir = _wait_for(
+        cell_dir = wait_for(
             lambda: next(iter(spec.run_dir.glob("cells/*/checkpoints/last.ckpt")), None),
             180,
             "the cell's first checkpoint",
         ).parent.parent
-        job = _wait_for(
+        job = wait_for(
             lambda: subprocess.run(
                 ["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True
             ).stdout.split(),
