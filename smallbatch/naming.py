@@ -92,6 +92,16 @@ def model_norm_label(norm: Any, head_norm: Any = None) -> str:
     return f"{label}+{norm_label(head_norm)}"
 
 
+def model_norms(model: Mapping[str, Any], prefix: str = "") -> list[tuple[Any, Any]]:
+    """The (norm, norm_args) pairs a model is built with: the backbone's, and a segmentation
+    head's own (``head_norm``) where one is named. ``model`` holds ``norm``, ``norm_args``,
+    ``head_norm``, ``head_norm_args`` under ``prefix`` (``"model."`` for a grid cell's keys)."""
+    norms = [(model.get(f"{prefix}norm"), model.get(f"{prefix}norm_args"))]
+    if model.get(f"{prefix}head_norm") is not None:
+        norms.append((model[f"{prefix}head_norm"], model.get(f"{prefix}head_norm_args")))
+    return norms
+
+
 def stable_digest(data: Any, length: int = 16) -> str:
     """Hex digest of ``data`` as sorted-key JSON: equal for equal settings, across runs."""
     blob = json.dumps(data, sort_keys=True, default=str)

@@ -48,6 +48,7 @@ from ..naming import (
     UNIFORM_RECIPE,
     cli_value,
     model_norm_label,
+    model_norms,
     name_problem,
     norm_label,
     run_label,
@@ -234,11 +235,7 @@ class GridSpec:
 def cell_norms(cell: dict[str, Any]) -> list[tuple[Any, Any]]:
     """The (norm, norm_args) pairs a cell's model is built with: the backbone's, and a
     segmentation head's own (``model.head_norm``) where the grid names one."""
-    norms = [(cell.get("model.norm"), cell.get("model.norm_args"))]
-    head = cell.get("model.head_norm")
-    if head is not None:
-        norms.append((head, cell.get("model.head_norm_args")))
-    return norms
+    return model_norms(cell, prefix="model.")
 
 
 def model_takes_ghost_batches(norms: list[tuple[Any, Any]]) -> bool | None:

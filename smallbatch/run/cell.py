@@ -35,6 +35,7 @@ from ..naming import (
     is_location_key,
     is_setting_key,
     model_norm_label,
+    model_norms,
     name_problem,
     normalization_batch,
     run_label,
@@ -198,10 +199,7 @@ def ignore_norm_batch_of_batch_free_norms(cfg: Namespace) -> None:
 def model_norms_batch_free(model: Any) -> bool:
     """Whether every norm the model config names is batch-free: ``norm`` and, for a
     segmentation model, ``head_norm`` (a frozen backbone under a BN head is not)."""
-    norms = [(model.get("norm"), model.get("norm_args"))]
-    if model.get("head_norm") is not None:
-        norms.append((model.get("head_norm"), model.get("head_norm_args")))
-    return all(probe_norm(n, **(args or {})).batch_free for n, args in norms)
+    return all(probe_norm(n, **(args or {})).batch_free for n, args in model_norms(model))
 
 
 class LoggedSaveConfigCallback(SaveConfigCallback):
