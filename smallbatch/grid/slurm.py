@@ -165,9 +165,20 @@ def slurm_executor(spec: GridSpec) -> submitit.AutoExecutor:
 
 
 def submit_cells(spec: GridSpec, cells: list[Cell]) -> list[submitit.Job]:
-    """Submit the cells as one job array; returns the jobs (wait with ``job.result()``)."""
+    """Submit the cells as one job array; returns the jobs (wait with ``job.results()``)."""
     executor = slurm_executor(spec)
-    return executor.map_array(CellJob(spec), cells)
+    jobs = executor.map_array(CellJob(spec), cells)
+    if executor.cluster != "slurm":
+        return jobs
+    # submitit makes an array's jobs plain SlurmJob (not the executor's job class), whose
+    # watcher polls sacct: rebuilt as CellSlurmJob, they are polled with squeue where
+    # accounting is off, like a single job
+    folder = executor._executor.folder
+    return [
+        job if isinstance(job, CellSlurmJob)
+        else CellSlurmJob(folder=folder, job_id=job.job_id, tasks=job._tasks)
+        for job in jobs
+    ]  # fmt: skip
 
 
 class SlurmExecutor:

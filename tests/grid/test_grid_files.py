@@ -161,6 +161,27 @@ def test_slurm_jobs_are_polled_with_squeue_where_accounting_is_off():
     assert not watcher.is_done("7_0", mode="cache") and watcher.is_done("7_2", mode="cache")
 
 
+def test_an_arrays_jobs_are_polled_like_a_single_job(tmp_path, fashion_dir, monkeypatch):
+    """submitit builds the jobs of an array as plain SlurmJob, whose watcher polls sacct (the
+    "Bypassing sacct error" warnings of a multi-cell grid on a cluster without accounting);
+    submit_cells hands back CellSlurmJob, polled through QueueWatcher, with the same ids."""
+    from types import SimpleNamespace
+
+    from submitit.slurm.slurm import SlurmJob
+
+    from smallbatch.grid import slurm
+
+    spec = load_grid(write_grid(tmp_path, fashion_dir, axes={"model.norm": ["bn", "gn"]}))
+    array = [SlurmJob(folder=tmp_path / "%j", job_id=f"9_{a}", tasks=(0, 1)) for a in (0, 1)]
+    fake = SimpleNamespace(cluster="slurm", _executor=SimpleNamespace(folder=tmp_path / "%j"),
+                           map_array=lambda fn, cells: array)  # fmt: skip
+    monkeypatch.setattr(slurm, "slurm_executor", lambda spec: fake)
+    jobs = slurm.submit_cells(spec, list(spec.cells()))
+    assert [type(j) for j in jobs] == [slurm.CellSlurmJob] * 2
+    assert [j.job_id for j in jobs] == ["9_0", "9_1"] and jobs[0].num_tasks == 2
+    assert isinstance(jobs[0].watcher, slurm.QueueWatcher)
+
+
 def test_a_batch_statistics_plugin_without_ghost_batches_is_named_not_dropped(
     tmp_path, fashion_dir
 ):
