@@ -222,10 +222,11 @@ def test_a_requeued_two_node_job_resumes_to_the_uninterrupted_result(
     cluster_env, tmp_path, fashion_dir
 ):
     """The cell's first attempt is slowed down; once its epoch-1 checkpoint exists, its job's
-    time limit is cut to one minute: SLURM signals, submitit requeues the job, both ranks
-    resume from last.ckpt (each its own random-number state) and the result equals the
-    uninterrupted two-node run bit for bit. The run waits in the queue first, while n2 is out
-    of service: a cell submitted to a missing node waits, it is not lost."""
+    time limit is cut to three minutes with the warning signal already due: SLURM signals,
+    submitit requeues the job, both ranks resume from last.ckpt (each its own random-number
+    state) and the result equals the uninterrupted two-node run bit for bit. The run waits in
+    the queue first, while n2 is out of service: a cell submitted to a missing node waits, it
+    is not lost."""
     # fp32 with augmentation: both runs are DDP over the same two nodes, so bit-equal is the
     # bar (and each rank's augmentation draws must be restored for it)
     fp32 = {"trainer.precision": "32-true", "data.augment": True}
@@ -233,9 +234,13 @@ def test_a_requeued_two_node_job_resumes_to_the_uninterrupted_result(
     assert run_grid(whole) == 0
     ((expected, expected_state),) = _results(whole).values()
 
-    slow = {"class_path": "sb_test_helpers.SlowFirstAttempt", "init_args": {"seconds": 2.0}}
+    # cut to 3 min once the checkpoint exists, with the warning due 170 s before the end: the
+    # signal comes at once (SLURM checks every few tens of seconds) and the kill leaves time to
+    # requeue; each first-attempt step sleeps 3 s, so epoch 2 outlasts the signal's delay (in
+    # CI a 1-min limit with a 40-s warning came after the limit, and the job was cancelled)
+    slow = {"class_path": "sb_test_helpers.SlowFirstAttempt", "init_args": {"seconds": 3.0}}
     path = _smoke(tmp_path / "cut", fashion_dir, "cut", callbacks=[slow], epochs=2, args=fp32,
-                  signal_delay_s=40)  # fmt: skip
+                  signal_delay_s=170)  # fmt: skip
     spec = load_grid(path)
     # n2 out of service (drained: with ReturnToService=2 SLURM returns a DOWN node as soon as
     # its slurmd answers, so DOWN does not hold on this cluster; to the scheduler both are a
@@ -254,7 +259,7 @@ def test_a_requeued_two_node_job_resumes_to_the_uninterrupted_result(
         reader.start()
         wait_for(lambda: next(iter(spec.run_dir.glob("cells/*/checkpoints/last.ckpt")), None),
                   240, "the cell's first checkpoint")  # fmt: skip
-        subprocess.run(["scontrol", "update", f"JobId={job}", "TimeLimit=1"], check=True)
+        subprocess.run(["scontrol", "update", f"JobId={job}", "TimeLimit=3"], check=True)
         reader.join(timeout=420)
     finally:
         subprocess.run(["scontrol", "update", "NodeName=n2", "State=RESUME"], check=False)
