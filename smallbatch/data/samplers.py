@@ -14,16 +14,6 @@ from collections.abc import Iterator
 from torch.utils.data import DistributedSampler, Sampler
 
 
-class _Indices:
-    """A sized stand-in for a dataset: ``DistributedSampler`` reads only its length."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-
 class DevicesSideBySide(Sampler[int]):
     """Indices that a loader of ``batch_size`` = D × (per-device batch) cuts into batches
     holding device d's s-th DDP batch in slot d.
@@ -37,7 +27,7 @@ class DevicesSideBySide(Sampler[int]):
             raise ValueError(f"batch_size {batch_size} is not a multiple of {devices} devices")
         self.per_device = batch_size // devices
         self.ranks = [
-            DistributedSampler(_Indices(n), num_replicas=devices, rank=r, shuffle=True, seed=seed)
+            DistributedSampler(range(n), num_replicas=devices, rank=r, shuffle=True, seed=seed)
             for r in range(devices)
         ]
 

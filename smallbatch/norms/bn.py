@@ -13,6 +13,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.distributed.nn.functional import all_reduce
 
+from .distributed import world_size
 from .functional import (
     affine_params,
     batch_moments,
@@ -79,15 +80,9 @@ class SyncBatchNorm(nn.BatchNorm2d):
     def forward(self, x: Tensor) -> Tensor:
         if self.training:
             check_batch_stats(x, self)
-            if _world_size(self.process_group) > 1:
+            if world_size(self.process_group) > 1:
                 return _sync_batch_norm(self, x)
         return super().forward(x)
-
-
-def _world_size(group) -> int:
-    if not (dist.is_available() and dist.is_initialized()):
-        return 1
-    return dist.get_world_size(group or dist.group.WORLD)
 
 
 def _sync_batch_norm(layer: SyncBatchNorm, x: Tensor) -> Tensor:

@@ -25,8 +25,8 @@ from ..norms import (
     set_norm_batch,
     uses_batch_statistics,
 )
+from ..norms.distributed import average_over_ranks, world_size
 from ..tasks import create_task, nonfinite_rows
-from .ddp_sync import average_over_ranks, world_size
 from .diagnostics import BatchStatGap, layer_diagnostics
 
 SCHEDULES = ("cosine", "step", "constant")

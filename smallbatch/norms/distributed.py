@@ -13,11 +13,11 @@ import torch.distributed as dist
 from torch import Tensor
 
 
-def world_size() -> int:
-    """The default process group's size (1 where none is initialised)."""
+def world_size(group: dist.ProcessGroup | None = None) -> int:
+    """The size of ``group`` (default: every rank); 1 where no process group is initialised."""
     if not (dist.is_available() and dist.is_initialized()):
         return 1
-    return dist.get_world_size()
+    return dist.get_world_size(group or dist.group.WORLD)
 
 
 def average_over_ranks(tensors: list[Tensor]) -> None:
